@@ -1,0 +1,1 @@
+"""The data layer: figshare `.mat` reading, the synthetic generator, prepare, download."""

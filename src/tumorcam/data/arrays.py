@@ -1,0 +1,99 @@
+"""The prepared-arrays folder: the contract between `data prepare` and every later stage.
+
+Layout (DESIGN.md section 2): `images.npy` (N,S,S) float16 in [0,1] or uint8; `masks.npy`
+(N,S,S) bool; `labels.npy` int8 (1 meningioma, 2 glioma, 3 pituitary); `pids.npy` unicode;
+`file_ids.npy` int64; `manifest.json`; `splits.json` ({"train": [file ids], "val": [...],
+"test": [...]}). Loading memory-maps the arrays and never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tumorcam.errors import TumorcamError
+
+ARRAY_FILES = ("images.npy", "masks.npy", "labels.npy", "pids.npy", "file_ids.npy")
+CLASS_NAMES = {1: "meningioma", 2: "glioma", 3: "pituitary"}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class PreparedData:
+    """The arrays of a prepared folder (memory-mapped) with its manifest and splits."""
+
+    root: Path
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    pids: np.ndarray
+    file_ids: np.ndarray
+    manifest: dict[str, Any]
+    splits: dict[str, list[int]]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of a split (`train`, `val`, `test`) or of everything (`all`)."""
+        if split == "all":
+            return np.arange(len(self))
+        if split not in self.splits:
+            raise TumorcamError(f"--split: unknown split {split!r} (choose {', '.join(SPLITS)} or all)")
+        wanted = set(int(i) for i in self.splits[split])
+        return np.flatnonzero([int(f) in wanted for f in self.file_ids])
+
+    def images_float(self, rows: np.ndarray) -> np.ndarray:
+        """Images of `rows` as float32 in [0, 1], whatever the stored dtype."""
+        images = np.asarray(self.images[rows])
+        if images.dtype == np.uint8:
+            return images.astype(np.float32) / 255.0
+        return images.astype(np.float32)
+
+
+def load_prepared(root: str | Path) -> PreparedData:
+    """Open a prepared folder; a folder that is not one fails with a message naming what is missing."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TumorcamError(f"--data {root}: no such folder")
+    missing = [name for name in (*ARRAY_FILES, "manifest.json", "splits.json") if not (root / name).is_file()]
+    if missing:
+        raise TumorcamError(
+            f"--data {root}: not a prepared folder (missing {', '.join(missing)}); "
+            "run `tumorcam data prepare SRC --out DIR` first"
+        )
+    arrays = {}
+    for name in ARRAY_FILES:
+        try:
+            arrays[name] = np.load(root / name, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise TumorcamError(f"{root / name}: not a readable .npy array ({exc})") from None
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+        splits = json.loads((root / "splits.json").read_text())
+    except ValueError as exc:
+        raise TumorcamError(f"{root}: manifest.json or splits.json is not valid JSON ({exc})") from None
+    n = arrays["images.npy"].shape[0]
+    for name, array in arrays.items():
+        if array.shape[0] != n:
+            raise TumorcamError(f"{root / name}: {array.shape[0]} rows, images.npy has {n}")
+    if arrays["masks.npy"].shape != arrays["images.npy"].shape:
+        raise TumorcamError(f"{root}: masks.npy shape {arrays['masks.npy'].shape} != images.npy shape {arrays['images.npy'].shape}")
+    return PreparedData(
+        root=root,
+        images=arrays["images.npy"],
+        masks=arrays["masks.npy"],
+        labels=arrays["labels.npy"],
+        pids=arrays["pids.npy"],
+        file_ids=arrays["file_ids.npy"],
+        manifest=manifest,
+        splits={k: [int(i) for i in v] for k, v in splits.items()},
+    )
