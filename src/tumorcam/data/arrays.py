@@ -58,6 +58,19 @@ class PreparedData:
             return images.astype(np.float32) / 255.0
         return images.astype(np.float32)
 
+    def tensors(self, rows: np.ndarray, size: int | None = None) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Images (N,1,S,S) float32 in [0,1] and masks (N,1,S,S) float32 {0,1} of `rows`,
+        resized to `size` (images bilinear, masks nearest) when it differs from the stored size."""
+        import torch
+        import torch.nn.functional as F
+
+        images = torch.from_numpy(self.images_float(rows)).unsqueeze(1)
+        masks = torch.from_numpy(np.asarray(self.masks[rows], dtype=np.float32)).unsqueeze(1)
+        if size is not None and size != images.shape[-1]:
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
+            masks = F.interpolate(masks, size=(size, size), mode="nearest")
+        return images, masks
+
 
 def load_prepared(root: str | Path) -> PreparedData:
     """Open a prepared folder; a folder that is not one fails with a message naming what is missing."""
