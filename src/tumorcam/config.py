@@ -35,7 +35,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    compile: bool = False
+    channels_last: bool = True  # channels_last memory format on CUDA; ignored on CPU
+    compile: bool = False  # torch.compile the training step's model
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
+    eval_batch_size: int = 64  # batch for validation and evaluation
     num_threads: int = 0  # 0: torch's default
 
 
@@ -47,16 +50,22 @@ class ExplainConfig:
     targets: list[str] = field(default_factory=lambda: ["mean-logits", "predicted-region"])
     layers: list[str] = field(default_factory=lambda: ["decoder.blocks.4"])
     batch_size: int = 32
+    ig_steps: int = 32  # integrated gradients: points on the path from black to the slice
+    seed: int = 0  # the random-map baseline: each slice's noise is seeded by (seed, file id)
 
 
 @dataclass
 class EvaluateConfig:
     split: str = "test"
-    steps: int = 50
-    baselines: list[str] = field(default_factory=lambda: ["zero", "blur"])
-    score: str = "mean-sigmoid"
-    top_percent: float = 5.0
+    steps: int = 50  # Deletion/Insertion steps K: the top k/K of the pixels for k = 0..K
+    baselines: list[str] = field(default_factory=lambda: ["zero", "blur"])  # of zero, blur, mean, road
+    score: str = "mean-sigmoid"  # or "predicted-region"
+    batch_size: int = 256  # perturbed images per forward
+    road_noise: float = 0.01  # std of ROAD's imputation noise, in [0, 1] intensity units
+    top_percent: float = 5.0  # localisation: IoU of the top p% of the map with the mask
     bootstrap: int = 1000
+    sanity_slices: int = 8  # slices whose maps the sanity check recomputes per randomised layer
+    sanity_threshold: float = 0.5  # a method fails when its fully randomised maps keep mean Spearman >= this
     seed: int = 0
 
 

@@ -33,9 +33,9 @@ def _root(
 
 
 def _register_commands() -> None:
-    from tumorcam.cli import data
+    from tumorcam.cli import data, evaluate, train, explain, report, run
 
-    for module in (data,):
+    for module in (data, train, evaluate, explain, report, run):
         module.register(app)
 
 

@@ -1,0 +1,64 @@
+"""`tumorcam train --data DIR --out RUN`: fine-tune the U-Net (see `tumorcam.train`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def train_command(
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared folder (`tumorcam data prepare`). "
+                                        "With --resume, defaults to the run's own."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write (checkpoints, history, metrics)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="paper (the seed's recipe, default) or demo "
+                                         "(CPU minutes). With --resume, the run's own config is the base."),
+    encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights", help="imagenet, none, or PATH "
+                                                  "to a local encoder state_dict/safetensors file."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs (with --resume: train up to this)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size (per GPU under torchrun)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate."),
+    size: Optional[int] = typer.Option(None, "--size", help="Training input size (a multiple of 32)."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="bce (the seed's) or dice+bce."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Flips, small rotations, intensity."),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUN from its train_state.pth."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    compile_model: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights init, batch order and augmentation."),
+) -> None:
+    """Fine-tune the U-Net: validation Dice/IoU every epoch, best and last checkpoints, resume.
+
+    Several GPUs: torchrun --standalone --nproc_per_node=N --no-python tumorcam train ...
+    """
+    from tumorcam.config import Config, preset as preset_config
+    from tumorcam.errors import TumorcamError
+    from tumorcam.train import train
+
+    if resume and preset is None and (out / "config.json").is_file():
+        config = Config.load(out / "config.json")
+    else:
+        config = preset_config(preset or "paper")
+    if data is not None:
+        config.data = str(data)
+    if not config.data:
+        raise TumorcamError("--data: no prepared folder given (tumorcam train --data DIR --out RUN)")
+    if encoder_weights is not None:
+        config.model.encoder_weights = encoder_weights
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "size": size, "loss": loss,
+                 "augment": augment, "device": device, "compile": compile_model, "seed": seed}
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(config.train, name, value)
+    result = train(config, out, resume=resume)
+    best = result["best_val_dice"]
+    typer.echo(f"trained {result['epochs']} epoch(s) into {out}" +
+               ("" if best is None else f"; best val Dice {best:.4f} (epoch {result['best_epoch']})"))
+    metrics = result["metrics"]
+    if metrics is not None:
+        typer.echo(f"test Dice {metrics['dice']['mean']:.4f}  IoU {metrics['iou']['mean']:.4f} "
+                   f"({metrics['n']} slices) -> {out / 'metrics.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

@@ -1,0 +1,86 @@
+"""Segmentation metrics of a trained run: `evaluate_segmentation(run, data=None, split="test")`.
+
+The model sees each slice at its training size; its logits are resized bilinearly to the
+prepared folder's size and thresholded at 0 (sigmoid 0.5), and Dice/IoU are computed there
+against the prepared masks (`tumorcam.metrics`). Writes `RUN/metrics.json`:
+
+    {"split", "data", "checkpoint", "size", "input_size", "threshold", "empty_mask_convention",
+     "overall": {"n", "dice": CI, "iou": CI},
+     "per_class": {"meningioma"|"glioma"|"pituitary": {"n", "dice": CI, "iou": CI}},
+     "per_patient": {"summary": {"n", "dice": CI, "iou": CI},
+                     "patients": [{"pid", "label", "n", "dice", "iou"}]},
+     "per_slice": [{"file_id", "pid", "label", "dice", "iou"}]}
+
+where CI = {"mean", "ci_low", "ci_high", "n"} (95% percentile bootstrap of the mean).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tumorcam.data.arrays import load_prepared
+from tumorcam.errors import TumorcamError
+from tumorcam.io import write_json
+from tumorcam.metrics import EMPTY_MASK_CONVENTION, summarise
+from tumorcam.model import BEST_WEIGHTS_FILE, WEIGHTS_FILE, load_run_model
+from tumorcam.training.data import CHUNK
+from tumorcam.training.device import resolve_device
+from tumorcam.training.predict import score
+
+CHECKPOINTS = {"last": WEIGHTS_FILE, "best": BEST_WEIGHTS_FILE}
+
+
+def evaluate_segmentation(run: str | Path, data: str | Path | None = None, split: str = "test", *,
+                          checkpoint: str = "last", device: str | torch.device | None = None) -> dict[str, Any]:
+    """Dice and IoU of the run's model on `split` of `data` (default: the folder it trained on).
+
+    `checkpoint`: `last` (unet_trained.pth) or `best` (unet_best.pth); `device` defaults to CUDA
+    when present, else CPU. Writes and returns the metrics.json document (module docstring).
+    """
+    run = Path(run)
+    if checkpoint not in CHECKPOINTS:
+        raise TumorcamError(f"--checkpoint: unknown checkpoint {checkpoint!r} (choose last or best)")
+    model, config = load_run_model(run, which=checkpoint, device="cpu")
+    device = resolve_device("auto") if device is None else torch.device(device)
+    model.to(device)
+    if data is None and not config.data:
+        raise TumorcamError(f"{run}: config.json names no data folder; pass --data DIR")
+    prepared = load_prepared(data if data is not None else config.data)
+    rows = prepared.indices(split)
+    if len(rows) == 0:
+        raise TumorcamError(f"--split {split}: no slices in {prepared.root} (splits.json)")
+
+    size, tc = config.train.size, config.train
+    dice, iou = [], []
+    for start in range(0, len(rows), CHUNK):
+        images, masks = prepared.tensors(rows[start:start + CHUNK])
+        images = images.to(device)
+        if size != images.shape[-1]:
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
+        d, i = score(model, images, masks.to(device), tc.eval_batch_size, device, tc.amp)
+        dice.append(d)
+        iou.append(i)
+    dice_np, iou_np = torch.cat(dice).numpy(), torch.cat(iou).numpy()
+    labels, pids = np.asarray(prepared.labels[rows]), np.asarray(prepared.pids[rows]).astype(str)
+    file_ids = np.asarray(prepared.file_ids[rows])
+
+    doc: dict[str, Any] = {
+        "split": split,
+        "data": str(prepared.root),
+        "checkpoint": CHECKPOINTS[checkpoint],
+        "size": prepared.size,
+        "input_size": size,
+        "threshold": 0.5,
+        "empty_mask_convention": EMPTY_MASK_CONVENTION,
+    }
+    doc.update(summarise(dice_np, iou_np, labels, pids, n_resamples=config.evaluate.bootstrap,
+                         seed=config.evaluate.seed))
+    doc["per_slice"] = [{"file_id": int(f), "pid": str(p), "label": int(lab), "dice": float(d), "iou": float(i)}
+                        for f, p, lab, d, i in zip(file_ids, pids, labels, dice_np, iou_np)]
+    write_json(run / "metrics.json", doc)
+    return doc

@@ -1,0 +1,20 @@
+"""Vanilla gradient saliency (Simonyan et al. 2014) through Captum `Saliency`: |ds/dx|."""
+
+from __future__ import annotations
+
+import torch
+from captum.attr import Saliency as CaptumSaliency
+from torch import nn
+
+from tumorcam.explain.methods.base import Method, Options, ScalarOutput
+
+
+class Saliency(Method):
+    name = "saliency"
+    uses_layer = False
+    rectify = "abs"
+
+    def attribute(self, scalar: ScalarOutput, images: torch.Tensor, layer: nn.Module | None,
+                  options: Options) -> torch.Tensor:
+        inputs = images.detach().requires_grad_()  # leave the caller's tensor as it was
+        return CaptumSaliency(scalar).attribute(inputs, abs=False).float()

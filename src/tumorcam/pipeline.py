@@ -1,0 +1,279 @@
+"""`run_pipeline`: data -> prepare -> train -> segmentation -> explain -> evaluate -> report, in one run folder.
+
+Stages and what they leave in OUT (the run folder):
+
+    synth             synthetic/ (figshare .mat layout)        only without --data
+    prepare           prepared/ (the prepared arrays)           unless --data is already prepared
+    train             config.json, unet_trained.pth, unet_best.pth, history.json
+    segmentation      metrics.json
+    explain           explanations/ (trained model)
+    explain-untrained explanations/ (model before fine-tuning, the paper's Figure 2)
+    faithfulness      faithfulness.json
+    localization      localization.json
+    sanity            sanity.json
+    report            figures/*.png, report.html
+
+Resuming: OUT/stages.json holds, per stage, a stamp = sha256 of the settings the stage ran with
+and the stamps of the stages it reads from. A stage is skipped when it is marked done, its
+stamp matches and its outputs exist; otherwise its old outputs are removed and it runs again
+(a change of settings redoes that stage and everything after it). `force` redoes every stage.
+Training that was interrupted with the same stamp resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tumorcam.config import Config, preset as preset_config
+from tumorcam.errors import TumorcamError
+from tumorcam.io import write_json
+
+STAGES_FILE = "stages.json"
+PREPARED_FILES = ("images.npy", "masks.npy", "labels.npy", "pids.npy", "file_ids.npy", "manifest.json", "splits.json")
+TRAIN_FILES = ("config.json", "unet_trained.pth", "unet_best.pth", "history.json", "history.csv",
+               "provenance.json", "train_state.pth")
+# Settings that change where or how fast a stage runs, not its result: left out of the stamps.
+NOT_STAMPED = {"device", "num_threads", "eval_batch_size", "batch_size", "compile"}
+
+
+@dataclass
+class Stage:
+    """One step: its name, what it writes (relative to OUT), the stamp of its inputs, and how to run
+    it; `clean` is what to remove before running it afresh (default: its outputs), `resume` how to
+    continue it after an interruption (None: it starts afresh)."""
+
+    name: str
+    outputs: tuple[str, ...]
+    stamp: str
+    run: Callable[[], Any]
+    clean: tuple[str, ...] | None = None
+    resume: Callable[[], Any] | None = None
+
+
+def is_prepared(path: Path) -> bool:
+    """A folder that already holds the prepared arrays (DESIGN.md section 2)."""
+    return path.is_dir() and all((path / name).is_file() for name in PREPARED_FILES)
+
+
+def stamp(name: str, settings: Any, *upstream: str) -> str:
+    """sha256 of a stage's name, its settings (JSON) and the stamps it depends on."""
+    text = json.dumps({"stage": name, "settings": settings, "upstream": list(upstream)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _settings(section: Any) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(section).items() if k not in NOT_STAMPED}
+
+
+def _source_fingerprint(path: Path) -> list[Any]:
+    """What identifies a data source cheaply: its resolved path, and the name, size and mtime of each entry."""
+    path = path.resolve()
+    if path.is_file():
+        st = path.stat()
+        return [str(path), st.st_size, st.st_mtime_ns]
+    entries = sorted(path.rglob("*")) if path.is_dir() else []
+    return [str(path)] + [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns]
+                          for p in entries if p.is_file()]
+
+
+class StageLog:
+    """OUT/stages.json: {"stages": {name: {"stamp", "status": "running"|"done", "seconds", "finished"}}}."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / STAGES_FILE
+        try:
+            self.stages: dict[str, dict[str, Any]] = json.loads(self.path.read_text())["stages"]
+        except FileNotFoundError:
+            self.stages = {}
+        except (OSError, ValueError, KeyError, TypeError):
+            raise TumorcamError(f"{self.path}: not a tumorcam stage log; remove it or pass --force") from None
+
+    def done(self, stage: Stage, out: Path) -> bool:
+        record = self.stages.get(stage.name, {})
+        return (record.get("status") == "done" and record.get("stamp") == stage.stamp
+                and all((out / p).exists() for p in stage.outputs))
+
+    def interrupted(self, stage: Stage) -> bool:
+        record = self.stages.get(stage.name, {})
+        return record.get("status") == "running" and record.get("stamp") == stage.stamp
+
+    def mark(self, stage: Stage, status: str, seconds: float | None = None) -> None:
+        record = {"stamp": stage.stamp, "status": status}
+        if seconds is not None:
+            record.update(seconds=round(seconds, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.stages[stage.name] = record
+        write_json(self.path, {"stages": self.stages})
+
+
+def _remove(out: Path, outputs: tuple[str, ...]) -> None:
+    """Remove a stage's old outputs (files or folders the pipeline wrote inside OUT)."""
+    for name in outputs:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def build_config(preset: str = "demo", config: Config | None = None, encoder_weights: str | None = None,
+                 device: str | None = None) -> Config:
+    """The run's config: `config` if given, else the preset's; then the command-line overrides."""
+    cfg = config if config is not None else preset_config(preset)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model), train=dataclasses.replace(cfg.train))
+    if encoder_weights is not None:
+        cfg.model.encoder_weights = encoder_weights
+    if device is not None:
+        cfg.train.device = device
+    return cfg
+
+
+def run_pipeline(
+    out: str | Path = Path("runs/demo"),
+    data: str | Path | None = None,
+    preset: str = "demo",
+    force: bool = False,
+    *,
+    config: Config | None = None,
+    encoder_weights: str | None = None,
+    device: str | None = None,
+    prepare_size: int = 256,
+    synthetic_patients: int = 40,
+    synthetic_slices: int = 6,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Run every stage into the run folder `out` (skipping finished ones) and return the report's path.
+
+    `data`: None (the synthetic dataset), a prepared folder, a folder of .mat files, the figshare
+    zips (a folder holding them, or one zip) or a PNG folder. `config` replaces the preset's
+    config; `encoder_weights` and `device` override it. `log` receives one line per stage.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TumorcamError(f"--out {out}: exists and is not a folder")
+    if data is not None and not Path(data).exists():
+        raise TumorcamError(f"--data {data}: no such file or folder")
+    cfg = build_config(preset, config, encoder_weights, device)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = plan_stages(out, cfg, None if data is None else Path(data), prepare_size,
+                         synthetic_patients, synthetic_slices)
+    stage_log = StageLog(out)
+    began = time.perf_counter()
+    redo = force
+    for stage in stages:
+        if not redo and stage_log.done(stage, out):
+            log(f"[{stage.name}] done earlier, skipped")
+            continue
+        redo = True  # a stage that runs again redoes every stage after it
+        resume = stage.resume is not None and not force and stage_log.interrupted(stage)
+        if not resume:
+            _remove(out, stage.outputs if stage.clean is None else stage.clean)
+        log(f"[{stage.name}] {'resuming' if resume else 'running'}")
+        started = time.perf_counter()
+        stage_log.mark(stage, "running")
+        (stage.resume if resume else stage.run)()
+        stage_log.mark(stage, "done", time.perf_counter() - started)
+        log(f"[{stage.name}] finished in {time.perf_counter() - started:.1f} s")
+    report = out / "report.html"
+    log(f"all stages done in {time.perf_counter() - began:.1f} s")
+    return report
+
+
+def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
+                synthetic_patients: int, synthetic_slices: int) -> list[Stage]:
+    """The stages of a run, in order, with their stamps chained so a change redoes what follows."""
+    stages: list[Stage] = []
+    seed = cfg.train.seed
+    if data is None:
+        from tumorcam.data.synth import write_synthetic
+
+        synth = Stage("synth", ("synthetic",),
+                      stamp("synth", {"patients": synthetic_patients, "slices": synthetic_slices, "seed": seed}),
+                      lambda: write_synthetic(out / "synthetic", synthetic_patients, synthetic_slices, seed))
+        stages.append(synth)
+        source, source_stamp = out / "synthetic", synth.stamp
+    else:
+        source, source_stamp = data, stamp("source", _source_fingerprint(data))
+
+    if is_prepared(source):
+        prepared, data_stamp = source.resolve(), stamp("prepared", _source_fingerprint(source))
+    else:
+        from tumorcam.data.prepare import prepare
+
+        prepared = (out / "prepared").resolve()
+        prep = Stage("prepare", ("prepared",), stamp("prepare", {"size": prepare_size, "seed": seed}, source_stamp),
+                     lambda: prepare(source, prepared, size=prepare_size, seed=seed))
+        stages.append(prep)
+        data_stamp = prep.stamp
+    cfg.data = str(prepared)
+
+    train_stamp = stamp("train", {"model": _settings(cfg.model), "train": _settings(cfg.train)}, data_stamp)
+    stages.append(_train_stage(out, cfg, train_stamp))
+    device = cfg.train.device
+    explain_settings = _settings(cfg.explain)
+    evaluate_settings = _settings(cfg.evaluate)
+
+    def explain(untrained: bool) -> Callable[[], None]:
+        from tumorcam.explain.run import explain_run
+
+        return lambda: explain_run(out, untrained=untrained)
+
+    def evaluate(module: str, function: str) -> Callable[[], None]:
+        import importlib
+
+        return lambda: getattr(importlib.import_module(f"tumorcam.evaluate.{module}"), function)(out)
+
+    explain_stamp = stamp("explain", explain_settings, train_stamp)
+    stages += [
+        Stage("segmentation", ("metrics.json",), stamp("segmentation", evaluate_settings, train_stamp),
+              lambda: _evaluate_segmentation(out, device)),
+        Stage("explain", ("explanations",), explain_stamp, explain(False)),
+        Stage("explain-untrained", ("explanations/index.json",), stamp("explain-untrained", {}, explain_stamp),
+              explain(True), clean=()),  # adds its entries to the index of the trained model's maps
+    ]
+    untrained_stamp = stages[-1].stamp
+    for module, name in (("faithfulness", "faithfulness"), ("localization", "localization"), ("sanity", "sanity")):
+        stages.append(Stage(name, (f"{name}.json",), stamp(name, evaluate_settings, untrained_stamp),
+                            evaluate(module, f"evaluate_{module}")))
+    report_stamp = stamp("report", {}, *[s.stamp for s in stages])
+    stages.append(Stage("report", ("report.html", "figures"), report_stamp, lambda: _report(out)))
+    return stages
+
+
+def _train_stage(out: Path, cfg: Config, train_stamp: str) -> Stage:
+    from tumorcam.train import train
+
+    def resume() -> None:
+        if not (out / "train_state.pth").is_file():
+            _remove(out, TRAIN_FILES)
+            train(cfg, out)
+        elif _epochs_done(out) < cfg.train.epochs:
+            train(cfg, out, resume=True)
+
+    return Stage("train", TRAIN_FILES[:5], train_stamp, lambda: train(cfg, out), clean=TRAIN_FILES, resume=resume)
+
+
+def _epochs_done(out: Path) -> int:
+    try:
+        return max(int(row["epoch"]) for row in json.loads((out / "history.json").read_text())["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _evaluate_segmentation(out: Path, device: str) -> None:
+    from tumorcam.evaluate.segmentation import evaluate_segmentation
+
+    evaluate_segmentation(out, split="test", device=None if device == "auto" else device)
+
+
+def _report(out: Path) -> None:
+    from tumorcam.report import build_report
+
+    build_report(out)

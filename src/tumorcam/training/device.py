@@ -1,0 +1,45 @@
+"""Pick the torch device from a `--device` value and set the process up for it."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import torch
+
+from tumorcam.errors import TumorcamError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`; anything else is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if re.fullmatch(r"cuda(:\d+)?", name or ""):
+        if not torch.cuda.is_available():
+            raise TumorcamError(f"--device {name}: CUDA is not available here (use --device cpu or auto)")
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise TumorcamError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return device
+    raise TumorcamError(f"--device {name!r}: unknown device (choose auto, cpu, cuda or cuda:N)")
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when `enabled`; a no-op elsewhere (CPU runs fp32)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def setup_backend(device: torch.device, seed: int, deterministic: bool, num_threads: int = 0) -> None:
+    """Seed every generator; TF32 and cuDNN autotuning on CUDA unless `deterministic`."""
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cuda.matmul.allow_tf32 = not deterministic
+        torch.backends.cudnn.allow_tf32 = not deterministic

@@ -1,0 +1,79 @@
+"""Several GPUs: PyTorch DDP under `torchrun`, detected from its environment (WORLD_SIZE > 1).
+
+    torchrun --standalone --nproc_per_node=NGPU -m tumorcam.cli train --data DIR --out RUN
+
+Every rank holds the whole prepared split on its own device and takes its share of one
+shared permutation per epoch (see `data.epoch_batches`); gradients are averaged by DDP;
+only rank 0 writes files. NCCL on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tumorcam.training.device import resolve_device
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def start(device_name: str) -> tuple[Distributed, torch.device]:
+    """Join the torchrun process group when WORLD_SIZE > 1; the device of this rank."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed(), resolve_device(device_name)
+    device = resolve_device(device_name)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def stop(info: Distributed) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, info: Distributed, device: torch.device) -> nn.Module:
+    """DDP around `model` when distributed, else the model itself."""
+    if not info.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def sum_all(value: torch.Tensor, info: Distributed) -> torch.Tensor:
+    """Sum of a tensor over ranks (itself when not distributed)."""
+    if info.enabled:
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def broadcast_flag(flag: bool, info: Distributed, device: torch.device) -> bool:
+    """Rank 0's boolean, on every rank."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
