@@ -24,14 +24,70 @@ def _segmentation(run: Path, data: Optional[Path], split: str, options: dict[str
             f"IoU {overall['iou']['mean']:.4f}  [{per_class}] -> {run / 'metrics.json'}")
 
 
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _faithfulness(run: Path, data: Optional[Path], split: str, options: dict[str, Any]) -> str:
+    from tumorcam.evaluate.faithfulness import evaluate_faithfulness
+
+    doc = evaluate_faithfulness(run, data=data, split=split, steps=options["steps"], baselines=options["baselines"],
+                                score=options["score"], batch_size=options["batch_size"], device=options["device"])
+    lines = [f"faithfulness ({doc['split']}, {doc['n_slices']} slices, K={doc['steps']}, {doc['score']}, "
+             f"{doc['seconds']:.1f} s) -> {run / 'faithfulness.json'}"]
+    for row in doc["results"]:
+        verdicts = "/".join(row[c].get("vs_random", {}).get("verdict", "-") for c in ("deletion", "insertion"))
+        lines.append(f"  {row['baseline']:<5} {row['method']:<22} {row['target']:<17} {row['layer']:<17} "
+                     f"deletion AUC {_fmt(row['deletion']['mean'])}  insertion AUC {_fmt(row['insertion']['mean'])}  "
+                     f"vs random: {verdicts}")
+    return "\n".join(lines)
+
+
+def _localization(run: Path, data: Optional[Path], split: str, options: dict[str, Any]) -> str:
+    from tumorcam.evaluate.localization import evaluate_localization
+
+    doc = evaluate_localization(run, data=data, split=split, top_percent=options["top_percent"])
+    lines = [f"localization ({doc['split']}, {doc['n_with_tumour']} slices with tumour, top {doc['top_percent']}%) "
+             f"-> {run / 'localization.json'}"]
+    for row in doc["results"]:
+        values = "  ".join(f"{m} {row[m]['mean']:.3f}" if row[m]["mean"] is not None else f"{m} -"
+                           for m in ("pointing_game", "energy_pointing_game", "top_iou"))
+        lines.append(f"  {row['model']:<9} {row['method']:<22}{' x GT' if row['times_gt'] else '     '} "
+                     f"{row['target']:<17} {row['layer']:<17} {values}")
+    return "\n".join(lines)
+
+
+def _sanity(run: Path, data: Optional[Path], split: str, options: dict[str, Any]) -> str:
+    from tumorcam.evaluate.sanity import evaluate_sanity
+
+    doc = evaluate_sanity(run, data=data, split=split, device=options["device"])
+    lines = [f"sanity ({doc['n_slices']} slices, {len(doc['stages'])} layers randomised, fail if final Spearman "
+             f">= {doc['threshold']}) -> {run / 'sanity.json'}"]
+    for row in doc["results"]:
+        lines.append(f"  {row['method']:<22} {row['target']:<17} {row['layer']:<17} final Spearman "
+                     f"{row['final_spearman']:.3f}  {'pass' if row['passes'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
 STAGES: dict[str, Callable[[Path, Optional[Path], str, dict[str, Any]], str]] = {
     "segmentation": _segmentation,
+    "faithfulness": _faithfulness,
+    "localization": _localization,
+    "sanity": _sanity,
 }
 
 
 def evaluate_command(
     run: Path = typer.Argument(..., help="Run folder (from `tumorcam train`)."),
     segmentation: bool = typer.Option(False, "--segmentation", help="Dice/IoU per slice, class, patient -> metrics.json."),
+    faithfulness: bool = typer.Option(False, "--faithfulness", help="Deletion/Insertion curves and AUC -> faithfulness.json."),
+    localization: bool = typer.Option(False, "--localization", help="Pointing game, energy, top-p% IoU -> localization.json."),
+    sanity: bool = typer.Option(False, "--sanity", help="Cascading layer randomisation -> sanity.json."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Deletion/Insertion steps K (default: the run's config, 50)."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help="Comma list of zero, blur, mean, road."),
+    score: Optional[str] = typer.Option(None, "--score", help="mean-sigmoid (the seed's) or predicted-region."),
+    top_percent: Optional[float] = typer.Option(None, "--top-percent", help="Localisation: IoU of the top p% of the map."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Perturbed slices per forward (Deletion/Insertion)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared folder (default: the one the run trained on)."),
     split: str = typer.Option("test", "--split", help="test, val, train or all."),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last (unet_trained.pth) or best (unet_best.pth)."),
@@ -40,9 +96,11 @@ def evaluate_command(
     """Evaluate a trained run: the chosen stages, or all of them when none is chosen."""
     from tumorcam.training.device import resolve_device
 
-    chosen = {"segmentation": segmentation}
+    chosen = {"segmentation": segmentation, "faithfulness": faithfulness, "localization": localization, "sanity": sanity}
     names = [name for name, on in chosen.items() if on] or list(STAGES)
-    options = {"checkpoint": checkpoint, "device": resolve_device(device or "auto")}
+    options = {"checkpoint": checkpoint, "device": resolve_device(device or "auto"), "steps": steps,
+               "baselines": [b.strip() for b in baselines.split(",") if b.strip()] if baselines is not None else None,
+               "score": score, "top_percent": top_percent, "batch_size": batch_size}
     for name in names:
         typer.echo(STAGES[name](run, data, split, options))
 
