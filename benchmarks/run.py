@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SECTIONS = {"train": "bench_train"}  # section name -> module in benchmarks/
+SECTIONS = {"train": "bench_train", "faithfulness": "bench_faithfulness", "explain": "bench_explain"}  # section name -> module in benchmarks/
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     data = write_blob_prepared(root / "prepared")
     config = preset("demo")
     config.data = str(data)
-    config.model.encoder_weights = "none"
+    config.model.encoder, config.model.encoder_weights = "resnet18", "none"  # small: tests run it on CPU
     config.train.size, config.train.epochs, config.train.batch_size = 32, 2, 4
     config.train.augment, config.train.device, config.evaluate.bootstrap = False, "cpu", 50
     train(config, root / "run")

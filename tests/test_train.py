@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_blob_prepared
 from tumorcam.cli import main
 from tumorcam.config import Config, preset
 from tumorcam.errors import TumorcamError
@@ -25,9 +26,10 @@ from tumorcam.training.device import resolve_device
 
 
 def tiny_config(data: Path, **train_settings) -> Config:
+    """The demo preset shrunk for tests: 32 px, batch 4, a ResNet18 encoder (same code, less to save)."""
     config = preset("demo")
     config.data = str(data)
-    config.model.encoder_weights = "none"
+    config.model.encoder, config.model.encoder_weights = "resnet18", "none"
     settings = {"size": 32, "epochs": 1, "batch_size": 4, "lr": 1e-3, "augment": False, "device": "cpu",
                 "loss": "dice+bce", "eval_batch_size": 8}
     settings.update(train_settings)
@@ -41,10 +43,16 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_tiny_training_lowers_the_loss_and_writes_the_run_folder(blob_prepared, tmp_path):
-    run = tmp_path / "run"
-    result = train(tiny_config(blob_prepared, epochs=3, augment=True), run)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict]:
+    """A run of 3 epochs on blob data, shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("trained")
+    data = write_blob_prepared(root / "prepared")
+    return root / "run", train(tiny_config(data, epochs=3, augment=True), root / "run")
 
+
+def test_tiny_training_lowers_the_loss_and_writes_the_run_folder(trained):
+    run, result = trained
     losses = [row["loss"] for row in result["history"]]
     assert losses[-1] < losses[0]
     for name in ("config.json", "provenance.json", "train_state.pth", "unet_trained.pth", "unet_best.pth",
@@ -63,19 +71,22 @@ def test_tiny_training_lowers_the_loss_and_writes_the_run_folder(blob_prepared, 
     assert metrics["split"] == "test" and len(metrics["per_slice"]) == 4
 
 
-def test_checkpoints_round_trip_with_weights_only(blob_prepared, tmp_path):
-    run = tmp_path / "run"
-    train(tiny_config(blob_prepared), run)
+def test_checkpoints_round_trip_with_weights_only(trained):
+    run, result = trained
     state = torch.load(run / "unet_trained.pth", map_location="cpu", weights_only=True)
-    model = GreyUnet("resnet34", encoder_weights=None, classes=1)
+    model = GreyUnet("resnet18", encoder_weights=None, classes=1)
     assert set(state) == set(model.state_dict())
     load_weights(model, run / "unet_trained.pth")
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key])
     train_state = torch.load(run / "train_state.pth", map_location="cpu", weights_only=True)
-    assert train_state["epoch"] == 1
+    assert train_state["epoch"] == 3
     assert all(torch.equal(train_state["model"][k], v) for k, v in state.items())
     assert train_state["optimizer"]["state"]  # Adam moments are saved
+    best = torch.load(run / "unet_best.pth", map_location="cpu", weights_only=True)
+    assert set(best) == set(state)
+    best_epoch = result["best_epoch"]
+    assert all(torch.equal(best[k], state[k]) for k in state) == (best_epoch == 3)
 
 
 def test_resume_continues_at_the_right_epoch_with_the_same_optimiser_state(blob_prepared, tmp_path):
@@ -128,7 +139,7 @@ def test_bad_input_gets_one_clear_error(blob_prepared, tmp_path):
     with pytest.raises(TumorcamError, match="already holds a training run"):
         train(tiny_config(blob_prepared), run)
     other = tiny_config(blob_prepared, epochs=2)
-    other.model.encoder = "resnet18"
+    other.model.encoder = "resnet34"
     with pytest.raises(TumorcamError, match="another architecture"):
         train(other, run, resume=True)
     with pytest.raises(TumorcamError, match="already trained 1 epoch"):
@@ -149,8 +160,11 @@ def test_cli_train_then_resume_and_error_line(blob_prepared, tmp_path, capsys):
     args = ["train", "--data", str(blob_prepared), "--out", str(run), "--preset", "demo", "--size", "32",
             "--epochs", "1", "--batch-size", "4", "--no-augment", "--device", "cpu", "--encoder-weights", "none"]
     main(args)
+    config = Config.load(run / "config.json")
+    assert (config.preset, config.model.encoder, config.train.augment) == ("demo", "resnet34", False)
     assert "trained 1 epoch(s)" in capsys.readouterr().out
     main(["train", "--out", str(run), "--resume", "--epochs", "2"])  # the run's own config is the base
+    capsys.readouterr()
     config = Config.load(run / "config.json")
     assert (config.train.epochs, config.train.size, config.train.batch_size) == (2, 32, 4)
     assert len(json.loads((run / "history.json").read_text())["epochs"]) == 2

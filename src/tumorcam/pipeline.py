@@ -164,8 +164,16 @@ def run_pipeline(
     out.mkdir(parents=True, exist_ok=True)
     stages = plan_stages(out, cfg, None if data is None else Path(data), prepare_size,
                          synthetic_patients, synthetic_slices)
+    run_stages(stages, out, force, log)
+    return out / "report.html"
+
+
+def run_stages(stages: list[Stage], out: Path, force: bool = False, log: Callable[[str], None] = print) -> list[str]:
+    """Run `stages` in order into `out`, skipping those done earlier with the same stamp (unless
+    `force`); once one runs, every later one runs too. Returns the names of the stages that ran."""
     stage_log = StageLog(out)
     began = time.perf_counter()
+    ran: list[str] = []
     redo = force
     for stage in stages:
         if not redo and stage_log.done(stage, out):
@@ -181,9 +189,9 @@ def run_pipeline(
         (stage.resume if resume else stage.run)()
         stage_log.mark(stage, "done", time.perf_counter() - started)
         log(f"[{stage.name}] finished in {time.perf_counter() - started:.1f} s")
-    report = out / "report.html"
+        ran.append(stage.name)
     log(f"all stages done in {time.perf_counter() - began:.1f} s")
-    return report
+    return ran
 
 
 def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
@@ -220,10 +228,13 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
     explain_settings = _settings(cfg.explain)
     evaluate_settings = _settings(cfg.evaluate)
 
+    # Before fine-tuning only Grad-CAM is drawn (Figure 2); the evaluation adds its own random map.
+    untrained_methods = ["gradcam"] if "gradcam" in cfg.explain.methods else cfg.explain.methods[:1]
+
     def explain(untrained: bool) -> Callable[[], None]:
         from tumorcam.explain.run import explain_run
 
-        return lambda: explain_run(out, untrained=untrained)
+        return lambda: explain_run(out, untrained=untrained, methods=untrained_methods if untrained else None)
 
     def evaluate(module: str, function: str) -> Callable[[], None]:
         import importlib
@@ -232,10 +243,10 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
 
     explain_stamp = stamp("explain", explain_settings, train_stamp)
     stages += [
-        Stage("segmentation", ("metrics.json",), stamp("segmentation", evaluate_settings, train_stamp),
+        Stage("segmentation", ("metrics.json",), stamp("segmentation", {"split": "test"}, train_stamp),
               lambda: _evaluate_segmentation(out, device)),
         Stage("explain", ("explanations",), explain_stamp, explain(False)),
-        Stage("explain-untrained", ("explanations/index.json",), stamp("explain-untrained", {}, explain_stamp),
+        Stage("explain-untrained", ("explanations/index.json",), stamp("explain-untrained", untrained_methods, explain_stamp),
               explain(True), clean=()),  # adds its entries to the index of the trained model's maps
     ]
     untrained_stamp = stages[-1].stamp

@@ -18,7 +18,9 @@ import hashlib
 import io
 import json
 import math
+import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,7 +34,7 @@ from tumorcam import __version__
 from tumorcam.config import Config
 from tumorcam.data.arrays import PreparedData, load_prepared
 from tumorcam.errors import TumorcamError
-from tumorcam.io import write_json, write_text
+from tumorcam.io import atomic_path, write_json, write_text
 from tumorcam.model import BEST_WEIGHTS_FILE, WEIGHTS_FILE, build_model, save_weights
 from tumorcam.training import distributed
 from tumorcam.training.data import DeviceSplit, epoch_batches, load_split, steps_per_epoch
@@ -139,9 +141,9 @@ def _train(config: Config, out: Path, resume: bool, info: distributed.Distribute
             config.save(out / "config.json")  # with the first checkpoint of this session, not before
             write_json(out / "provenance.json", provenance)
             save_state(out / STATE_FILE, model, optimizer, epoch, best_dice, best_epoch)
-            if improved or val_split is None:
-                save_weights(model, out / BEST_WEIGHTS_FILE)
             save_weights(model, out / WEIGHTS_FILE)
+            if improved or val_split is None:
+                _publish_copy(out / WEIGHTS_FILE, out / BEST_WEIGHTS_FILE)
             _write_history(out, history, best_epoch, best_dice)
             tqdm.write(_epoch_line(row, tc.epochs), file=sys.stderr)
 
@@ -152,6 +154,17 @@ def _train(config: Config, out: Path, resume: bool, info: distributed.Distribute
         metrics = evaluate_segmentation(out, data=data.root, split="test", device=device)["overall"]
     return {"run": str(out), "epochs": tc.epochs, "best_epoch": best_epoch, "best_val_dice": best_dice,
             "history": history, "metrics": metrics}
+
+
+def _publish_copy(src: Path, dst: Path) -> None:
+    """Make `dst` a copy of `src` atomically: a hard link renamed onto `dst` (no second write of
+    the weights), or a plain copy where the filesystem has no hard links."""
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def _load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

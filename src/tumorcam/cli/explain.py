@@ -66,8 +66,8 @@ def explain_command(
     folder = explain_run(run, data=data, split=split, limit=limit, ids=_ids(ids), methods=_names(methods),
                          targets=_names(targets), layers=_names(layers), batch_size=batch_size, untrained=untrained)
     index = json.loads((folder / INDEX_FILE).read_text())
-    typer.echo(f"{len(index['entries'])} map file(s) of the {index['split']} split at {index['size']}px "
-               f"in {folder} (index: {folder / INDEX_FILE})")
+    typer.echo(f"{len(index['entries'])} map file(s) of the {index['split']} split at {index['size']}px, "
+               f"listed in {folder / INDEX_FILE}")
 
 
 def register(app: typer.Typer) -> None:

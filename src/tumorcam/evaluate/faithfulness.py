@@ -47,16 +47,19 @@ ROAD_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def check_options(steps: int, baselines: list[str] | tuple[str, ...], score: str) -> None:
-    """One clear error for K < 1, an unknown baseline or an unknown score."""
-    if not isinstance(steps, int) or steps < 1:
+def check_options(steps: int | None = None, baselines: list[str] | tuple[str, ...] | None = None,
+                  score: str | None = None) -> None:
+    """One clear error for K < 1, an unknown baseline or an unknown score (None: not checked)."""
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise TumorcamError(f"--steps: K must be an integer >= 1, got {steps!r}")
-    if not baselines:
-        raise TumorcamError(f"--baselines: give at least one of {', '.join(BASELINES)}")
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise TumorcamError(f"--baselines: unknown baseline(s) {', '.join(map(repr, unknown))} (choose from {', '.join(BASELINES)})")
-    if score not in SCORES:
+    if baselines is not None:
+        if not baselines:
+            raise TumorcamError(f"--baselines: give at least one of {', '.join(BASELINES)}")
+        unknown = [b for b in baselines if b not in BASELINES]
+        if unknown:
+            raise TumorcamError(f"--baselines: unknown baseline(s) {', '.join(map(repr, unknown))} "
+                                f"(choose from {', '.join(BASELINES)})")
+    if score is not None and score not in SCORES:
         raise TumorcamError(f"--score: unknown score {score!r} (choose {' or '.join(SCORES)})")
 
 
@@ -268,7 +271,7 @@ class PerturbationGame:
         if tuple(maps.shape) != (n, h, w):
             raise ValueError(f"maps {tuple(maps.shape)} do not match images {tuple(self.images.shape)}")
         k = self.steps
-        ranks = rank_pixels(maps.to(self.device), self.seed).view(n, 1, h, w)
+        ranks = rank_pixels(maps.to(self.device), self.seed).to(torch.int32).view(n, 1, h, w)
         scores = torch.empty(n, 2, k + 1, device=self.device)
         scores[:, 0, 0] = scores[:, 1, k] = self.original
         scores[:, 0, k] = scores[:, 1, 0] = self.full
@@ -276,7 +279,7 @@ class PerturbationGame:
         job_slice = torch.arange(n, device=self.device).repeat_interleave(2 * len(inner))
         job_curve = torch.arange(2, device=self.device).repeat_interleave(len(inner)).repeat(n)
         job_step = inner.repeat(2 * n)
-        counts = torch.tensor(step_counts(k, h * w), device=self.device)
+        counts = torch.tensor(step_counts(k, h * w), device=self.device, dtype=torch.int32)
         chunks = range(0, len(job_slice), self.batch_size)
         if self.progress:
             from tqdm.auto import tqdm
@@ -360,6 +363,7 @@ def evaluate_faithfulness(
     from tumorcam.io import write_json
 
     run = Path(run)
+    check_options(steps, baselines, score)  # the options given, before any loading
     inputs = load_inputs(run, data=data, split=split, device=device)
     cfg = inputs.config.evaluate
     steps = cfg.steps if steps is None else steps

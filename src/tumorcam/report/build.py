@@ -73,12 +73,19 @@ def _subtitle(contents: RunContents) -> str:
     config = contents.config.value
     parts = [f"preset {config.get('preset', '?')}"]
     if contents.prepared.present:
-        manifest = contents.prepared.value.manifest
-        parts.append(f"data: {manifest.get('source', contents.prepared.value.root)}")
+        parts.append(f"data: {_source(contents.prepared.value.manifest.get('source'), contents.prepared.value.root)}")
         parts.append(f"{len(contents.prepared.value)} slices")
     model = config.get("model", {})
     parts.append(f"U-Net ({model.get('encoder', '?')}, encoder weights {model.get('encoder_weights', '?')})")
     return " · ".join(parts)
+
+
+def _source(source: Any, root: Path) -> str:
+    """The manifest's source as text: its kind and paths, or the prepared folder when it says nothing."""
+    if isinstance(source, dict):
+        paths = source.get("paths") or []
+        return f"{source.get('kind', 'data')} {', '.join(map(str, paths))}".strip()
+    return str(source) if source else str(root)
 
 
 def _summary(contents: RunContents) -> list[str]:

@@ -317,7 +317,14 @@ def sanity_tables(sanity: dict[str, Any]) -> Table:
 
 
 def sanity_summary(sanity: dict[str, Any]) -> list[str]:
-    passed = [str(r.get("method")) for r in sanity["results"] if r.get("passes")]
-    failed = [str(r.get("method")) for r in sanity["results"] if not r.get("passes")]
+    """One line: the methods that pass and fail; the random map, a control that ignores the weights, apart."""
+    rows = [r for r in sanity["results"] if r.get("method") != "random"]
+    passed = sorted({str(r.get("method")) for r in rows if r.get("passes")})
+    failed = sorted({str(r.get("method")) for r in rows if not r.get("passes")})
     line = "Sanity check: " + (f"passes: {', '.join(passed)}" if passed else "no method passes")
-    return [line + (f"; fails: {', '.join(failed)}." if failed else ".")]
+    line += f"; fails: {', '.join(failed)}" if failed else ""
+    control = [r for r in sanity["results"] if r.get("method") == "random"]
+    if control:
+        line += ("; the random-map control fails, as it should (it ignores the weights)"
+                 if not any(r.get("passes") for r in control) else "; the random-map control passes: check the test")
+    return [line + "."]

@@ -1,0 +1,158 @@
+"""The pipeline: `tumorcam run` end to end on a tiny synthetic configuration, a rerun that skips every
+finished stage, the stage runner's resume rules, stage planning per kind of --data, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tumorcam.cli import main
+from tumorcam.config import preset
+from tumorcam.errors import TumorcamError
+from tumorcam.pipeline import STAGES_FILE, Stage, StageLog, plan_stages, run_pipeline, run_stages, stamp
+
+ALL_STAGES = ["synth", "prepare", "train", "segmentation", "explain", "explain-untrained", "faithfulness",
+              "localization", "sanity", "report"]
+
+
+def tiny_config_file(path: Path) -> Path:
+    """The demo preset shrunk to seconds: ResNet18, 64 px, one epoch, 3 slices explained, K = 4."""
+    cfg = preset("demo")
+    cfg.model.encoder = "resnet18"
+    cfg.train = dataclasses.replace(cfg.train, size=64, epochs=1, batch_size=8, device="cpu")
+    cfg.explain = dataclasses.replace(cfg.explain, limit=3, batch_size=3, methods=["gradcam", "saliency", "random"],
+                                      targets=["mean-logits"])
+    cfg.evaluate = dataclasses.replace(cfg.evaluate, steps=4, baselines=["zero"], bootstrap=20, sanity_slices=1)
+    cfg.save(path)
+    return path
+
+
+def outputs_mtimes(run: Path) -> dict[str, int]:
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+
+
+def test_tumorcam_run_end_to_end_then_a_rerun_skips_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    args = ["run", "--config", str(tiny_config_file(tmp_path / "tiny.json")), "--out", str(run),
+            "--synthetic-patients", "15", "--synthetic-slices", "2", "--prepare-size", "64"]
+
+    main(args)
+
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1] == str(run / "report.html")
+    stages = json.loads((run / STAGES_FILE).read_text())["stages"]
+    assert list(stages) == ALL_STAGES and all(s["status"] == "done" for s in stages.values())
+    for name in ("config.json", "unet_trained.pth", "unet_best.pth", "history.json", "metrics.json",
+                 "explanations/index.json", "faithfulness.json", "localization.json", "sanity.json"):
+        assert (run / name).is_file(), name
+    index = json.loads((run / "explanations" / "index.json").read_text())
+    assert {e["model"] for e in index["entries"]} == {"trained", "untrained"}
+    assert any(e["times_gt"] for e in index["entries"])
+    figures = sorted((run / "figures").glob("*.png"))
+    assert len(figures) == 7
+    for figure in figures:
+        pixels = np.asarray(Image.open(figure).convert("L"), dtype=np.float32)
+        assert pixels.size > 0 and pixels.std() > 0, figure
+    page = (run / "report.html").read_text()
+    assert "Not available" not in page and page.count('<img src="data:image/png;base64,') == 7
+
+    before = outputs_mtimes(run)
+    main(args)
+
+    log = capsys.readouterr().err
+    assert all(f"[{name}] done earlier, skipped" in log for name in ALL_STAGES)
+    after = outputs_mtimes(run)
+    assert {k: v for k, v in after.items() if k != STAGES_FILE} == {k: v for k, v in before.items() if k != STAGES_FILE}
+
+
+def file_stage(out: Path, name: str, settings: object, calls: list[str], *upstream: str) -> Stage:
+    def write() -> None:
+        calls.append(name)
+        (out / f"{name}.txt").write_text(json.dumps(settings))
+    return Stage(name, (f"{name}.txt",), stamp(name, settings, *upstream), write)
+
+
+def test_stage_runner_skips_done_stages_and_redoes_changed_ones_and_all_after(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def plan(b_setting: int) -> list[Stage]:
+        a = file_stage(tmp_path, "a", 1, calls)
+        b = file_stage(tmp_path, "b", b_setting, calls, a.stamp)
+        return [a, b, file_stage(tmp_path, "c", 3, calls, b.stamp)]
+
+    assert run_stages(plan(2), tmp_path, log=lambda _: None) == ["a", "b", "c"]
+    assert run_stages(plan(2), tmp_path, log=lambda _: None) == []
+    assert run_stages(plan(5), tmp_path, log=lambda _: None) == ["b", "c"]
+    assert json.loads((tmp_path / "b.txt").read_text()) == 5
+    (tmp_path / "a.txt").unlink()  # an output that vanished is remade, and what follows it
+    assert run_stages(plan(5), tmp_path, log=lambda _: None) == ["a", "b", "c"]
+    assert run_stages(plan(5), tmp_path, force=True, log=lambda _: None) == ["a", "b", "c"]
+    assert calls == ["a", "b", "c", "b", "c", "a", "b", "c", "a", "b", "c"]
+
+
+def test_an_interrupted_stage_resumes_with_the_same_stamp_and_restarts_with_another(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def failing() -> None:
+        calls.append("start")
+        (tmp_path / "partial.txt").write_text("half")
+        raise KeyboardInterrupt
+
+    def stage(setting: int, run) -> Stage:
+        return Stage("train", ("done.txt",), stamp("train", setting), run,
+                     resume=lambda: (calls.append("resume"), (tmp_path / "done.txt").write_text("ok")))
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stages([stage(1, failing)], tmp_path, log=lambda _: None)
+    assert StageLog(tmp_path).stages["train"]["status"] == "running"
+    assert run_stages([stage(1, failing)], tmp_path, log=lambda _: None) == ["train"]
+    assert calls == ["start", "resume"] and (tmp_path / "partial.txt").exists()
+    assert StageLog(tmp_path).stages["train"]["status"] == "done"
+
+
+def test_plan_uses_a_prepared_folder_as_is_and_prepares_anything_else(tmp_path: Path, blob_prepared: Path) -> None:
+    cfg = preset("demo")
+    names = [s.name for s in plan_stages(tmp_path / "run", cfg, blob_prepared, 256, 40, 6)]
+    assert names[:2] == ["train", "segmentation"] and cfg.data == str(blob_prepared.resolve())
+
+    mats = tmp_path / "mats"
+    mats.mkdir()
+    (mats / "1.mat").write_bytes(b"not read while planning")
+    cfg = preset("demo")
+    names = [s.name for s in plan_stages(tmp_path / "run", cfg, mats, 256, 40, 6)]
+    assert names[:2] == ["prepare", "train"] and cfg.data == str((tmp_path / "run" / "prepared").resolve())
+
+    cfg = preset("demo")
+    assert [s.name for s in plan_stages(tmp_path / "run", cfg, None, 256, 40, 6)] == ALL_STAGES
+
+
+def test_data_that_changes_changes_the_stamps_of_everything_after_it(tmp_path: Path, blob_prepared: Path) -> None:
+    first = plan_stages(tmp_path / "run", preset("demo"), blob_prepared, 256, 40, 6)
+    (blob_prepared / "splits.json").write_text(json.dumps({"train": [1], "val": [], "test": []}))
+    second = plan_stages(tmp_path / "run", preset("demo"), blob_prepared, 256, 40, 6)
+    assert all(a.stamp != b.stamp for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "--data", "/no/such/folder"], "--data /no/such/folder: no such file or folder"),
+    (["run", "--preset", "fast"], "--preset: unknown preset 'fast'"),
+])
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TumorcamError, match="exists and is not a folder"):
+        run_pipeline(tmp_path / "file")
