@@ -242,3 +242,33 @@ def test_evaluate_faithfulness_needs_maps_or_a_model(tmp_path: Path, blob_prepar
     with pytest.raises(TumorcamError, match="--steps"):
         evaluate_faithfulness(run, steps=0)
     assert not (run / "faithfulness.json").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--steps", "0"], "error: --steps: K must be an integer >= 1, got 0"),
+    (["--baselines", "zero,grey"], "error: --baselines: unknown baseline(s) 'grey'"),
+    (["--score", "max"], "error: --score: unknown score 'max'"),
+])
+def test_cli_bad_options_give_one_line_and_exit_2(tmp_path: Path, blob_prepared: Path, capsys: pytest.CaptureFixture,
+                                                  args: list[str], message: str) -> None:
+    from tumorcam.cli import main
+
+    run = make_run(tmp_path, blob_prepared)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(run), "--faithfulness", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err
+    assert not (run / "faithfulness.json").exists()
+
+
+def test_cli_runs_faithfulness_with_the_chosen_options(tmp_path: Path, blob_prepared: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    from tumorcam.cli import main
+
+    run = make_run(tmp_path, blob_prepared, n=2)
+    main(["evaluate", str(run), "--faithfulness", "--steps", "3", "--baselines", "mean", "--score", "predicted-region",
+          "--device", "cpu"])
+    doc = json.loads((run / "faithfulness.json").read_text())
+    assert (doc["steps"], doc["baselines"], doc["score"], doc["n_slices"]) == (3, ["mean"], "predicted-region", 2)
+    assert "faithfulness (test, 2 slices, K=3, predicted-region" in capsys.readouterr().out

@@ -156,3 +156,10 @@ def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(TumorcamError, match="exists and is not a folder"):
         run_pipeline(tmp_path / "file")
+
+
+def test_a_folder_the_pipeline_did_not_make_is_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "unet_trained.pth").write_bytes(b"someone's model")
+    with pytest.raises(TumorcamError, match="did not make"):
+        run_pipeline(tmp_path, log=lambda _: None)
+    assert (tmp_path / "unet_trained.pth").read_bytes() == b"someone's model"

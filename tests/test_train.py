@@ -19,7 +19,7 @@ from tumorcam.cli import main
 from tumorcam.config import Config, preset
 from tumorcam.errors import TumorcamError
 from tumorcam.model import GreyUnet, load_weights
-from tumorcam.train import train
+from tumorcam.train import epoch_lr, train
 from tumorcam.training.augment import augment
 from tumorcam.training.data import epoch_batches, steps_per_epoch
 from tumorcam.training.device import resolve_device
@@ -174,6 +174,13 @@ def test_cli_train_then_resume_and_error_line(blob_prepared, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --data {tmp_path / 'nowhere'}: no such folder"]
+
+
+def test_learning_rate_schedules():
+    assert [epoch_lr(0.1, "constant", e, 4) for e in (1, 4)] == [0.1, 0.1]
+    assert [epoch_lr(0.1, "cosine", e, 4) for e in (1, 3, 5)] == pytest.approx([0.1, 0.05, 0.0])
+    with pytest.raises(TumorcamError, match="unknown schedule 'step'"):
+        epoch_lr(0.1, "step", 1, 4)
 
 
 def test_augmentation_keeps_image_and_mask_aligned():

@@ -30,6 +30,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 8
     lr: float = 1e-4
+    schedule: str = "constant"  # "constant" (the seed's) or "cosine" (per-epoch cosine decay to 0)
     loss: str = "bce"  # "bce" (the seed's BCEWithLogitsLoss) or "dice+bce"
     augment: bool = False
     seed: int = 0
@@ -110,7 +111,8 @@ def preset(name: str) -> Config:
         return Config(
             preset="demo",
             model=ModelConfig(encoder_weights="none"),
-            train=TrainConfig(size=96, epochs=6, batch_size=16, lr=1e-3, loss="dice+bce", augment=True),
+            train=TrainConfig(size=96, epochs=10, batch_size=8, lr=2e-3, schedule="cosine", loss="dice+bce",
+                              augment=True),
             explain=ExplainConfig(limit=24, batch_size=24),
             evaluate=EvaluateConfig(steps=20, bootstrap=500),
         )

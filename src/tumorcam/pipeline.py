@@ -160,6 +160,9 @@ def run_pipeline(
         raise TumorcamError(f"--out {out}: exists and is not a folder")
     if data is not None and not Path(data).exists():
         raise TumorcamError(f"--data {data}: no such file or folder")
+    if out.is_dir() and not (out / STAGES_FILE).exists() and any(out.iterdir()) and not force:
+        raise TumorcamError(f"--out {out}: holds files that `tumorcam run` did not make; choose another folder "
+                            "(or pass --force to let the pipeline replace what it writes there)")
     cfg = build_config(preset, config, encoder_weights, device)
     out.mkdir(parents=True, exist_ok=True)
     stages = plan_stages(out, cfg, None if data is None else Path(data), prepare_size,

@@ -63,6 +63,15 @@ def train(config: Config, out: str | Path, resume: bool = False) -> dict[str, An
         distributed.stop(info)
 
 
+def epoch_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """Learning rate of `epoch` (1-based): constant, or cosine lr * (1 + cos(pi (epoch-1) / epochs)) / 2."""
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+    raise TumorcamError(f"train.schedule: unknown schedule {schedule!r} (choose constant or cosine)")
+
+
 def _check_config(config: Config) -> None:
     tc = config.train
     if not config.data:
@@ -76,6 +85,7 @@ def _check_config(config: Config) -> None:
     if not (tc.lr > 0):
         raise TumorcamError(f"--lr {tc.lr}: must be positive")
     make_loss(tc.loss)
+    epoch_lr(tc.lr, tc.schedule, 1, tc.epochs)
 
 
 def _train(config: Config, out: Path, resume: bool, info: distributed.Distributed,
@@ -104,8 +114,6 @@ def _train(config: Config, out: Path, resume: bool, info: distributed.Distribute
     optimizer = make_optimizer(model, tc.lr, device)
     if state is not None:
         optimizer.load_state_dict(state.optimizer)
-        for group in optimizer.param_groups:
-            group["lr"] = tc.lr  # the config given now wins over the saved learning rate
 
     train_split = load_split(data, train_rows, tc.size, device)
     val_split = load_split(data, val_rows, tc.size, device) if len(val_rows) else None
@@ -124,6 +132,9 @@ def _train(config: Config, out: Path, resume: bool, info: distributed.Distribute
 
     for epoch in range(start_epoch + 1, tc.epochs + 1):
         generator.manual_seed(tc.seed * 1_000_003 + epoch * 1_009 + info.rank)
+        lr = epoch_lr(tc.lr, tc.schedule, epoch, tc.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr  # from the config given now, also over a resumed optimiser's saved value
         row = _run_epoch(step, train_split, epoch, n_steps, tc.batch_size, tc.seed, device, info,
                          desc=f"epoch {epoch}/{tc.epochs}")
         if not math.isfinite(row["loss"]):
@@ -132,7 +143,7 @@ def _train(config: Config, out: Path, resume: bool, info: distributed.Distribute
             raise TumorcamError(f"training stopped: the loss became {row['loss']} in epoch {epoch}; {last}; "
                                 "lower --lr (or check the data) and --resume")
         row.update(_validate(model, val_split, tc.eval_batch_size, device, tc.amp))
-        row["lr"] = tc.lr
+        row["lr"] = lr
         history.append(row)
         improved = row["val_dice"] is not None and (best_dice is None or row["val_dice"] > best_dice)
         if improved or val_split is None:

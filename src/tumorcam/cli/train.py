@@ -21,6 +21,7 @@ def train_command(
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate."),
     size: Optional[int] = typer.Option(None, "--size", help="Training input size (a multiple of 32)."),
     loss: Optional[str] = typer.Option(None, "--loss", help="bce (the seed's) or dice+bce."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="constant (the seed's) or cosine."),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Flips, small rotations, intensity."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN from its train_state.pth."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
@@ -45,7 +46,7 @@ def train_command(
         raise TumorcamError("--data: no prepared folder given (tumorcam train --data DIR --out RUN)")
     if encoder_weights is not None:
         config.model.encoder_weights = encoder_weights
-    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "size": size, "loss": loss,
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "size": size, "loss": loss, "schedule": schedule,
                  "augment": augment, "device": device, "compile": compile_model, "seed": seed}
     for name, value in overrides.items():
         if value is not None:

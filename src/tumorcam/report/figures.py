@@ -100,13 +100,6 @@ def _slices(contents: RunContents, file_ids: np.ndarray, size: int) -> tuple[np.
     return images[:, 0].numpy(), masks[:, 0].numpy() > 0.5, np.asarray(prepared.labels[rows])
 
 
-def _one_per_class_first(labels: np.ndarray, limit: int = MAX_ROWS) -> np.ndarray:
-    """Positions to show: the first slice of each class, then the next ones in order, up to `limit`."""
-    firsts = [int(np.flatnonzero(labels == c)[0]) for c in sorted(set(labels.tolist()))]
-    rest = [i for i in range(len(labels)) if i not in firsts]
-    return np.array((firsts + rest)[:limit], dtype=np.int64)
-
-
 def _label_name(label: int) -> str:
     return CLASS_NAMES.get(int(label), f"class {int(label)}")
 
@@ -132,7 +125,8 @@ def _matching(entries: list[ExplanationEntry], like: ExplanationEntry) -> Explan
 def _shared_maps(*entries: ExplanationEntry) -> tuple[np.ndarray, list[np.ndarray]]:
     """File ids present in every entry (in the first's order) and each entry's maps for them."""
     loaded = [entry.load() for entry in entries]
-    common = [int(f) for f in loaded[0][1] if all(int(f) in set(ids.tolist()) for _, ids in loaded[1:])]
+    others = [set(ids.tolist()) for _, ids in loaded[1:]]
+    common = [int(f) for f in loaded[0][1] if all(int(f) in ids for ids in others)]
     if not common:
         raise MissingInput("the explanation files share no slice")
     file_ids = np.array(common, dtype=np.int64)
@@ -181,7 +175,7 @@ def draw_untrained_gradcam(contents: RunContents) -> Figure:
     entries = [untrained] + ([trained] if trained else [])
     file_ids, maps = _shared_maps(*entries)
     images, masks, labels = _slices(contents, file_ids, maps[0].shape[-1])
-    show = _one_per_class_first(labels)
+    show = results.one_per_class_first(labels, MAX_ROWS)
     titles = ["slice + ground truth", "before fine-tuning"] + (["after fine-tuning"] if trained else [])
     fig, axes = _new_figure(len(show), len(titles))
     heat = None
@@ -206,7 +200,7 @@ def draw_gradcam_times_gt(contents: RunContents) -> Figure:
     entries = ([plain] if plain else []) + [times_gt]
     file_ids, maps = _shared_maps(*entries)
     images, masks, labels = _slices(contents, file_ids, maps[0].shape[-1])
-    show = _one_per_class_first(labels)
+    show = results.one_per_class_first(labels, MAX_ROWS)
     titles = ["slice + ground truth"] + (["Grad-CAM"] if plain else []) + ["Grad-CAM x ground truth"]
     fig, axes = _new_figure(len(show), len(titles))
     heat = None

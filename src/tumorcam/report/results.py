@@ -100,10 +100,15 @@ def example_rows(prepared: PreparedData, limit: int) -> np.ndarray:
     rows = prepared.indices("test")
     if len(rows) == 0:
         rows = prepared.indices("all")
-    labels = np.asarray(prepared.labels[rows])
+    return rows[one_per_class_first(np.asarray(prepared.labels[rows]), limit)]
+
+
+def one_per_class_first(labels: np.ndarray, limit: int) -> np.ndarray:
+    """Positions to show: the first of each class (in class order), then the others in order, up to `limit`."""
     firsts = [int(np.flatnonzero(labels == c)[0]) for c in sorted(set(labels.tolist()))]
-    rest = [i for i in range(len(rows)) if i not in firsts]
-    return rows[(firsts + rest)[:limit]]
+    chosen = set(firsts)
+    rest = [i for i in range(len(labels)) if i not in chosen]
+    return np.array((firsts + rest)[:limit], dtype=np.int64)
 
 
 def predict_examples(run: Path, prepared: PreparedData, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
