@@ -34,8 +34,10 @@ QUICK = {"slices": 8, "size": 32, "steps": 5, "batch": 32, "loop_slices": 2, "in
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--faith-batch", type=int, default=None, help="perturbed slices per forward (default 512, quick 32)")
-    parser.add_argument("--faith-slices", type=int, default=None, help="slices in the batched game (default 664, quick 8)")
+    parser.add_argument("--faith-batch", type=int, default=None,
+                        help="perturbed slices per forward (default 512, quick 32)")
+    parser.add_argument("--faith-slices", type=int, default=None,
+                        help="slices in the batched game (default 664, quick 8)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _write_random_prepared(root: Path, n: int, size: int) -> Path:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
-    cy, cx, r = rng.uniform(0.3, 0.7, (2, n, 1, 1)) * size, rng.uniform(0.05, 0.15, (n, 1, 1)) * size
-    masks = (yy - cy[0]) ** 2 + (xx - cx[0]) ** 2 <= r**2
+    cy, cx = rng.uniform(0.3, 0.7, (2, n, 1, 1)) * size
+    r = rng.uniform(0.05, 0.15, (n, 1, 1)) * size
+    masks = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
     images = rng.random((n, size, size), dtype=np.float32).astype(np.float16)
     arrays = {"images": images, "masks": masks, "labels": (1 + np.arange(n) % 3).astype(np.int8),
               "pids": np.array([f"P{i // 4}" for i in range(n)]), "file_ids": np.arange(1, n + 1)}
@@ -90,8 +91,8 @@ class _SeedDataset(Dataset):
 
         image = Image.fromarray(self.images[i].astype(np.float32), mode="F").resize((self.size, self.size), Image.BILINEAR)
         mask = Image.fromarray(self.masks[i].astype(np.uint8)).resize((self.size, self.size), Image.NEAREST)
-        return (torch.from_numpy(np.asarray(image, np.float32))[None],
-                torch.from_numpy(np.asarray(mask, np.float32))[None])
+        return (torch.from_numpy(np.array(image, np.float32))[None],
+                torch.from_numpy(np.array(mask, np.float32))[None])
 
 
 def _seed_loop(root: Path, shape: dict[str, int], device: torch.device) -> dict[str, Any]:

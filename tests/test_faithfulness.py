@@ -272,3 +272,19 @@ def test_cli_runs_faithfulness_with_the_chosen_options(tmp_path: Path, blob_prep
     doc = json.loads((run / "faithfulness.json").read_text())
     assert (doc["steps"], doc["baselines"], doc["score"], doc["n_slices"]) == (3, ["mean"], "predicted-region", 2)
     assert "faithfulness (test, 2 slices, K=3, predicted-region" in capsys.readouterr().out
+
+
+def test_bootstrap_ci_and_wilcoxon_on_known_samples() -> None:
+    from tumorcam.evaluate.stats import bootstrap_ci, wilcoxon_paired
+
+    constant = bootstrap_ci(np.array([0.4, 0.4, np.nan, 0.4]), resamples=100)
+    assert constant == {"mean": pytest.approx(0.4), "ci_low": pytest.approx(0.4), "ci_high": pytest.approx(0.4), "n": 3}
+    spread = bootstrap_ci(np.arange(100.0), resamples=2000, seed=1)
+    assert spread["mean"] == 49.5 and 43 < spread["ci_low"] < 47 and 52 < spread["ci_high"] < 56  # +-1.96 * 2.9
+    assert bootstrap_ci(np.array([np.nan]))["mean"] is None
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, 40)
+    shifted = wilcoxon_paired(a - 1.0, a + rng.normal(0, 0.1, 40))
+    assert shifted["p_value"] < 1e-6 and shifted["share_a_lower"] == 1.0 and shifted["mean_difference"] < -0.9
+    same = wilcoxon_paired(a, a)
+    assert same["p_value"] is None and same["mean_difference"] == 0.0 and same["n"] == 40

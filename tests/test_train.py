@@ -223,3 +223,20 @@ def test_ddp_with_two_gloo_processes_on_cpu(blob_prepared, tmp_path):
     assert len(history) == 1 and history[0]["loss"] > 0
     assert (run / "unet_trained.pth").is_file() and (run / "metrics.json").is_file()
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resumed_adam_moments_take_their_parameters_memory_layout():
+    from tumorcam.train import _match_param_layout
+
+    param = torch.nn.Parameter(torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last))
+    optimizer = torch.optim.Adam([param])
+    param.grad = torch.randn_like(param)
+    optimizer.step()
+    saved = optimizer.state_dict()
+    saved["state"][0]["exp_avg"] = saved["state"][0]["exp_avg"].contiguous()  # as a CPU run saves it
+    expected = saved["state"][0]["exp_avg"].clone()
+    resumed = torch.optim.Adam([param])
+    resumed.load_state_dict(saved)
+    _match_param_layout(resumed)
+    assert resumed.state[param]["exp_avg"].stride() == param.stride()
+    assert torch.equal(resumed.state[param]["exp_avg"], expected)

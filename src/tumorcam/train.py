@@ -114,6 +114,7 @@ def _train(config: Config, out: Path, resume: bool, info: distributed.Distribute
     optimizer = make_optimizer(model, tc.lr, device)
     if state is not None:
         optimizer.load_state_dict(state.optimizer)
+        _match_param_layout(optimizer)
 
     train_split = load_split(data, train_rows, tc.size, device)
     val_split = load_split(data, val_rows, tc.size, device) if len(val_rows) else None
@@ -165,6 +166,16 @@ def _train(config: Config, out: Path, resume: bool, info: distributed.Distribute
         metrics = evaluate_segmentation(out, data=data.root, split="test", device=device)["overall"]
     return {"run": str(out), "epochs": tc.epochs, "best_epoch": best_epoch, "best_val_dice": best_dice,
             "history": history, "metrics": metrics}
+
+
+def _match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded moment its parameter's memory layout (channels_last on CUDA): fused and
+    foreach Adam walk parameter, gradient and moments in storage order."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _publish_copy(src: Path, dst: Path) -> None:

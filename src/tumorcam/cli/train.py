@@ -27,6 +27,8 @@ def train_command(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     compile_model: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights init, batch order and augmentation."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (0: torch's default; "
+                                          "1 is often fastest on a busy machine)."),
 ) -> None:
     """Fine-tune the U-Net: validation Dice/IoU every epoch, best and last checkpoints, resume.
 
@@ -47,7 +49,8 @@ def train_command(
     if encoder_weights is not None:
         config.model.encoder_weights = encoder_weights
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "size": size, "loss": loss, "schedule": schedule,
-                 "augment": augment, "device": device, "compile": compile_model, "seed": seed}
+                 "augment": augment, "device": device, "compile": compile_model, "seed": seed,
+                 "num_threads": threads}
     for name, value in overrides.items():
         if value is not None:
             setattr(config.train, name, value)

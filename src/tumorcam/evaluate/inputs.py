@@ -208,12 +208,12 @@ def summary_rows(
             values = reduce(raw) if reduce else raw
             summary: dict[str, Any] = bootstrap_ci(values, resamples=resamples, seed=seed)
             if reduce is not None:
-                summary["curve_mean"] = finite_list(_nanmean_rows(raw))
+                summary["curve_mean"] = finite_list(_mean_curve(raw))
             if reference is not entry:
                 ref_raw = per_entry[reference.key][metric]
                 test = wilcoxon_paired(values, reduce(ref_raw) if reduce else ref_raw)
-                summary["vs_random"] = {**test, "better_share": test["share_a_lower" if better_low else "share_a_higher"],
-                                        "verdict": _verdict(test, better_low)}
+                better_share = test["share_a_lower" if better_low else "share_a_higher"]
+                summary["vs_random"] = {**test, "better_share": better_share, "verdict": _verdict(test, better_low)}
             per_slice[metric] = finite_list(values)
             row[metric] = summary
         row["per_slice"] = per_slice
@@ -221,7 +221,8 @@ def summary_rows(
     return rows
 
 
-def _nanmean_rows(curves: np.ndarray) -> np.ndarray:
+def _mean_curve(curves: np.ndarray) -> np.ndarray:
+    """Mean over slices (axis 0) of curves (N, K+1), ignoring NaN; NaN where every slice is NaN."""
     curves = np.asarray(curves, dtype=np.float64)
     finite = np.isfinite(curves)
     counts = finite.sum(axis=0)
