@@ -69,6 +69,19 @@ def test_tumorcam_run_end_to_end_then_a_rerun_skips_every_stage(tmp_path: Path, 
     after = outputs_mtimes(run)
     assert {k: v for k, v in after.items() if k != STAGES_FILE} == {k: v for k, v in before.items() if k != STAGES_FILE}
 
+    config = json.loads((tmp_path / "tiny.json").read_text())
+    config["explain"]["methods"] = ["gradcam", "random"]  # a new setting redoes explain and what follows, not training
+    (tmp_path / "tiny.json").write_text(json.dumps(config))
+    main(args)
+
+    log = capsys.readouterr().err
+    assert all(f"[{name}] done earlier, skipped" in log for name in ALL_STAGES[:4])
+    assert all(f"[{name}] running" in log for name in ALL_STAGES[4:])
+    assert (run / "unet_trained.pth").stat().st_mtime_ns == before["unet_trained.pth"]
+    index = json.loads((run / "explanations" / "index.json").read_text())
+    assert {e["method"] for e in index["entries"]} == {"gradcam", "random"}
+    assert json.loads((run / "config.json").read_text())["explain"]["methods"] == ["gradcam", "random"]
+
 
 def file_stage(out: Path, name: str, settings: object, calls: list[str], *upstream: str) -> Stage:
     def write() -> None:

@@ -22,7 +22,7 @@ from tumorcam.model import GreyUnet, load_weights
 from tumorcam.train import epoch_lr, train
 from tumorcam.training.augment import augment
 from tumorcam.training.data import epoch_batches, steps_per_epoch
-from tumorcam.training.device import resolve_device
+from tumorcam.training.device import cpu_threads, resolve_device
 
 
 def tiny_config(data: Path, **train_settings) -> Config:
@@ -174,6 +174,21 @@ def test_cli_train_then_resume_and_error_line(blob_prepared, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --data {tmp_path / 'nowhere'}: no such folder"]
+
+
+def test_cpu_threads_follow_the_idle_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert cpu_threads(3) == 3  # asked for: given
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.0, 0.0))
+    assert cpu_threads(0) == 2  # idle machine: torch's default
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    assert cpu_threads(0) == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 0.0, 0.0))
+    assert cpu_threads(0) == 1  # never below one
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu_threads(0) == 2  # the user's explicit choice stands
 
 
 def test_learning_rate_schedules():

@@ -234,20 +234,28 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
     # Before fine-tuning only Grad-CAM is drawn (Figure 2); the evaluation adds its own random map.
     untrained_methods = ["gradcam"] if "gradcam" in cfg.explain.methods else cfg.explain.methods[:1]
 
+    def current_config(action: Callable[[], Any]) -> Callable[[], None]:
+        """The later stages read RUN/config.json: give them this run's settings even when training was skipped."""
+        def run() -> None:
+            cfg.save(out / "config.json")
+            action()
+        return run
+
     def explain(untrained: bool) -> Callable[[], None]:
         from tumorcam.explain.run import explain_run
 
-        return lambda: explain_run(out, untrained=untrained, methods=untrained_methods if untrained else None)
+        return current_config(lambda: explain_run(out, untrained=untrained,
+                                                  methods=untrained_methods if untrained else None))
 
     def evaluate(module: str, function: str) -> Callable[[], None]:
         import importlib
 
-        return lambda: getattr(importlib.import_module(f"tumorcam.evaluate.{module}"), function)(out)
+        return current_config(lambda: getattr(importlib.import_module(f"tumorcam.evaluate.{module}"), function)(out))
 
     explain_stamp = stamp("explain", explain_settings, train_stamp)
     stages += [
         Stage("segmentation", ("metrics.json",), stamp("segmentation", {"split": "test"}, train_stamp),
-              lambda: _evaluate_segmentation(out, device)),
+              current_config(lambda: _evaluate_segmentation(out, device))),
         Stage("explain", ("explanations",), explain_stamp, explain(False)),
         Stage("explain-untrained", ("explanations/index.json",), stamp("explain-untrained", untrained_methods, explain_stamp),
               explain(True), clean=()),  # adds its entries to the index of the trained model's maps
@@ -257,7 +265,7 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
         stages.append(Stage(name, (f"{name}.json",), stamp(name, evaluate_settings, untrained_stamp),
                             evaluate(module, f"evaluate_{module}")))
     report_stamp = stamp("report", {}, *[s.stamp for s in stages])
-    stages.append(Stage("report", ("report.html", "figures"), report_stamp, lambda: _report(out)))
+    stages.append(Stage("report", ("report.html", "figures"), report_stamp, current_config(lambda: _report(out))))
     return stages
 
 

@@ -269,6 +269,7 @@ def _provenance(data: PreparedData, device: torch.device, info: distributed.Dist
                      "cuda": torch.version.cuda},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "world_size": info.world_size,
+        "cpu_threads": torch.get_num_threads(),
         "data": {"path": str(data.root.resolve()), "manifest_sha256": digest.hexdigest(),
                  "size": data.size, "counts": {s: int(len(data.indices(s))) for s in ("train", "val", "test")}},
         "argv": sys.argv,
