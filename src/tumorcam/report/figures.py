@@ -238,7 +238,7 @@ def draw_deletion_insertion(contents: RunContents) -> Figure:
                         linestyle=":" if random else LINE_STYLES[k % len(LINE_STYLES)],
                         marker=None if random else MARKERS[k % len(MARKERS)], markevery=max(1, len(fraction) // 6),
                         markersize=4, linewidth=2.2 if random else 1.6,
-                        label=f"{curve.label} (AUC {curve.auc[game]:.3f})" if curve.auc.get(game) is not None else curve.label)
+                        label=f"{curve.label} (AUC {results.fmt(curve.auc[game])})" if curve.auc.get(game) is not None else curve.label)
             better = "lower is better" if game == "deletion" else "higher is better"
             ax.set_title(f"{game.capitalize()} ({better}); {group.title}", fontsize=10)
             ax.set_xlabel("fraction of pixels " + ("removed" if game == "deletion" else "restored"))

@@ -26,7 +26,7 @@ class Table:
 
 
 def fmt(value: Any, digits: int = 3) -> str:
-    """A number as text with `digits` decimals; None, NaN or a non-number as "n/a"."""
+    """A number as text with `digits` decimals (`digits` significant digits below 0.1); None or NaN as "n/a"."""
     if isinstance(value, bool) or value is None:
         return "n/a" if value is None else str(value)
     if isinstance(value, (int, np.integer)):
@@ -35,7 +35,11 @@ def fmt(value: Any, digits: int = 3) -> str:
         number = float(value)
     except (TypeError, ValueError):
         return str(value)
-    return "n/a" if not np.isfinite(number) else f"{number:.{digits}f}"
+    if not np.isfinite(number):
+        return "n/a"
+    if number != 0 and abs(number) < 0.1:  # small scores (e.g. mean sigmoid over a slice): significant digits
+        return f"{number:.{digits}g}"
+    return f"{number:.{digits}f}"
 
 
 def fmt_p(value: Any) -> str:
