@@ -155,6 +155,7 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
     run = Path(run)
     inputs = load_inputs(run, data=data, split=split, device=device)
     cfg = inputs.config.evaluate
+    explain_cfg = inputs.config.explain
     count = cfg.sanity_slices if limit is None else limit
     if count < 1:
         raise TumorcamError(f"--sanity-slices: must be >= 1, got {count}")
@@ -174,7 +175,8 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
         def map_fn(model: nn.Module, x: torch.Tensor, method: str = method, target: str = target,
                    layer: str = layer) -> torch.Tensor:
             return compute_maps(model, x, method=method, target=target,
-                                layer=None if layer == "input" else layer, masks=masks, amp=inputs.config.train.amp)
+                                layer=None if layer == "input" else layer, masks=masks,
+                                ig_steps=explain_cfg.ig_steps, seed=explain_cfg.seed, amp=inputs.config.train.amp)
 
         result = cascading_randomization(inputs.model, images, map_fn, stages=stages, seed=cfg.seed)
         results.append({
