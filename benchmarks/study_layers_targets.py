@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run", required=True, type=Path, help="trained run folder (tumorcam train)")
     parser.add_argument("--data", default=None, help="prepared folder (default: the run's config.data)")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--limit", type=int, default=24, help="first N slices of the split")
+    parser.add_argument("--limit", type=int, default=None, help="first N slices of the split (default 24)")
+    parser.add_argument("--ids", type=lambda t: [int(i) for i in _names(t)], default=None,
+                        help="file ids of the split to explain instead of the first --limit")
     parser.add_argument("--methods", type=_names, default=_names("gradcam,layercam,saliency,random"))
     parser.add_argument("--targets", type=_names, default=_names("mean-logits,predicted-region"))
     parser.add_argument("--layers", type=_names,
@@ -125,8 +127,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start_machine = machine()
 
     began = time.perf_counter()
+    limit = None if args.ids else (args.limit or 24)
     if not args.reuse_maps:
-        explain_run(args.run, data=args.data, split=args.split, limit=args.limit, methods=args.methods,
+        explain_run(args.run, data=args.data, split=args.split, limit=limit, ids=args.ids, methods=args.methods,
                     targets=args.targets, layers=args.layers, batch_size=args.batch_size)
     if not args.times_gt:
         drop_times_gt(args.run)

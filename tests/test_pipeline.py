@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tumorcam.cli import main
-from tumorcam.config import preset
+from tumorcam.config import Config, preset
 from tumorcam.errors import TumorcamError
 from tumorcam.pipeline import STAGES_FILE, Stage, StageLog, plan_stages, run_pipeline, run_stages, stamp
 
@@ -176,3 +176,20 @@ def test_a_folder_the_pipeline_did_not_make_is_not_overwritten(tmp_path: Path) -
     with pytest.raises(TumorcamError, match="did not make"):
         run_pipeline(tmp_path, log=lambda _: None)
     assert (tmp_path / "unet_trained.pth").read_bytes() == b"someone's model"
+
+
+def test_data_without_a_test_split_is_explained_and_evaluated_on_val(tmp_path: Path, blob_prepared: Path) -> None:
+    splits = json.loads((blob_prepared / "splits.json").read_text())
+    splits["val"] += splits["test"]
+    splits["test"] = []
+    (blob_prepared / "splits.json").write_text(json.dumps(splits))
+    lines: list[str] = []
+    cfg = Config.load(tiny_config_file(tmp_path / "tiny.json"))
+
+    run_pipeline(tmp_path / "run", data=blob_prepared, config=cfg, log=lines.append)
+
+    run = tmp_path / "run"
+    assert "the test split is empty: explaining and evaluating on the validation split" in lines
+    assert json.loads((run / "metrics.json").read_text())["split"] == "val"
+    assert json.loads((run / "explanations" / "index.json").read_text())["split"] == "val"
+    assert json.loads((run / "config.json").read_text())["evaluate"]["split"] == "val"

@@ -166,7 +166,7 @@ def run_pipeline(
     cfg = build_config(preset, config, encoder_weights, device)
     out.mkdir(parents=True, exist_ok=True)
     stages = plan_stages(out, cfg, None if data is None else Path(data), prepare_size,
-                         synthetic_patients, synthetic_slices)
+                         synthetic_patients, synthetic_slices, log)
     run_stages(stages, out, force, log)
     return out / "report.html"
 
@@ -198,7 +198,8 @@ def run_stages(stages: list[Stage], out: Path, force: bool = False, log: Callabl
 
 
 def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
-                synthetic_patients: int, synthetic_slices: int) -> list[Stage]:
+                synthetic_patients: int, synthetic_slices: int,
+                log: Callable[[str], None] = print) -> list[Stage]:
     """The stages of a run, in order, with their stamps chained so a change redoes what follows."""
     stages: list[Stage] = []
     seed = cfg.train.seed
@@ -237,6 +238,7 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
     def current_config(action: Callable[[], Any]) -> Callable[[], None]:
         """The later stages read RUN/config.json: give them this run's settings even when training was skipped."""
         def run() -> None:
+            _evaluate_on_val_without_test(cfg, log)
             cfg.save(out / "config.json")
             action()
         return run
@@ -254,8 +256,8 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
 
     explain_stamp = stamp("explain", explain_settings, train_stamp)
     stages += [
-        Stage("segmentation", ("metrics.json",), stamp("segmentation", {"split": "test"}, train_stamp),
-              current_config(lambda: _evaluate_segmentation(out, device))),
+        Stage("segmentation", ("metrics.json",), stamp("segmentation", {"split": cfg.evaluate.split}, train_stamp),
+              current_config(lambda: _evaluate_segmentation(out, cfg.evaluate.split, device))),
         Stage("explain", ("explanations",), explain_stamp, explain(False)),
         Stage("explain-untrained", ("explanations/index.json",), stamp("explain-untrained", untrained_methods, explain_stamp),
               explain(True), clean=()),  # adds its entries to the index of the trained model's maps
@@ -289,10 +291,22 @@ def _epochs_done(out: Path) -> int:
         return 0
 
 
-def _evaluate_segmentation(out: Path, device: str) -> None:
+def _evaluate_on_val_without_test(cfg: Config, log: Callable[[str], None]) -> None:
+    """Data whose test split is empty (figshare-png256 holds folds 1-4 only) is explained and
+    evaluated on its validation split; the change is logged and saved in config.json."""
+    if cfg.explain.split != "test" and cfg.evaluate.split != "test":
+        return
+    from tumorcam.data.arrays import load_prepared
+
+    if len(load_prepared(cfg.data).indices("test")) == 0:
+        log("the test split is empty: explaining and evaluating on the validation split")
+        cfg.explain.split = cfg.evaluate.split = "val"
+
+
+def _evaluate_segmentation(out: Path, split: str, device: str) -> None:
     from tumorcam.evaluate.segmentation import evaluate_segmentation
 
-    evaluate_segmentation(out, split="test", device=None if device == "auto" else device)
+    evaluate_segmentation(out, split=split, device=None if device == "auto" else device)
 
 
 def _report(out: Path) -> None:
