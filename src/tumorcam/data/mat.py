@@ -55,15 +55,7 @@ def read_mat(source: str | os.PathLike | bytes, name: str | None = None) -> MatS
 
     `name` is what error messages call the file (default: the path); its stem gives `file_id`.
     """
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-        name = name or "<bytes>"
-    else:
-        name = name or str(source)
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise TumorcamError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    data, name = _read_bytes(source, name)
     if data[:8] == HDF5_SIGNATURE or data[USERBLOCK_BYTES : USERBLOCK_BYTES + 8] == HDF5_SIGNATURE:
         fields = _read_v73(data, name)
     elif data.startswith(b"MATLAB 5.0") or (len(data) >= MAT_HEADER_BYTES and data[124:128] in (b"\x00\x01IM", b"\x01\x00MI")):
@@ -168,14 +160,7 @@ def _check(fields: dict[str, Any], name: str) -> MatSlice:
 def read_cvind(source: str | os.PathLike | bytes, name: str | None = None) -> np.ndarray:
     """Cheng's fold file `cvind.mat` (variable `cvind`, v7.3 or v5): fold 1-5 of each file number, as int array
     (entry i is the fold of file `i + 1`)."""
-    if isinstance(source, (bytes, bytearray)):
-        data, name = bytes(source), name or "<bytes>"
-    else:
-        name = name or str(source)
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise TumorcamError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    data, name = _read_bytes(source, name)
     try:
         if data[:8] == HDF5_SIGNATURE or data[USERBLOCK_BYTES : USERBLOCK_BYTES + 8] == HDF5_SIGNATURE:
             import h5py
@@ -194,3 +179,14 @@ def read_cvind(source: str | os.PathLike | bytes, name: str | None = None) -> np
     if not np.isin(folds, (1, 2, 3, 4, 5)).all():
         raise TumorcamError(f"{name}: `cvind` must hold folds 1-5, found {sorted(set(folds.tolist()))[:6]}")
     return folds.astype(np.int64)
+
+
+def _read_bytes(source: str | os.PathLike | bytes, name: str | None) -> tuple[bytes, str]:
+    """The bytes of a file (or the bytes given) and the name messages use for them."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source), name or "<bytes>"
+    name = name or str(source)
+    try:
+        return Path(source).read_bytes(), name
+    except OSError as exc:
+        raise TumorcamError(f"{name}: cannot read ({exc.strerror or exc})") from None
