@@ -17,6 +17,7 @@ from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
 from tumorcam.evaluate.sanity import (
     SSIM_K1,
+    SanityResult,
     cascade_stages,
     cascading_randomization,
     evaluate_sanity,
@@ -40,7 +41,8 @@ def test_spearman_rows_matches_scipy_and_handles_flat_maps() -> None:
     np.testing.assert_allclose(spearman_rows(a, b), expected, atol=1e-12)
     assert spearman_rows(a[:1], -a[:1])[0] == pytest.approx(-1.0)
     flat = np.zeros((1, 50))
-    assert spearman_rows(flat, a[:1])[0] == 0.0 and spearman_rows(flat, flat)[0] == 1.0
+    assert spearman_rows(a[:1], flat)[0] == 0.0  # the randomised model's map went flat: it changed
+    assert np.isnan(spearman_rows(flat, a[:1])[0]) and np.isnan(spearman_rows(flat, flat)[0])  # nothing to compare
 
 
 def test_ssim_is_one_for_equal_maps_and_exact_for_constant_maps() -> None:
@@ -139,3 +141,10 @@ def test_evaluate_sanity_flags_the_fixed_seed_random_map(tmp_path: Path, blob_pr
     assert len(row["spearman"]) == len(row["ssim"]) == 12
     assert row["spearman"] == pytest.approx([1.0] * 12) and row["passes"] is False
     assert row["final_spearman"] == row["spearman"][-1]
+
+
+def test_flat_original_maps_leave_the_verdict_undetermined() -> None:
+    flat = SanityResult(stages=["segmentation_head"], spearman=np.full((1, 3), np.nan), ssim=np.ones((1, 3)))
+    assert flat.final_spearman is None and flat.fails(0.5) is None
+    mixed = SanityResult(stages=["segmentation_head"], spearman=np.array([[np.nan, 0.9, 0.7]]), ssim=np.ones((1, 3)))
+    assert mixed.final_spearman == pytest.approx(0.8) and mixed.fails(0.5) is True

@@ -6,8 +6,9 @@ The layers are re-initialised one stage at a time from the output towards the in
 `encoder.layer1`, `encoder.bn1`, `encoder.conv1`); after each stage the maps are recomputed and
 compared with the maps of the intact model, per slice, by
 
-- Spearman rank correlation rho of the pixel values (ties get average ranks; if exactly one of the
-  two maps is constant, rho = 0; if both are, rho = 1), and
+- Spearman rank correlation rho of the pixel values (ties get average ranks; a constant original
+  map has nothing to compare and gives no value (NaN, left out of the means); a constant map of the
+  randomised model against a non-constant original gives rho = 0), and
 - SSIM (Wang et al. 2004: Gaussian window 11 px, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1,
   over the window positions that fit in the map). Hand-written in a few lines rather than adding
   torchmetrics or scikit-image as a dependency for one formula.
@@ -66,7 +67,8 @@ def randomize_(module: nn.Module, seed: int) -> None:
 
 
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman rho per row of (N, P) arrays (average ranks for ties); see the module docstring for flat maps."""
+    """Spearman rho per row of (N, P) arrays `a` (original maps) and `b` (randomised model's maps), with
+    average ranks for ties; a flat row of `a` gives NaN, a flat row of `b` only gives 0."""
     a = np.asarray(a, np.float64).reshape(len(a), -1)
     b = np.asarray(b, np.float64).reshape(len(b), -1)
     ra = rankdata(a, axis=1) - (a.shape[1] + 1) / 2
@@ -74,7 +76,7 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     na, nb = np.linalg.norm(ra, axis=1), np.linalg.norm(rb, axis=1)
     flat_a, flat_b = na == 0, nb == 0
     rho = (ra * rb).sum(1) / np.where(flat_a | flat_b, 1.0, na * nb)
-    return np.where(flat_a & flat_b, 1.0, np.where(flat_a | flat_b, 0.0, rho))
+    return np.where(flat_a, np.nan, np.where(flat_b, 0.0, rho))
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
@@ -113,12 +115,16 @@ class SanityResult:
     ssim: np.ndarray
 
     @property
-    def final_spearman(self) -> float:
-        return float(np.nanmean(self.spearman[-1]))
+    def final_spearman(self) -> float | None:
+        """Mean rho after the last stage; None when every original map is flat (nothing to compare)."""
+        last = self.spearman[-1]
+        return None if np.isnan(last).all() else float(np.nanmean(last))
 
-    def fails(self, threshold: float) -> bool:
-        """True when the fully randomised model's maps keep mean rho >= threshold: the map barely changes."""
-        return self.final_spearman >= threshold
+    def fails(self, threshold: float) -> bool | None:
+        """True when the fully randomised model's maps keep mean rho >= threshold: the map barely changes;
+        None when undetermined (every original map is flat)."""
+        final = self.final_spearman
+        return None if final is None else final >= threshold
 
 
 def cascading_randomization(model: nn.Module, images: torch.Tensor, map_fn: MapFn, *,
@@ -187,7 +193,7 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
             "ssim": finite_list(np.nanmean(result.ssim, axis=1)),
             "ssim_std": finite_list(np.nanstd(result.ssim, axis=1)),
             "final_spearman": result.final_spearman,
-            "passes": not result.fails(cfg.sanity_threshold),
+            "passes": None if result.fails(cfg.sanity_threshold) is None else not result.fails(cfg.sanity_threshold),
         })
     out = {
         "split": inputs.split,

@@ -302,7 +302,7 @@ def sanity_series(sanity: dict[str, Any]) -> list[SanityPanel]:
         for r in sanity["results"]:
             values = r.get(metric)
             if values is not None:
-                label = f"{r.get('method')} ({r.get('target')})" + ("" if r.get("passes") else " FAILS")
+                label = f"{r.get('method')} ({r.get('target')})" + {True: "", False: " FAILS"}.get(r.get("passes"), " undetermined")
                 lines[label] = [np.nan if v is None else float(v) for v in values]
         if lines:
             threshold = sanity.get("threshold") if metric == "spearman" else None
@@ -317,7 +317,7 @@ def sanity_tables(sanity: dict[str, Any]) -> Table:
     for r in sanity["results"]:
         ssim = r.get("ssim") or [None]
         body.append([str(r.get("method")), str(r.get("target")), str(r.get("layer")),
-                     fmt(r.get("final_spearman")), fmt(ssim[-1]), "passes" if r.get("passes") else "FAILS"])
+                     fmt(r.get("final_spearman")), fmt(ssim[-1]), sanity_verdict(r)])
     return Table(f"Sanity check (cascading randomisation, {fmt(sanity.get('n_slices'))} slices)",
                  ["method", "target", "layer", "Spearman after full randomisation", "SSIM after full randomisation",
                   "result"], body,
@@ -325,11 +325,16 @@ def sanity_tables(sanity: dict[str, Any]) -> Table:
                  f">= {fmt(sanity.get('threshold'), 2)} with the original maps.")
 
 
+def sanity_verdict(row: dict[str, Any]) -> str:
+    """"passes", "FAILS", or "undetermined" when every original map was flat (sanity.json passes = null)."""
+    return {True: "passes", False: "FAILS"}.get(row.get("passes"), "undetermined (original maps flat)")
+
+
 def sanity_summary(sanity: dict[str, Any]) -> list[str]:
     """One line: the methods that pass and fail; the random map, a control that ignores the weights, apart."""
     rows = [r for r in sanity["results"] if r.get("method") != "random"]
     passed = sorted({str(r.get("method")) for r in rows if r.get("passes")})
-    failed = sorted({str(r.get("method")) for r in rows if not r.get("passes")})
+    failed = sorted({str(r.get("method")) for r in rows if r.get("passes") is False})
     line = "Sanity check: " + (f"passes: {', '.join(passed)}" if passed else "no method passes")
     line += f"; fails: {', '.join(failed)}" if failed else ""
     control = [r for r in sanity["results"] if r.get("method") == "random"]
