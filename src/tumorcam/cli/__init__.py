@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from tumorcam import __version__
 from tumorcam.errors import TumorcamError
+
+try:  # recent typer runs on its own copy of click, whose exceptions are not click's
+    from typer._click.exceptions import ClickException
+except ImportError:  # older typer: click itself
+    from click.exceptions import ClickException
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -22,14 +26,28 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tumorcam {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback on errors."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
-    if version:
-        typer.echo(f"tumorcam {__version__}")
-        raise typer.Exit()
+    _set_cpu_threads()
+
+
+def _set_cpu_threads() -> None:
+    """CPU work of every command uses the threads training would (fewer than the cores when they are busy)."""
+    import torch
+
+    from tumorcam.training.device import cpu_threads
+
+    torch.set_num_threads(cpu_threads(0))
 
 
 def _register_commands() -> None:
@@ -53,10 +71,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except click.ClickException as exc:
+    except ClickException as exc:  # a usage error: typer's own message, exit 2
         exc.show()
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         sys.exit(130)
     if isinstance(result, int) and result:
