@@ -64,8 +64,9 @@ def _sanity(run: Path, data: Optional[Path], split: str, options: dict[str, Any]
     lines = [f"sanity ({doc['n_slices']} slices, {len(doc['stages'])} layers randomised, fail if final Spearman "
              f">= {doc['threshold']}) -> {run / 'sanity.json'}"]
     for row in doc["results"]:
+        verdict = {True: "pass", False: "FAIL"}.get(row["passes"], "undetermined (original maps flat)")
         lines.append(f"  {row['method']:<22} {row['target']:<17} {row['layer']:<17} final Spearman "
-                     f"{row['final_spearman']:.3f}  {'pass' if row['passes'] else 'FAIL'}")
+                     f"{_fmt(row['final_spearman'])}  {verdict}")
     return "\n".join(lines)
 
 
