@@ -90,7 +90,7 @@ def evaluate_command(
     top_percent: Optional[float] = typer.Option(None, "--top-percent", help="Localisation: IoU of the top p% of the map."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Perturbed slices per forward (Deletion/Insertion)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared folder (default: the one the run trained on)."),
-    split: str = typer.Option("test", "--split", help="test, val, train or all."),
+    split: Optional[str] = typer.Option(None, "--split", help="test, val, train or all (default: the run's config.evaluate.split)."),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last (unet_trained.pth) or best (unet_best.pth)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default auto)."),
 ) -> None:
@@ -102,8 +102,16 @@ def evaluate_command(
     options = {"checkpoint": checkpoint, "device": resolve_device(device or "auto"), "steps": steps,
                "baselines": [b.strip() for b in baselines.split(",") if b.strip()] if baselines is not None else None,
                "score": score, "top_percent": top_percent, "batch_size": batch_size}
+    split = split or _configured_split(run)
     for name in names:
         typer.echo(STAGES[name](run, data, split, options))
+
+
+def _configured_split(run: Path) -> str:
+    """The split the run's config evaluates (`test`, or `val` for data without a test split)."""
+    from tumorcam.config import Config
+
+    return Config.load(run / "config.json").evaluate.split if (run / "config.json").is_file() else "test"
 
 
 def register(app: typer.Typer) -> None:
