@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from tumorcam.data.arrays import CLASS_NAMES
 from tumorcam.io import atomic_path
 from tumorcam.report import results
-from tumorcam.report.contents import ExplanationEntry, RunContents, rows_of_file_ids
+from tumorcam.report.contents import ExplanationEntry, RunContents, Section, rows_of_file_ids
 
 HEATMAP_CMAP = "inferno"
 DPI = 110
@@ -86,15 +86,16 @@ def _show_heatmap(ax: Any, heatmap: np.ndarray) -> Any:
     return image
 
 
-def _need_prepared(contents: RunContents) -> Any:
-    if not contents.prepared.present:
-        raise MissingInput(contents.prepared.reason)
-    return contents.prepared.value
+def _need(section: Section) -> Any:
+    """The section's value; a missing section stops the figure with its reason."""
+    if not section.present:
+        raise MissingInput(section.reason)
+    return section.value
 
 
 def _slices(contents: RunContents, file_ids: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images (N,S,S), masks (N,S,S) bool and labels (N,) of `file_ids`, resized to `size`."""
-    prepared = _need_prepared(contents)
+    prepared = _need(contents.prepared)
     rows = rows_of_file_ids(prepared, file_ids)
     images, masks = prepared.tensors(rows, size)
     return images[:, 0].numpy(), masks[:, 0].numpy() > 0.5, np.asarray(prepared.labels[rows])
@@ -150,7 +151,7 @@ def _colorbar(fig: Figure, image: Any, axes: np.ndarray, label: str) -> None:
 
 def draw_classes(contents: RunContents) -> Figure:
     """(1) One slice per tumour class with the ground-truth outline."""
-    prepared = _need_prepared(contents)
+    prepared = _need(contents.prepared)
     rows = prepared.indices("test")
     if len(rows) == 0:
         rows = prepared.indices("all")
@@ -219,9 +220,7 @@ def draw_gradcam_times_gt(contents: RunContents) -> Figure:
 
 def draw_deletion_insertion(contents: RunContents) -> Figure:
     """(4) Mean Deletion and Insertion curves of every method, AUC in the legend."""
-    if not contents.faithfulness.present:
-        raise MissingInput(contents.faithfulness.reason)
-    groups = results.faithfulness_curves(contents.faithfulness.value)
+    groups = results.faithfulness_curves(_need(contents.faithfulness))
     if not groups:
         raise MissingInput("faithfulness.json holds no curves")
     fig, axes = _new_figure(len(groups), 2, width=11.0, height=3.6 * len(groups))
@@ -254,7 +253,7 @@ def draw_predicted_mask(contents: RunContents) -> Figure:
     from tumorcam.errors import TumorcamError
     from tumorcam.metrics import dice_iou
 
-    prepared = _need_prepared(contents)
+    prepared = _need(contents.prepared)
     try:
         predictions = results.predict_examples(contents.run, prepared, MAX_ROWS)
     except TumorcamError as exc:
@@ -283,9 +282,7 @@ def draw_predicted_mask(contents: RunContents) -> Figure:
 
 def draw_training_curves(contents: RunContents) -> Figure:
     """Loss and validation scores per epoch (history.json)."""
-    if not contents.history.present:
-        raise MissingInput(contents.history.reason)
-    epochs, series = results.history_series(contents.history.value)
+    epochs, series = results.history_series(_need(contents.history))
     losses = {k: v for k, v in series.items() if "loss" in k}
     scores = {k: v for k, v in series.items() if "loss" not in k}
     if not losses and not scores:
@@ -305,9 +302,7 @@ def draw_training_curves(contents: RunContents) -> Figure:
 
 def draw_sanity(contents: RunContents) -> Figure:
     """Cascading randomisation: similarity of each method's maps to the original, layer by layer."""
-    if not contents.sanity.present:
-        raise MissingInput(contents.sanity.reason)
-    panels = results.sanity_series(contents.sanity.value)
+    panels = results.sanity_series(_need(contents.sanity))
     if not panels:
         raise MissingInput("sanity.json holds no per-layer similarities")
     fig, axes = _new_figure(1, len(panels), width=5.6 * len(panels), height=4.2)
