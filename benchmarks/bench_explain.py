@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
 
-from tumorcam.config import ModelConfig
 from tumorcam.explain import compute_maps
-from tumorcam.model import build_model
-from tumorcam.training.device import autocast, resolve_device, setup_backend
+from tumorcam.training.device import autocast
+
+from common import inference_model
 
 FULL = {"slices": 2048, "size": 224, "batch": 256, "loop_slices": 32, "method_batches": 4, "inference_batches": 8}
 QUICK = {"slices": 8, "size": 64, "batch": 4, "loop_slices": 2, "method_batches": 1, "inference_batches": 2}
@@ -57,11 +57,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shape["batch"] = args.explain_batch or shape["batch"]
     shape["slices"] = args.explain_slices or shape["slices"]
     shape["size"] = args.explain_size or shape["size"]
-    device = resolve_device(args.device)
-    setup_backend(device, seed=0, deterministic=False)
-    model = build_model(ModelConfig(encoder_weights="none")).to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    device, model = inference_model(args.device)
     n, s, b = shape["slices"], shape["size"], shape["batch"]
     images = torch.rand((n, 1, s, s), generator=torch.Generator().manual_seed(0)).to(device)
     if device.type == "cuda":

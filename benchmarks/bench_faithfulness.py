@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from tumorcam.config import ModelConfig
 from tumorcam.evaluate.faithfulness import PerturbationGame, reference_curves
-from tumorcam.model import build_model
-from tumorcam.training.device import autocast, resolve_device, setup_backend
+from tumorcam.training.device import autocast
+
+from common import inference_model
 
 FULL = {"slices": 664, "size": 224, "steps": 50, "batch": 512, "loop_slices": 3, "inference_batches": 20}
 QUICK = {"slices": 8, "size": 32, "steps": 5, "batch": 32, "loop_slices": 2, "inference_batches": 4}
@@ -44,11 +44,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shape = dict(QUICK if args.quick else FULL)
     shape["batch"] = args.faith_batch or shape["batch"]
     shape["slices"] = args.faith_slices or shape["slices"]
-    device = resolve_device(args.device)
-    setup_backend(device, seed=0, deterministic=False)
-    model = build_model(ModelConfig(encoder_weights="none")).to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    device, model = inference_model(args.device)
     generator = torch.Generator().manual_seed(0)
     n, s, k = shape["slices"], shape["size"], shape["steps"]
     images = torch.rand((n, 1, s, s), generator=generator).to(device)
