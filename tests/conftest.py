@@ -23,7 +23,7 @@ def shared_data() -> Path:
 
 
 def write_blob_prepared(root: Path, n: int = 24, size: int = 64, seed: int = 0) -> Path:
-    """A tiny prepared folder (DESIGN.md section 2) of bright discs on a dim textured background:
+    """A tiny prepared folder (the layout of `tumorcam.data.arrays`) of bright discs on a dim textured background:
     easy to learn, with a known mask per slice. 4 patients per class, patient-wise splits."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]

@@ -96,7 +96,7 @@ def test_gradcam_on_a_tiny_network_matches_the_hand_computation(target):
 
 
 def test_unknown_layer_names_the_nearest_ones():
-    with pytest.raises(TumorcamError, match=r"no layer 'featres'.*nearest: features"):
+    with pytest.raises(TumorcamError, match=r"^layer: Tiny has no layer 'featres'.*nearest: features"):
         resolve_layer(Tiny(), "featres")
     with pytest.raises(TumorcamError, match=r"top-level modules: features, act, head"):
         resolve_layer(Tiny(), "zzz")

@@ -1,8 +1,11 @@
-"""`explain_run`, `explain_image` and `tumorcam explain` on a tiny run folder (64x64 blobs, ResNet18 U-Net)."""
+"""`explain_run`, the slice sample, the weights hash, `load_inputs`' re-explaining, `explain_image` and
+`tumorcam explain` on a tiny run folder (64x64 blobs, ResNet18 U-Net)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +16,9 @@ from tumorcam.cli import main
 from tumorcam.config import Config, ExplainConfig, ModelConfig, TrainConfig
 from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
+from tumorcam.evaluate.inputs import load_inputs
 from tumorcam.explain.image import explain_image, read_slice
-from tumorcam.explain.run import explain_run
+from tumorcam.explain.run import explain_run, model_sha256, sample_rows
 from tumorcam.model import WEIGHTS_FILE, build_model, save_weights
 
 TEST_IDS = [11, 12, 23, 24]  # the blob fixture's test split (patients P010, P011)
@@ -110,11 +114,155 @@ def test_untrained_explains_the_seeded_network_before_fine_tuning(run: Path):
     np.testing.assert_array_equal(first, again)
 
 
+@pytest.fixture
+def many(tmp_path: Path):
+    """96 slices: 12 patients of 8 slices, one class each (classes 1, 2, 3 cycle); train holds
+    P000..P007 (3 meningioma, 3 glioma, 2 pituitary)."""
+    from conftest import write_blob_prepared
+
+    return load_prepared(write_blob_prepared(tmp_path / "many", n=96, size=16))
+
+
+def _sample(data, **options) -> tuple[list[int], list[str]]:
+    rows = sample_rows(data, "train", **{"patients": None, "slices_per_patient": None, **options})
+    return np.asarray(data.file_ids[rows]).tolist(), np.asarray(data.pids[rows]).astype(str).tolist()
+
+
+def _class(pid: str) -> int:
+    return 1 + int(pid[1:]) % 3
+
+
+def test_the_sample_takes_k_evenly_spaced_slices_of_every_patient(many):
+    ids, pids = _sample(many, slices_per_patient=3)
+    assert ids == sorted(ids) and Counter(pids) == {f"P{p:03d}": 3 for p in range(8)}
+    # P000's slices are file ids 1, 13, ..., 85; of 8, K = 3 takes positions floor((2i+1) 8 / 6) = 1, 4, 6
+    assert [i for i, p in zip(ids, pids) if p == "P000"] == [13, 49, 73]
+    ids, pids = _sample(many, slices_per_patient=2)
+    assert [i for i, p in zip(ids, pids) if p == "P003"] == [4 + 2 * 12, 4 + 6 * 12]  # never a patient's first
+    ids, _ = _sample(many, slices_per_patient=20)
+    assert ids == np.asarray(many.file_ids[many.indices("train")]).tolist()  # K >= n: every slice
+
+
+def test_the_patients_spread_over_classes_and_the_seed_chooses_them(many):
+    chosen = {}
+    for seed in range(12):
+        _, pids = _sample(many, patients=3, slices_per_patient=1, seed=seed)
+        assert len(pids) == 3 and sorted(_class(p) for p in pids) == [1, 2, 3], seed
+        chosen[seed] = tuple(sorted(pids))
+    assert len(set(chosen.values())) > 3  # not "the first N": the seed picks other patients
+    _, pids = _sample(many, patients=6, slices_per_patient=2, seed=1)
+    assert Counter(_class(p) for p in set(pids)) == {1: 2, 2: 2, 3: 2} and len(pids) == 12
+    _, pids = _sample(many, patients=7, seed=2)  # pituitary has 2 patients: its turn passes to the next class
+    assert sorted(Counter(_class(p) for p in set(pids)).values()) == [2, 2, 3] and len(pids) == 7 * 8
+    assert len(set(_sample(many, patients=30)[1])) == 8
+
+
+def test_the_same_seed_gives_the_same_slices_and_another_seed_others(many):
+    first = _sample(many, patients=4, slices_per_patient=2, seed=7)
+    assert _sample(many, patients=4, slices_per_patient=2, seed=7) == first
+    assert any(_sample(many, patients=4, slices_per_patient=2, seed=s) != first for s in (8, 9, 10))
+
+
+def test_a_limit_keeps_as_many_patients_as_it_can(many):
+    ids, pids = _sample(many, slices_per_patient=4, limit=8)
+    assert len(ids) == 8 and len(set(pids)) == 8
+    assert [i for i, p in zip(ids, pids) if p == "P000"] == [13]  # the first of K = 4 picks: position 1
+    _, pids = _sample(many, slices_per_patient=4, limit=12)
+    assert sorted(Counter(pids).values()) == [1] * 4 + [2] * 4
+
+
+def test_the_index_records_the_sample_control_flags_and_the_weights(run: Path):
+    explain_run(run, methods=["gradcam", "random", "predicted-mask", "edges"], targets=["predicted-region"],
+                patients=1, slices_per_patient=2)
+    index = _index(run)
+    sha = hashlib.sha256((run / WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert index["weights_sha256"] == sha and index["selection"] == "sample"
+    assert (index["patients"], index["slices_per_patient"], index["n_patients"], index["n_slices"]) == (1, 2, 1, 2)
+    flags = {(e["method"], e["times_gt"]): e["control"] for e in index["entries"]}
+    assert flags == {("gradcam", False): False, ("gradcam", True): False, ("random", False): True,
+                     ("predicted-mask", False): True, ("edges", False): True}
+    assert {e["weights_sha256"] for e in index["entries"]} == {sha}
+    _, file_ids = _maps(run, index["entries"][0])
+    assert file_ids.tolist() in ([11, 23], [12, 24])  # both slices of one test patient
+
+    explain_run(run, methods=["gradcam"], targets=["predicted-region"], untrained=True, patients=1,
+                slices_per_patient=2)
+    index = _index(run)
+    torch.manual_seed(0)
+    untrained_sha = model_sha256(build_model(Config.load(run / "config.json").model))
+    assert untrained_sha != sha and index["weights_sha256"] == sha
+    assert {e["weights_sha256"] for e in index["entries"] if e["model"] == "untrained"} == {untrained_sha}
+    assert len(index["entries"]) == 7  # the trained entries are kept: same slices, same weights
+
+    torch.manual_seed(2)  # "retrained": the trained maps are stale, the untrained ones still hold
+    save_weights(build_model(Config.load(run / "config.json").model), run / WEIGHTS_FILE)
+    explain_run(run, methods=["random"], targets=["predicted-region"], patients=1, slices_per_patient=2)
+    index = _index(run)
+    new_sha = hashlib.sha256((run / WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert index["weights_sha256"] == new_sha
+    assert sorted((e["model"], e["method"], e["times_gt"]) for e in index["entries"]) == [
+        ("trained", "random", False), ("untrained", "gradcam", False), ("untrained", "gradcam", True)]
+
+
+def test_load_inputs_redoes_maps_of_other_weights(run: Path, capsys):
+    explain_run(run, methods=["gradcam", "random"], targets=["mean-logits"])
+    before, _ = _maps(run, _entry(_index(run), method="gradcam", times_gt=False))
+    inputs = load_inputs(run, device="cpu", with_model=False)
+    assert "note:" not in capsys.readouterr().err  # maps of these weights: taken as they are
+    assert inputs.file_ids.tolist() == TEST_IDS and inputs.patient_ids.tolist() == ["P010", "P011", "P010", "P011"]
+    assert {(e.method, e.control) for e in inputs.entries} == {("gradcam", False), ("random", True)}
+
+    torch.manual_seed(3)
+    save_weights(build_model(Config.load(run / "config.json").model), run / WEIGHTS_FILE)
+    inputs = load_inputs(run, device="cpu", with_model=False)
+    assert "were made by other weights than the run's now (trained model); explaining again" in capsys.readouterr().err
+    index = _index(run)
+    assert index["weights_sha256"] == hashlib.sha256((run / WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert {e["weights_sha256"] for e in index["entries"]} == {index["weights_sha256"]}
+    assert {(e["method"], e["times_gt"]) for e in index["entries"]} == {("gradcam", False), ("gradcam", True),
+                                                                        ("random", False)}
+    assert index["selection"] == "sample" and index["slices_per_patient"] == 4  # the sample's record kept
+    after, file_ids = _maps(run, _entry(index, method="gradcam", times_gt=False))
+    assert file_ids.tolist() == TEST_IDS and np.abs(after.astype(np.float32) - before).max() > 0.1
+
+
+def test_load_inputs_redoes_other_slices_and_refuses_without_a_model(run: Path, capsys):
+    explain_run(run, methods=["random"], targets=["mean-logits"])
+    inputs = load_inputs(run, device="cpu", with_model=False, patients=1, slices_per_patient=1)
+    assert "explain other slices than --patients 1 --slices-per-patient 1 selects" in capsys.readouterr().err
+    assert len(inputs.file_ids) == 1 and _index(run)["patients"] == 1
+    load_inputs(run, device="cpu", with_model=False, patients=1, slices_per_patient=1)
+    assert "note:" not in capsys.readouterr().err  # now they are that selection
+    (run / WEIGHTS_FILE).unlink()
+    with pytest.raises(TumorcamError, match=r"explain other slices than --patients 2 selects, and there is no "
+                                            r"trained model \(unet_trained.pth\) to remake them"):
+        load_inputs(run, device="cpu", with_model=False, patients=2)
+    with pytest.raises(TumorcamError, match="are of the test split, not val, and there is no trained model"):
+        load_inputs(run, device="cpu", with_model=False, split="val")
+    assert len(load_inputs(run, device="cpu", with_model=False).file_ids) == 1  # no request: the maps as they are
+
+
+def test_load_inputs_takes_maps_without_a_hash_as_they_are(run: Path, capsys):
+    explain_run(run, methods=["random"], targets=["mean-logits"])
+    path = run / "explanations" / "index.json"
+    index = _index(run)
+    for entry in index["entries"]:
+        del entry["weights_sha256"], entry["control"]
+    path.write_text(json.dumps(index))
+    inputs = load_inputs(run, device="cpu", with_model=False)
+    assert "record no weights_sha256" in capsys.readouterr().err
+    assert [e.control for e in inputs.entries] == [True] and _index(run) == index
+
+
 def test_bad_requests_fail_with_a_clear_message(run: Path, tmp_path: Path):
     from conftest import write_blob_prepared
 
-    with pytest.raises(TumorcamError, match="--limit and --ids"):
+    with pytest.raises(TumorcamError, match="--ids and --limit: give one or the other"):
         explain_run(run, limit=2, ids=[11])
+    with pytest.raises(TumorcamError, match="--ids and --patients"):
+        explain_run(run, patients=1, ids=[11])
+    with pytest.raises(TumorcamError, match="--slices-per-patient 0: must be at least 1"):
+        explain_run(run, slices_per_patient=0)
     with pytest.raises(TumorcamError, match=r"--ids: file id\(s\) 1 not in the test split"):
         explain_run(run, ids=[11, 1])
     with pytest.raises(TumorcamError, match="--split: unknown split 'tset'"):
@@ -163,8 +311,40 @@ def test_cli_run_without_a_model_and_unreadable_image(run: Path, tmp_path: Path,
 def test_cli_writes_maps_and_prints_a_summary(run: Path, capsys):
     main(["explain", str(run), "--methods", "random,hirescam", "--targets", "predicted-region", "--limit", "2"])
     out = capsys.readouterr().out
-    assert "2 map file(s) of the test split at 64px" in out
+    assert "2 map file(s) of 2 slice(s) from 2 patient(s) of the test split at 64px" in out
     assert {e["method"] for e in _index(run)["entries"]} == {"random", "hirescam"}
+    main(["explain", str(run), "--methods", "random", "--targets", "predicted-region", "--patients", "1",
+          "--slices-per-patient", "1"])
+    assert "1 map file(s) of 1 slice(s) from 1 patient(s)" in capsys.readouterr().out
+    index = _index(run)
+    assert (index["patients"], index["slices_per_patient"], index["limit"], index["n_slices"]) == (1, 1, 4, 1)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--patients", "0"], "--patients 0: must be at least 1"),
+    (["--slices-per-patient", "-1"], "--slices-per-patient -1: must be at least 1"),
+    (["--ids", "11", "--slices-per-patient", "2"], "--ids and --slices-per-patient: give one or the other"),
+])
+def test_cli_bad_sample_options(run: Path, capsys, args, message):
+    code, _, err = _cli(["explain", str(run), *args], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_cli_evaluate_passes_the_sample_options_to_the_stages(run: Path, capsys, monkeypatch):
+    import tumorcam.cli.evaluate as evaluate_cli
+
+    seen = {}
+
+    def stage(run_dir, data, split, options):
+        seen.update(options, split=split)
+        return "stub stage"
+
+    monkeypatch.setitem(evaluate_cli.STAGES, "localization", stage)
+    main(["evaluate", str(run), "--localization", "--patients", "3", "--slices-per-patient", "2", "--device", "cpu"])
+    assert "stub stage" in capsys.readouterr().out
+    assert (seen["patients"], seen["slices_per_patient"], seen["split"]) == (3, 2, "test")
+    main(["evaluate", str(run), "--localization", "--device", "cpu"])
+    assert seen["patients"] is None and seen["slices_per_patient"] is None
 
 
 def _write_png(path: Path) -> np.ndarray:

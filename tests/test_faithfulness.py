@@ -1,5 +1,6 @@
-"""Deletion/Insertion: batched game vs the plain loop, a model with a known causal region, exact AUCs,
-ROAD's imputation vs its sparse system, bad options, and the run-folder wrapper."""
+"""Deletion/Insertion: batched game vs the plain loop, a model with a known causal region, schedules,
+scores (Dice, regions, following the target), RISE's baselines, exact AUCs, ROAD's imputation vs its
+sparse system, bad options, and the run-folder wrapper's faithfulness.json."""
 
 from __future__ import annotations
 
@@ -12,22 +13,30 @@ import torch
 from scipy.sparse import lil_matrix
 from scipy.sparse.linalg import spsolve
 from torch import nn
+from torchvision.transforms.functional import gaussian_blur
 
 from tumorcam.config import Config, ModelConfig
+from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
 from tumorcam.evaluate.faithfulness import (
     BASELINES,
+    GAME_SCORES,
     ROAD_WEIGHTS,
     PerturbationGame,
     auc,
+    blur_images,
+    blur_kernel,
     deletion_insertion,
     evaluate_faithfulness,
     rank_pixels,
     reference_curves,
     road_impute,
+    step_counts,
+    step_fractions,
+    target_score,
 )
 from tumorcam.io import save_npz, write_json
-from tumorcam.model import GreyUnet, save_weights
+from tumorcam.model import GreyUnet, load_run_model, save_weights
 
 
 def small_net(seed: int = 0) -> nn.Module:
@@ -48,31 +57,51 @@ class RegionModel(nn.Module):
 
 
 class PixelModel(nn.Module):
-    """sigmoid(output) == input, so the mean-sigmoid score is the mean intensity."""
+    """sigmoid(output) == input: the mean-sigmoid score is the mean intensity, the predicted region x > 0.5."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.logit(x)
 
 
-@pytest.mark.parametrize("baseline", BASELINES)
-@pytest.mark.parametrize("score", ["mean-sigmoid", "predicted-region"])
-def test_batched_curves_equal_the_per_step_loop(baseline: str, score: str) -> None:
+def disc(size: int, cy: float, cx: float, r: float) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r**2).float()
+
+
+def game_inputs(n: int = 5, size: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, nn.Module]:
+    """Random slices, four-level maps (many ties), ground-truth masks (the last one empty) and a
+    small net whose predicted region is neither empty nor everything."""
     g = torch.Generator().manual_seed(1)
-    images = torch.rand((5, 1, 16, 16), generator=g)
-    maps = (torch.rand((5, 16, 16), generator=g) * 4).floor() / 4  # four levels: many ties
+    images = torch.rand((n, 1, size, size), generator=g)
+    maps = (torch.rand((n, size, size), generator=g) * 4).floor() / 4
+    masks = (torch.rand((n, 1, size, size), generator=g) < 0.3).float()
+    masks[-1] = 0
     model = small_net()
-    with torch.no_grad():  # make the predicted region non-empty and not everything
+    with torch.no_grad():
         model[2].bias.fill_(-float(model(images).median()))
-    options = dict(steps=6, baseline=baseline, score=score, seed=3, road_noise=0.0)
+    return images, maps, masks, model
+
+
+@pytest.mark.parametrize("schedule", ["uniform", "log"])
+@pytest.mark.parametrize("baseline", BASELINES)
+@pytest.mark.parametrize("score", GAME_SCORES)
+def test_batched_curves_equal_the_per_step_loop(baseline: str, score: str, schedule: str) -> None:
+    images, maps, masks, model = game_inputs()
+    options = dict(steps=6, baseline=baseline, score=score, schedule=schedule, masks=masks, seed=3, road_noise=0.0)
     batched = deletion_insertion(model, images, maps, batch_size=7, **options)
     loop = reference_curves(model, images, maps, **options)
     assert batched.deletion.shape == batched.insertion.shape == (5, 7)
     np.testing.assert_allclose(batched.deletion, loop.deletion, atol=1e-5)
     np.testing.assert_allclose(batched.insertion, loop.insertion, atol=1e-5)
-    # the ends are the original slice and the full baseline, whatever the map
+    np.testing.assert_array_equal(batched.fractions, step_fractions(6, schedule))
+    # the original slice ends deletion and insertion alike, whatever the map
     np.testing.assert_allclose(batched.deletion[:, 0], batched.insertion[:, -1], atol=1e-6)
-    np.testing.assert_allclose(batched.deletion[:, -1], batched.insertion[:, 0], atol=1e-6)
-    assert not np.allclose(batched.deletion[:, 0], batched.deletion[:, -1])
+    if baseline != "rise":  # one baseline: the full baseline is shared too
+        np.testing.assert_allclose(batched.deletion[:, -1], batched.insertion[:, 0], atol=1e-6)
+    finite = np.isfinite(batched.deletion[:, 0])
+    assert not np.allclose(batched.deletion[finite, 0], batched.deletion[finite, -1])
+    if score == "gt-region":  # the last mask is empty: no region, no curve
+        assert np.isnan(batched.deletion[-1]).all() and finite[:-1].all()
 
 
 def test_one_step_game_scores_only_the_original_and_the_baseline() -> None:
@@ -85,8 +114,7 @@ def test_one_step_game_scores_only_the_original_and_the_baseline() -> None:
 @pytest.mark.parametrize("baseline", BASELINES)
 def test_map_of_the_causal_region_wins_and_random_sits_between(baseline: str) -> None:
     size = 24
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    region = ((yy - 8) ** 2 + (xx - 14) ** 2 <= 25).float().view(1, 1, size, size)
+    region = disc(size, 8, 14, 5).view(1, 1, size, size)
     g = torch.Generator().manual_seed(0)
     images = (0.2 + 0.05 * torch.rand((6, 1, size, size), generator=g) + 0.7 * region).clamp(0, 1)
     maps = {
@@ -99,6 +127,97 @@ def test_map_of_the_causal_region_wins_and_random_sits_between(baseline: str) ->
     insertion = {name: game.curves(m).insertion_auc.mean() for name, m in maps.items()}
     assert deletion["region"] < deletion["random"] < deletion["outside"]
     assert insertion["region"] > insertion["random"] > insertion["outside"]
+
+
+def test_dice_deletion_of_the_predicted_region_runs_from_one_to_zero() -> None:
+    size = 32
+    region = disc(size, 12, 18, 6)  # the predicted region R: PixelModel predicts x > 0.5
+    images = torch.stack([0.2 + 0.7 * region, torch.full((size, size), 0.2)]).unsqueeze(1)  # the 2nd: R empty
+    maps = region.expand(2, -1, -1)
+    steps = 16
+    curves = deletion_insertion(PixelModel(), images, maps, steps=steps, baseline="zero", score="dice")
+    r = int(region.sum())
+    removed = np.minimum(step_counts(steps, size * size), r)  # the map ranks R first: n_k of R go
+    expected = 2 * (r - removed) / (2 * r - removed)  # P = R less n_k pixels: 2|P n R| / (|P| + |R|)
+    assert curves.deletion[0, 0] == 1.0 and curves.deletion[0, -1] == 0.0
+    np.testing.assert_allclose(curves.deletion[0], expected, atol=1e-6)
+    assert np.isnan(curves.deletion[1]).all() and np.isnan(curves.insertion[1]).all()
+    # insertion puts R back first: Dice |P| / (|P| + |R|) * 2 with P the inserted part of R
+    inserted = np.minimum(step_counts(steps, size * size), r)
+    np.testing.assert_allclose(curves.insertion[0], 2 * inserted / (inserted + r), atol=1e-6)
+    # a map of everything but R keeps Dice at 1 until R's pixels go
+    outside = deletion_insertion(PixelModel(), images[:1], 1 - maps[:1], steps=steps, baseline="zero", score="dice")
+    assert outside.deletion_auc[0] > 0.8 > 0.3 > curves.deletion_auc[0]
+
+
+def test_region_scores_average_the_sigmoid_over_their_region() -> None:
+    size = 20
+    predicted = disc(size, 6, 6, 3)  # x = 0.8 there, 0.3 elsewhere: PixelModel predicts exactly this region
+    truth = disc(size, 13, 13, 4)
+    image = (0.3 + 0.5 * predicted).view(1, 1, size, size)
+    masks = truth.view(1, 1, size, size)
+    start = {}
+    for score in ("mean-sigmoid", "predicted-region", "gt-region"):
+        curves = deletion_insertion(PixelModel(), image, torch.rand(1, size, size), steps=2, score=score, masks=masks)
+        start[score] = curves.deletion[0, 0]
+    n_predicted = float(predicted.sum())
+    assert start["predicted-region"] == pytest.approx(0.8, abs=1e-6)
+    assert start["gt-region"] == pytest.approx(float((image[0, 0] * truth).sum() / truth.sum()), abs=1e-6)
+    assert start["gt-region"] == pytest.approx(0.3, abs=1e-6)  # the two discs do not meet
+    assert start["mean-sigmoid"] == pytest.approx((0.8 * n_predicted + 0.3 * (size * size - n_predicted)) / size**2,
+                                                  abs=1e-6)
+    with pytest.raises(ValueError, match="gt-region.*masks"):
+        PerturbationGame(PixelModel(), image, steps=2, score="gt-region")
+
+
+def test_score_target_follows_the_map_target() -> None:
+    assert target_score("predicted-region", "target") == "predicted-region"
+    assert target_score("gt-region", "target") == "gt-region"
+    assert target_score("mean-logits", "target") == "mean-sigmoid"
+    assert target_score("none", "target") == "mean-sigmoid"  # a generated random map
+    assert target_score("predicted-region", "dice") == "dice"
+    assert target_score("gt-region", "mean-sigmoid") == "mean-sigmoid"
+    with pytest.raises(TumorcamError, match="--score target: no score for maps of target 'top-class'"):
+        target_score("top-class", "target")
+
+
+def test_rise_is_zero_deletion_and_blur_insertion() -> None:
+    images, maps, _, model = game_inputs(n=4, size=24)
+    for score in ("mean-sigmoid", "dice"):
+        options = dict(steps=5, score=score, schedule="log", batch_size=9)
+        rise = deletion_insertion(model, images, maps, baseline="rise", **options)
+        zero = deletion_insertion(model, images, maps, baseline="zero", **options)
+        blur = deletion_insertion(model, images, maps, baseline="blur", **options)
+        np.testing.assert_allclose(rise.deletion, zero.deletion, atol=1e-6)
+        np.testing.assert_allclose(rise.insertion, blur.insertion, atol=1e-6)
+        assert not np.allclose(zero.insertion, blur.insertion)
+
+
+def test_blur_kernel_is_rises_11_px_at_224_and_scales_with_the_size() -> None:
+    assert blur_kernel(224) == (11, 5.0)
+    assert blur_kernel(448) == (23, 10.0)  # 2 floor(11) + 1
+    kernel, sigma = blur_kernel(96)  # s = 3/7: 2 floor(2.36) + 1 = 5, sigma 15/7
+    assert kernel == 5 and sigma == pytest.approx(15 / 7)
+    assert blur_kernel(32)[0] == 3  # the smallest kernel that blurs
+    x = torch.rand((1, 1, 224, 224), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(blur_images(x), gaussian_blur(x, [11, 11], [5.0, 5.0]))
+    assert not torch.allclose(blur_images(x), gaussian_blur(x, [13, 13], [5.0, 5.0]))
+
+
+def test_log_schedule_spreads_the_steps_over_decades_of_the_fraction() -> None:
+    f = step_fractions(50, "log")
+    assert f[0] == 0.0 and f[1] == pytest.approx(1e-3, rel=1e-12) and f[-1] == 1.0
+    assert np.all(np.diff(f) > 0)
+    np.testing.assert_allclose(f[2:] / f[1:-1], 1000 ** (1 / 49))  # a constant ratio: log-spaced
+    np.testing.assert_allclose(step_fractions(4, "log"), [0.0, 1e-3, 1e-2, 1e-1, 1.0], rtol=1e-12)
+    np.testing.assert_array_equal(step_fractions(1, "log"), [0.0, 1.0])
+    np.testing.assert_array_equal(step_fractions(4, "uniform"), [0.0, 0.25, 0.5, 0.75, 1.0])
+    counts = step_counts(50, 224 * 224, "log")
+    assert counts[:2] == [0, 50] and counts[-1] == 224 * 224  # round(50.176)
+    assert step_counts(4, 32 * 32, "log") == [0, 1, 10, 102, 1024]
+    assert step_counts(3, 10) == [0, 3, 7, 10]  # uniform: round(k P / K)
+    with pytest.raises(TumorcamError, match="--schedule: unknown schedule 'linear'"):
+        step_fractions(4, "linear")
 
 
 def test_auc_of_known_curves_is_exact() -> None:
@@ -116,6 +235,15 @@ def test_auc_through_the_game_is_exact_for_linear_and_constant_curves() -> None:
     np.testing.assert_allclose(curves.insertion_auc, 0.5, atol=1e-6)
     constant = deletion_insertion(lambda x: torch.zeros_like(x), images, torch.rand((3, 8, 8)), steps=5)
     np.testing.assert_allclose(constant.deletion_auc, 0.5, atol=1e-7)  # sigmoid(0) throughout
+
+
+def test_log_schedule_auc_is_over_the_step_index() -> None:
+    images = torch.full((1, 1, 20, 50), 0.9)  # 1000 pixels; K = 2 log: n = 0, 1, 1000
+    curves = deletion_insertion(PixelModel(), images, torch.rand((1, 20, 50)), steps=2, schedule="log")
+    np.testing.assert_allclose(curves.deletion[0], [0.9, 0.9 * 0.999, 0.0], atol=1e-6)
+    # trapezoid over t = 0, 1/2, 1: (0.9 + 0.8991) / 4 + 0.8991 / 4, not the ~0.45 of the area over the fraction
+    assert curves.deletion_auc[0] == pytest.approx((0.9 + 2 * 0.8991) / 4, abs=1e-6)
+    np.testing.assert_allclose(curves.fractions, [0.0, 1e-3, 1.0])
 
 
 def test_rank_pixels_orders_by_value_and_breaks_ties_by_seed() -> None:
@@ -176,14 +304,18 @@ def test_road_imputation_solves_roads_sparse_system() -> None:
     ({"steps": 0}, "--steps"),
     ({"baseline": "gray"}, "--baselines"),
     ({"score": "max"}, "--score"),
+    ({"score": "target"}, "--score: unknown score 'target' for one game"),
+    ({"schedule": "linear"}, "--schedule"),
 ])
 def test_bad_options_fail_with_one_clear_message(options: dict, message: str) -> None:
     with pytest.raises(TumorcamError, match=message):
         deletion_insertion(PixelModel(), torch.rand(1, 1, 8, 8), torch.rand(1, 8, 8), **options)
 
 
-def make_run(root: Path, prepared: Path, size: int = 32, n: int = 4, with_maps: bool = True) -> Path:
-    """A run folder with a small untrained U-Net, and maps (gradcam-like centre blob, random) of n test slices."""
+def make_run(root: Path, prepared: Path, size: int = 32, n: int = 4, with_maps: bool = True,
+             targets: tuple[str, ...] = ("mean-logits",), controls: bool = False) -> Path:
+    """A run folder with a small untrained U-Net, and maps of n test slices for each target: a
+    gradcam-like centre blob and a random map, with `controls` also a predicted-mask-like disc."""
     run = root / "run"
     run.mkdir()
     config = Config(data=str(prepared), model=ModelConfig(encoder="resnet18", encoder_weights="none"))
@@ -199,36 +331,84 @@ def make_run(root: Path, prepared: Path, size: int = 32, n: int = 4, with_maps: 
         blob = np.exp(-((yy - size / 2) ** 2 + (xx - size / 2) ** 2) / (2 * (size / 6) ** 2))
         rng = np.random.default_rng(0)
         folder = run / "explanations"
-        save_npz(folder / "gradcam.npz", maps=np.repeat(blob[None], n, 0).astype(np.float16), file_ids=ids)
-        save_npz(folder / "random.npz", maps=rng.random((n, size, size)).astype(np.float16), file_ids=ids[::-1].copy())
-        write_json(folder / "index.json", {"split": "test", "size": size, "entries": [
-            {"file": "gradcam.npz", "method": "gradcam", "target": "mean-logits", "layer": "decoder.blocks.4",
-             "model": "trained", "times_gt": False},
-            {"file": "random.npz", "method": "random", "target": "mean-logits", "layer": "input",
-             "model": "trained", "times_gt": False}]})
+        maps = {"gradcam": (np.repeat(blob[None], n, 0), ids, "decoder.blocks.4"),
+                "random": (rng.random((n, size, size)), ids[::-1].copy(), "input")}
+        if controls:
+            maps["predicted-mask"] = (np.repeat((blob > 0.5)[None], n, 0), ids, "input")
+        entries = []
+        for target in targets:
+            for method, (values, file_ids, layer) in maps.items():
+                name = f"{method}-{target}.npz" if len(targets) > 1 else f"{method}.npz"
+                save_npz(folder / name, maps=values.astype(np.float16), file_ids=file_ids)
+                entries.append({"file": name, "method": method, "target": target, "layer": layer, "model": "trained",
+                                "times_gt": False, "control": method != "gradcam"})
+        write_json(folder / "index.json", {"split": "test", "size": size, "entries": entries})
     return run
 
 
-def test_evaluate_faithfulness_writes_curves_aucs_and_tests_against_random(tmp_path: Path, blob_prepared: Path) -> None:
-    run = make_run(tmp_path, blob_prepared)
-    out = evaluate_faithfulness(run, steps=4, baselines=["zero", "mean"])
+def test_faithfulness_json_keeps_the_patient_level_contract(tmp_path: Path, blob_prepared: Path) -> None:
+    run = make_run(tmp_path, blob_prepared, targets=("predicted-region", "mean-logits"), controls=True)
+    out = evaluate_faithfulness(run, steps=4, baselines=["zero", "rise"])  # defaults: log schedule, score target
     assert json.loads((run / "faithfulness.json").read_text()) == json.loads(json.dumps(out))
-    assert out["steps"] == 4 and out["fractions"] == [0.0, 0.25, 0.5, 0.75, 1.0] and out["n_slices"] == 4
-    rows = {(r["baseline"], r["method"]): r for r in out["results"]}
-    assert set(rows) == {(b, m) for b in ("zero", "mean") for m in ("gradcam", "random")}
-    for (baseline, method), row in rows.items():
+    assert {"n_patients", "n_slices", "primary", "schedule", "fractions", "score", "baselines", "alpha", "file_ids",
+            "patient_ids", "results"} <= set(out)
+    assert (out["schedule"], out["score"], out["baselines"], out["alpha"]) == ("log", "target", ["zero", "rise"], 0.05)
+    assert out["primary"] == {"method": "gradcam", "target": "predicted-region", "layer": "decoder.blocks.4",
+                              "baseline": "zero"}
+    np.testing.assert_allclose(out["fractions"], [0.0, 1e-3, 1e-2, 1e-1, 1.0])
+    assert out["file_ids"] == [11, 12, 23, 24] and out["patient_ids"] == ["P010", "P011", "P010", "P011"]
+    assert (out["n_patients"], out["n_slices"]) == (2, 4)
+    rows = {(r["baseline"], r["method"], r["target"]): r for r in out["results"]}
+    assert set(rows) == {(b, m, t) for b in ("zero", "rise") for m in ("gradcam", "random", "predicted-mask")
+                         for t in ("predicted-region", "mean-logits")}
+    for (baseline, method, target), row in rows.items():
+        assert row["score"] == {"predicted-region": "predicted-region", "mean-logits": "mean-sigmoid"}[target]
+        assert row["control"] == (method != "gradcam") and row["model"] == "trained" and row["times_gt"] is False
         for curve in ("deletion", "insertion"):
             summary = row[curve]
+            assert summary["unit"] == "patient" and (summary["n_patients"], summary["n_slices"]) == (2, 4)
             assert len(summary["curve_mean"]) == 5 and len(row["per_slice"][curve]) == 4
-            # the mean AUC equals the AUC of the mean curve (trapezoid is linear)
-            assert summary["mean"] == pytest.approx(float(auc(np.array(summary["curve_mean"]), 4)), abs=1e-9)
             assert summary["ci_low"] <= summary["mean"] <= summary["ci_high"]
-            assert ("vs_random" in summary) == (method != "random")
-        assert row["random_reference"]["file"] == "random.npz"
-    # both curves start from the same original and baseline scores for every map
-    g, r = rows[("zero", "gradcam")], rows[("zero", "random")]
-    assert g["deletion"]["curve_mean"][0] == pytest.approx(r["deletion"]["curve_mean"][0], abs=1e-6)
-    assert g["insertion"]["curve_mean"][0] == pytest.approx(r["insertion"]["curve_mean"][0], abs=1e-6)
+            # the mean of patient means equals the AUC of the patient-mean curve (trapezoid is linear)
+            assert summary["mean"] == pytest.approx(float(auc(np.array(summary["curve_mean"]), 4)), abs=1e-9)
+            assert (summary["vs_random"] is None) == (method == "random")
+            assert (summary["vs_mask"] is None) == (method != "gradcam")
+            for test in (summary["vs_random"], summary["vs_mask"]):
+                if test is not None:
+                    assert {"p_value", "p_adjusted", "verdict", "n_pairs", "family"} <= set(test)
+                    assert test["verdict"] in ("better", "worse", "not shown to differ", "undetermined")
+                    primary = (baseline, method, target) == ("zero", "gradcam", "predicted-region") and \
+                        test is summary["vs_random"]
+                    assert test["family"] == ("primary" if primary else "exploratory")
+        reference = row["random_reference"]
+        assert method == "random" and reference is None or reference["target"] == target
+    # the rows of one target share the original slice's score, and each row is scored as its target says
+    model, _ = load_run_model(run, device="cpu")
+    prepared = load_prepared(blob_prepared)
+    images, _ = prepared.tensors(np.searchsorted(prepared.file_ids, out["file_ids"]), 32)
+    with torch.no_grad():
+        prob = model(images).sigmoid()
+    region = (prob > 0.5).float()
+    per_slice = {"predicted-region": ((prob * region).sum(dim=(1, 2, 3)) / region.sum(dim=(1, 2, 3))).numpy(),
+                 "mean-logits": prob.mean(dim=(1, 2, 3)).numpy()}
+    for target, values in per_slice.items():
+        expected = (values[[0, 2]].mean() + values[[1, 3]].mean()) / 2  # mean of the two patients' means
+        for method in ("gradcam", "random", "predicted-mask"):
+            assert rows["zero", method, target]["deletion"]["curve_mean"][0] == pytest.approx(expected, abs=1e-5)
+            assert rows["rise", method, target]["insertion"]["curve_mean"][-1] == pytest.approx(expected, abs=1e-5)
+    assert (per_slice["predicted-region"] > per_slice["mean-logits"]).all()  # a different score indeed
+
+
+def test_evaluate_faithfulness_takes_the_options_and_maps_without_controls(tmp_path: Path, blob_prepared: Path) -> None:
+    run = make_run(tmp_path, blob_prepared)
+    out = evaluate_faithfulness(run, steps=3, baselines=["mean"], score="dice", schedule="uniform")
+    assert (out["steps"], out["schedule"], out["score"], out["fractions"]) == (3, "uniform", "dice", [0, 1 / 3, 2 / 3, 1])
+    rows = {r["method"]: r for r in out["results"]}
+    assert set(rows) == {"gradcam", "random"}
+    for row in rows.values():
+        assert row["score"] == "dice" and row["deletion"]["vs_mask"] is None and row["mask_reference"] is None
+        assert row["deletion"]["curve_mean"][0] == pytest.approx(1.0)  # Dice of the original prediction with itself
+    assert rows["gradcam"]["deletion"]["vs_random"]["family"] == "exploratory"  # no primary row: no zero baseline
 
 
 def test_evaluate_faithfulness_needs_maps_or_a_model(tmp_path: Path, blob_prepared: Path) -> None:
@@ -241,6 +421,8 @@ def test_evaluate_faithfulness_needs_maps_or_a_model(tmp_path: Path, blob_prepar
         evaluate_faithfulness(run, baselines=["zero", "noise"])
     with pytest.raises(TumorcamError, match="--steps"):
         evaluate_faithfulness(run, steps=0)
+    with pytest.raises(TumorcamError, match="--schedule"):
+        evaluate_faithfulness(run, schedule="linear")
     assert not (run / "faithfulness.json").exists()
 
 
@@ -248,6 +430,7 @@ def test_evaluate_faithfulness_needs_maps_or_a_model(tmp_path: Path, blob_prepar
     (["--steps", "0"], "error: --steps: K must be an integer >= 1, got 0"),
     (["--baselines", "zero,grey"], "error: --baselines: unknown baseline(s) 'grey'"),
     (["--score", "max"], "error: --score: unknown score 'max'"),
+    (["--schedule", "linear"], "error: --schedule: unknown schedule 'linear'"),
 ])
 def test_cli_bad_options_give_one_line_and_exit_2(tmp_path: Path, blob_prepared: Path, capsys: pytest.CaptureFixture,
                                                   args: list[str], message: str) -> None:
@@ -267,24 +450,11 @@ def test_cli_runs_faithfulness_with_the_chosen_options(tmp_path: Path, blob_prep
     from tumorcam.cli import main
 
     run = make_run(tmp_path, blob_prepared, n=2)
-    main(["evaluate", str(run), "--faithfulness", "--steps", "3", "--baselines", "mean", "--score", "predicted-region",
-          "--device", "cpu"])
+    main(["evaluate", str(run), "--faithfulness", "--steps", "3", "--baselines", "rise", "--score", "predicted-region",
+          "--schedule", "uniform", "--device", "cpu"])
     doc = json.loads((run / "faithfulness.json").read_text())
-    assert (doc["steps"], doc["baselines"], doc["score"], doc["n_slices"]) == (3, ["mean"], "predicted-region", 2)
-    assert "faithfulness (test, 2 slices, K=3, predicted-region" in capsys.readouterr().out
-
-
-def test_bootstrap_ci_and_wilcoxon_on_known_samples() -> None:
-    from tumorcam.evaluate.stats import bootstrap_ci, wilcoxon_paired
-
-    constant = bootstrap_ci(np.array([0.4, 0.4, np.nan, 0.4]), resamples=100)
-    assert constant == {"mean": pytest.approx(0.4), "ci_low": pytest.approx(0.4), "ci_high": pytest.approx(0.4), "n": 3}
-    spread = bootstrap_ci(np.arange(100.0), resamples=2000, seed=1)
-    assert spread["mean"] == 49.5 and 43 < spread["ci_low"] < 47 and 52 < spread["ci_high"] < 56  # +-1.96 * 2.9
-    assert bootstrap_ci(np.array([np.nan]))["mean"] is None
-    rng = np.random.default_rng(0)
-    a = rng.normal(0, 1, 40)
-    shifted = wilcoxon_paired(a - 1.0, a + rng.normal(0, 0.1, 40))
-    assert shifted["p_value"] < 1e-6 and shifted["share_a_lower"] == 1.0 and shifted["mean_difference"] < -0.9
-    same = wilcoxon_paired(a, a)
-    assert same["p_value"] is None and same["mean_difference"] == 0.0 and same["n"] == 40
+    assert (doc["steps"], doc["baselines"], doc["score"], doc["schedule"], doc["n_slices"]) == (
+        3, ["rise"], "predicted-region", "uniform", 2)
+    out = capsys.readouterr().out
+    assert "faithfulness (test, 2 patients, 2 slices, K=3 uniform, score predicted-region" in out
+    assert "vs random: -/-  vs mask: -/-" in out  # the random row

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.stats import binomtest
 
 from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
@@ -18,6 +19,7 @@ from tumorcam.evaluate.localization import (
     pointing_game,
     top_percent_iou,
 )
+from tumorcam.io import save_npz, write_json
 from test_faithfulness import make_run
 
 
@@ -47,8 +49,18 @@ def test_energy_pointing_game_is_the_share_of_mass_in_the_mask() -> None:
     maps, masks = hand_made()
     result = energy_pointing_game(maps, masks)
     np.testing.assert_allclose(result[:2], [0.5, 0.2])
-    assert np.isnan(result[2])
-    assert np.isnan(energy_pointing_game(torch.zeros((1, 4, 4)), masks[:1])[0])  # no mass
+    assert np.isnan(result[2])  # an empty mask: the only NaN
+
+
+def test_a_flat_map_scores_the_area_share_in_both_pointing_games() -> None:
+    _, masks = hand_made()  # 4 of 16 pixels in the mask of slices 0 and 1, none in slice 2
+    for value in (0.0, 0.7):  # all zero (no mass) or flat: counted, with the share |G|/P
+        flat = torch.full((3, 4, 4), value)
+        energy = energy_pointing_game(flat, masks)
+        np.testing.assert_allclose(energy, [0.25, 0.25, np.nan], rtol=1e-6)
+        np.testing.assert_allclose(energy, pointing_game(flat, masks), rtol=1e-6)
+    negative = -torch.rand((1, 4, 4))  # nothing left after clamping at 0: no mass either
+    assert energy_pointing_game(negative, masks[:1]).tolist() == [0.25]
 
 
 def test_top_percent_iou_of_hand_made_maps() -> None:
@@ -75,22 +87,65 @@ def test_localization_scores_accept_channel_masks_and_rank_a_good_map_first() ->
     assert scores["energy_pointing_game"][0] > scores["energy_pointing_game"][1]
 
 
-def test_evaluate_localization_writes_metrics_beside_random(tmp_path: Path, blob_prepared: Path) -> None:
+def add_mask_control(run: Path, prepared: Path) -> np.ndarray:
+    """A `predicted-mask` control in the run's explanations: the ground-truth masks of the maps' slices
+    (a perfect localiser). Returns those masks (N, 32, 32)."""
+    index = json.loads((run / "explanations" / "index.json").read_text())
+    with np.load(run / "explanations" / "gradcam.npz") as npz:
+        ids = npz["file_ids"]
+    data = load_prepared(prepared)
+    _, masks = data.tensors(np.array([int(np.flatnonzero(data.file_ids == f)[0]) for f in ids]), 32)
+    maps = masks[:, 0].numpy().astype(np.float16)
+    save_npz(run / "explanations" / "mask.npz", maps=maps, file_ids=ids)
+    index["entries"].append({"file": "mask.npz", "method": "predicted-mask", "target": "mean-logits",
+                             "layer": "input", "model": "trained", "times_gt": False})
+    write_json(run / "explanations" / "index.json", index)
+    return maps.astype(np.float64)
+
+
+def test_evaluate_localization_summarises_per_patient_against_random_and_mask(tmp_path: Path,
+                                                                             blob_prepared: Path) -> None:
     run = make_run(tmp_path, blob_prepared)
+    add_mask_control(run, blob_prepared)
     out = evaluate_localization(run, top_percent=10.0)
     assert json.loads((run / "localization.json").read_text()) == json.loads(json.dumps(out))
     assert out["top_percent"] == 10.0 and out["n_slices"] == 4 and out["n_with_tumour"] == 4
+    pids = np.array(out["patient_ids"])
+    assert len(pids) == 4 and out["n_patients"] == len(set(out["patient_ids"])) == 2
     rows = {r["method"]: r for r in out["results"]}
-    assert set(rows) == {"gradcam", "random"}
+    assert set(rows) == {"gradcam", "random", "predicted-mask"}
+    assert rows["predicted-mask"]["control"] is True and rows["gradcam"]["control"] is False
     for metric in ("pointing_game", "energy_pointing_game", "top_iou"):
-        values = rows["gradcam"]["per_slice"][metric]
-        assert len(values) == 4 and all(0 <= v <= 1 for v in values)
-        assert rows["gradcam"][metric]["mean"] == pytest.approx(np.mean(values))
-        assert "vs_random" in rows["gradcam"][metric] and "vs_random" not in rows["random"][metric]
+        gradcam = rows["gradcam"][metric]
+        values = np.array(rows["gradcam"]["per_slice"][metric])
+        assert len(values) == 4 and ((0 <= values) & (values <= 1)).all()
+        patient_means = [values[pids == p].mean() for p in sorted(set(pids))]
+        assert gradcam["mean"] == pytest.approx(np.mean(patient_means))
+        assert (gradcam["unit"], gradcam["n_patients"], gradcam["n_slices"]) == ("patient", 2, 4)
+        test = "sign" if metric == "pointing_game" else "wilcoxon"
+        for reference in ("vs_random", "vs_mask"):
+            comparison = gradcam[reference]
+            assert comparison["test"] == test and comparison["family"] == "exploratory"
+            assert comparison["p_adjusted"] is None or comparison["p_adjusted"] >= comparison["p_value"]
+            assert comparison["verdict"] in ("better", "worse", "not shown to differ", "undetermined")
+        assert rows["random"][metric]["vs_random"] is None  # not compared with itself
+        assert rows["predicted-mask"][metric]["vs_mask"] is None
+        assert rows["predicted-mask"][metric]["vs_random"]["test"] == test
+        # the ground-truth mask localises perfectly: every slice's energy and pointing game are 1
+        if metric != "top_iou":
+            assert rows["predicted-mask"]["per_slice"][metric] == [1.0] * 4
+    # the sign test of the pointing game: the patient-mean differences against the mask control
+    mask_hits = np.ones(4)
+    diffs = [(np.array(rows["gradcam"]["per_slice"]["pointing_game"]) - mask_hits)[pids == p].mean()
+             for p in sorted(set(pids))]
+    nonzero = [d for d in diffs if d != 0]
+    expected = binomtest(sum(d > 0 for d in nonzero), len(nonzero)).pvalue if nonzero else None
+    assert rows["gradcam"]["pointing_game"]["vs_mask"]["p_value"] == (None if expected is None
+                                                                      else pytest.approx(expected))
     # the random map's mass inside the mask is about the mask's share of the slice
     prepared = load_prepared(blob_prepared)
-    rows = [int(np.flatnonzero(prepared.file_ids == f)[0]) for f in out["file_ids"]]
-    _, masks = prepared.tensors(np.array(rows), 32)
+    slice_rows = [int(np.flatnonzero(prepared.file_ids == f)[0]) for f in out["file_ids"]]
+    _, masks = prepared.tensors(np.array(slice_rows), 32)
     share = masks.flatten(1).mean(1).numpy()
     np.testing.assert_allclose(rows_of(out, "random", "energy_pointing_game"), share, atol=0.03)
 

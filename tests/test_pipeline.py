@@ -1,10 +1,13 @@
 """The pipeline: `tumorcam run` end to end on a tiny synthetic configuration, a rerun that skips every
-finished stage, the stage runner's resume rules, stage planning per kind of --data, bad input."""
+finished stage, the stage runner's resume rules, stage planning per kind of --data, bad input, and
+the demo's size (every test patient of the synthetic default)."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ from PIL import Image
 
 from tumorcam.cli import main
 from tumorcam.config import Config, preset
+from tumorcam.data.synth import patient_folds, write_synthetic
 from tumorcam.errors import TumorcamError
 from tumorcam.pipeline import STAGES_FILE, Stage, StageLog, plan_stages, run_pipeline, run_stages, stamp
 
@@ -25,8 +29,8 @@ def tiny_config_file(path: Path) -> Path:
     cfg = preset("demo")
     cfg.model.encoder = "resnet18"
     cfg.train = dataclasses.replace(cfg.train, size=64, epochs=1, batch_size=8, device="cpu")
-    cfg.explain = dataclasses.replace(cfg.explain, limit=3, batch_size=3, methods=["gradcam", "saliency", "random"],
-                                      targets=["mean-logits"])
+    cfg.explain = dataclasses.replace(cfg.explain, limit=3, batch_size=3,
+                                      methods=["gradcam", "saliency", "random", "predicted-mask"])
     cfg.evaluate = dataclasses.replace(cfg.evaluate, steps=4, baselines=["zero"], bootstrap=20, sanity_slices=1)
     cfg.save(path)
     return path
@@ -60,6 +64,9 @@ def test_tumorcam_run_end_to_end_then_a_rerun_skips_every_stage(tmp_path: Path, 
         assert pixels.size > 0 and pixels.std() > 0, figure
     page = (run / "report.html").read_text()
     assert "Not available" not in page and page.count('<img src="data:image/png;base64,') == 7
+    assert re.search(r'<p class="primary">Primary comparison: Grad-CAM \(predicted-region, decoder\.blocks\.4, zero '
+                     r"baseline\) is [a-z ]+ random on deletion \((p [=<] [0-9.]+|no p-value), n = \d+ patients?\)", page)
+    assert "Controls: maps that explain nothing by design" in page
 
     before = outputs_mtimes(run)
     main(args)
@@ -130,24 +137,24 @@ def test_an_interrupted_stage_resumes_with_the_same_stamp_and_restarts_with_anot
 
 def test_plan_uses_a_prepared_folder_as_is_and_prepares_anything_else(tmp_path: Path, blob_prepared: Path) -> None:
     cfg = preset("demo")
-    names = [s.name for s in plan_stages(tmp_path / "run", cfg, blob_prepared, 256, 40, 6)]
+    names = [s.name for s in plan_stages(tmp_path / "run", cfg, blob_prepared, 256, 60, 4)]
     assert names[:2] == ["train", "segmentation"] and cfg.data == str(blob_prepared.resolve())
 
     mats = tmp_path / "mats"
     mats.mkdir()
     (mats / "1.mat").write_bytes(b"not read while planning")
     cfg = preset("demo")
-    names = [s.name for s in plan_stages(tmp_path / "run", cfg, mats, 256, 40, 6)]
+    names = [s.name for s in plan_stages(tmp_path / "run", cfg, mats, 256, 60, 4)]
     assert names[:2] == ["prepare", "train"] and cfg.data == str((tmp_path / "run" / "prepared").resolve())
 
     cfg = preset("demo")
-    assert [s.name for s in plan_stages(tmp_path / "run", cfg, None, 256, 40, 6)] == ALL_STAGES
+    assert [s.name for s in plan_stages(tmp_path / "run", cfg, None, 256, 60, 4)] == ALL_STAGES
 
 
 def test_data_that_changes_changes_the_stamps_of_everything_after_it(tmp_path: Path, blob_prepared: Path) -> None:
-    first = plan_stages(tmp_path / "run", preset("demo"), blob_prepared, 256, 40, 6)
+    first = plan_stages(tmp_path / "run", preset("demo"), blob_prepared, 256, 60, 4)
     (blob_prepared / "splits.json").write_text(json.dumps({"train": [1], "val": [], "test": []}))
-    second = plan_stages(tmp_path / "run", preset("demo"), blob_prepared, 256, 40, 6)
+    second = plan_stages(tmp_path / "run", preset("demo"), blob_prepared, 256, 60, 4)
     assert all(a.stamp != b.stamp for a, b in zip(first, second))
 
 
@@ -193,3 +200,22 @@ def test_data_without_a_test_split_is_explained_and_evaluated_on_val(tmp_path: P
     assert json.loads((run / "metrics.json").read_text())["split"] == "val"
     assert json.loads((run / "explanations" / "index.json").read_text())["split"] == "val"
     assert json.loads((run / "config.json").read_text())["evaluate"]["split"] == "val"
+
+
+def test_the_demo_explains_every_test_patient_of_the_synthetic_default() -> None:
+    """`tumorcam run` without arguments: synthetic 60 patients x 4 slices, fold 5 (the test split) holds
+    12 patients, 4 per class; the demo explains and evaluates all of them, 2 slices each."""
+    patients = inspect.signature(run_pipeline).parameters["synthetic_patients"].default
+    slices = inspect.signature(run_pipeline).parameters["synthetic_slices"].default
+    synth = inspect.signature(write_synthetic).parameters
+    assert (patients, slices) == (synth["patients"].default, synth["slices_per_patient"].default) == (60, 4)
+    cfg = preset("demo")
+    folds = patient_folds(patients, cfg.train.seed)
+    assert sum(f == 5 for f in folds) == 12 and sum(f in (1, 2, 3) for f in folds) == 36
+    assert sorted(p % 3 for p, f in enumerate(folds) if f == 5) == [0] * 4 + [1] * 4 + [2] * 4
+    assert (cfg.explain.split, cfg.explain.patients, cfg.explain.slices_per_patient, cfg.explain.limit) == ("test", None, 2, None)
+    assert (cfg.evaluate.schedule, cfg.evaluate.baselines, cfg.evaluate.steps) == ("log", ["zero", "blur"], 8)
+    primary = cfg.evaluate.primary
+    assert primary.target in cfg.explain.targets and primary.method in cfg.explain.methods
+    assert primary.layer in cfg.explain.layers and primary.baseline in cfg.evaluate.baselines
+    assert "predicted-mask" in cfg.explain.methods  # every method is compared with it

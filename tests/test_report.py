@@ -1,5 +1,7 @@
 """The report: every figure a valid non-blank PNG, a self-contained escaped page, missing sections
-named rather than fatal, and the tables' numbers read from the run's JSON files."""
+named rather than fatal, the tables' numbers read from the run's JSON files, and "At a glance": the
+primary comparison first with its raw p, the exploratory tests with their Holm-adjusted p, one
+sentence per method on the predicted-mask control, controls apart."""
 
 from __future__ import annotations
 
@@ -13,12 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from report_run import BASELINES, METHODS, make_run
+from report_run import (BASELINES, METHODS, PATIENTS, faithfulness_doc, localization_doc, log_fractions, make_run,
+                        sanity_doc)
 from tumorcam.cli import main
 from tumorcam.config import Config
 from tumorcam.errors import TumorcamError
 from tumorcam.report import build_report
-from tumorcam.report.results import faithfulness_curves, faithfulness_tables, fmt_ci, sanity_series, segmentation_table
+from tumorcam.report.results import (faithfulness_curves, faithfulness_tables, fmt_ci, fraction_ticks, glance_sentences,
+                                     glance_tables, localization_tables, mask_sentences, primary_sentence,
+                                     sanity_series, sanity_summary, sanity_tables, segmentation_table)
 
 FIGURES = {"fig1_classes", "fig2_untrained_gradcam", "fig3_gradcam_times_gt", "fig4_deletion_insertion",
            "fig5_predicted_mask", "training_curves", "sanity_check"}
@@ -67,12 +72,21 @@ def test_every_text_is_escaped(tmp_path: Path, blob_prepared: Path) -> None:
     config.save(run / "config.json")
     faith = json.loads((run / "faithfulness.json").read_text())
     faith["results"][0]["target"] = "<b>bold</b>"
+    faith["results"][1]["method"] = "<i>sal</i>"  # a method name in the vs-mask sentences and the tables
+    faith["primary"]["layer"] = "<u>layer</u>"  # the primary sentence
     (run / "faithfulness.json").write_text(json.dumps(faith))
+    sanity = json.loads((run / "sanity.json").read_text())
+    sanity["criterion"] = "<em>fails</em> & more"
+    (run / "sanity.json").write_text(json.dumps(sanity))
 
     html = build_report(run).read_text()
 
-    assert "<script>" not in html and "<b>bold</b>" not in html
+    for raw in ("<script>", "<b>bold</b>", "<i>sal</i>", "<u>layer</u>", "<em>fails</em>"):
+        assert raw not in html, raw
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+    assert "&lt;i&gt;sal&lt;/i&gt; is not shown to tell more than the predicted mask" in html
+    assert "decoder.blocks.4, zero baseline)" not in html and "&lt;u&gt;layer&lt;/u&gt;, zero baseline)" in html
+    assert "&lt;em&gt;fails&lt;/em&gt; &amp; more" in html
 
 
 def test_missing_sections_are_named_and_their_old_figures_removed(tmp_path: Path, blob_prepared: Path) -> None:
@@ -115,33 +129,166 @@ def test_report_command_prints_the_page_path(full_run: Path, capsys: pytest.Capt
     assert capsys.readouterr().out.strip() == str(full_run / "report.html")
 
 
-def test_figure_4_reads_curves_aucs_and_the_random_reference(full_run: Path) -> None:
-    faith = json.loads((full_run / "faithfulness.json").read_text())
+def test_figure_4_reads_curves_aucs_and_both_references() -> None:
+    faith = faithfulness_doc()
 
     groups = faithfulness_curves(faith)
 
-    assert len(groups) == len(BASELINES)
+    assert [g.title for g in groups] == [f"baseline {b}, target predicted-region" for b in BASELINES]
     for group in groups:
-        assert [c.method for c in group.curves] == list(METHODS)  # each method, then its random map
+        assert [c.method for c in group.curves] == list(METHODS)  # the methods, then random and the mask control
+        assert [c.reference for c in group.curves] == [False, False, True, True]
         gradcam = group.curves[0]
         row = next(r for r in faith["results"] if r["method"] == "gradcam" and group.title.startswith(f"baseline {r['baseline']}"))
         assert gradcam.auc["deletion"] == pytest.approx(row["deletion"]["mean"])
-        fraction, score = gradcam.get("insertion")
-        assert fraction[-1] == 1.0 and score == pytest.approx(row["insertion"]["curve_mean"])
-        assert gradcam.auc["deletion"] < group.curves[-1].auc["deletion"]  # the fabricated Grad-CAM beats random
+        step, score = gradcam.get("insertion")
+        assert step == pytest.approx(np.linspace(0, 1, 9)) and score == pytest.approx(row["insertion"]["curve_mean"])
+        assert np.trapezoid(score, step) == pytest.approx(gradcam.auc["insertion"])  # the AUC is the area drawn
+        assert gradcam.auc["deletion"] < group.curves[2].auc["deletion"]  # the fabricated Grad-CAM beats random
+        assert group.ticks == fraction_ticks(np.asarray(faith["fractions"]), "log")
 
 
-def test_faithfulness_table_puts_the_random_map_beside_each_method(full_run: Path) -> None:
-    faith = json.loads((full_run / "faithfulness.json").read_text())
+def test_fraction_ticks_label_the_steps_with_their_fractions() -> None:
+    # log, K = 8: f_k = 1e-3^((8-k)/7); the decades fall nearest to k = 1 (0.001), 3 (0.0072), 6 (0.139), 8 (1)
+    positions, labels = fraction_ticks(log_fractions(8), "log")
+    assert positions == pytest.approx([0, 1 / 8, 3 / 8, 6 / 8, 1])
+    assert labels == ["0", "0.001", "0.0072", "0.14", "1"]
+    assert fraction_ticks(np.linspace(0, 1, 11), "uniform") == ([0, 0.25, 0.5, 0.75, 1], ["0", "0.25", "0.5", "0.75", "1"])
+
+
+PRIMARY_SENTENCE = ("Primary comparison: Grad-CAM (predicted-region, decoder.blocks.4, zero baseline) is better than "
+                    "random on deletion (p = 0.012, n = 12 patients) and is not shown to differ from random on "
+                    "insertion (p = 0.200, n = 12 patients); verdicts at alpha = 0.05 after Holm's adjustment over "
+                    "these two tests.")
+
+
+def test_at_a_glance_states_the_primary_comparison_first_with_its_raw_p(full_run: Path) -> None:
+    html = build_report(full_run).read_text().replace("&#x27;", "'")
+
+    glance = html[html.index('<h2 id="summary">At a glance</h2>'):html.index('id="how-to-read"')]
+    first = re.search(r"<(p|li|table)\b[^>]*>(.*?)</\1>", glance, re.S)
+    assert first.group(1) == "p" and first.group(2) == PRIMARY_SENTENCE
+    # the raw p (0.0123) is stated, not the Holm-adjusted one (0.0246); the verdict is the adjusted one's
+    assert "p = 0.025" not in PRIMARY_SENTENCE
+    assert glance.index(PRIMARY_SENTENCE) < glance.index("Every other test is exploratory") < glance.index("<table>")
+
+
+def test_primary_sentence_follows_the_verdicts_and_says_when_the_primary_row_is_absent() -> None:
+    faith = faithfulness_doc()
+    primary = next(r for r in faith["results"] if r["method"] == "gradcam" and r["baseline"] == "zero")
+    primary["insertion"]["vs_random"].update(verdict="undetermined", p_value=None, n_pairs=1)
+    primary["deletion"]["vs_random"]["verdict"] = "worse"
+
+    assert ("is worse than random on deletion (p = 0.012, n = 12 patients) and is undetermined against random on "
+            "insertion (no p-value, n = 1 patient)") in primary_sentence(faith)
+
+    faith["primary"]["baseline"] = "blur"
+    assert primary_sentence(faith).startswith(
+        "Primary comparison: Grad-CAM (predicted-region, decoder.blocks.4, blur baseline) is not in faithfulness.json")
+    del faith["primary"]
+    assert "names no primary comparison" in primary_sentence(faith)
+
+
+def test_glance_sentences_count_the_exploratory_tests_and_compare_with_the_mask() -> None:
+    faith = faithfulness_doc()
+
+    lines = glance_sentences(faith)
+
+    # per baseline: gradcam and saliency 4 tests each, the mask control 2 (vs random); minus the 2 primary
+    assert "(18 tests)" in lines[1] and "Holm-adjusted p over all 18" in lines[1]
+    assert lines[2:] == [
+        "Grad-CAM is better than the predicted-mask control on deletion and insertion for predicted-region with "
+        "the zero baseline; it is not shown to tell more than the predicted mask for predicted-region with the rise "
+        "baseline.",
+        "Saliency is not shown to tell more than the predicted mask for predicted-region with the zero baseline and "
+        "predicted-region with the rise baseline.",
+    ]
+    assert not any(line.startswith(("Random", "The predicted mask")) for line in lines[2:])  # controls: no sentence
+
+
+def test_mask_sentence_names_mixed_and_missing_comparisons() -> None:
+    faith = faithfulness_doc()
+    for row in faith["results"]:
+        if row["method"] == "saliency":
+            row["deletion"]["vs_mask"]["verdict"] = "better"
+            row["insertion"]["vs_mask"]["verdict"] = "worse" if row["baseline"] == "zero" else "not shown to differ"
+        if row["method"] == "gradcam":
+            row["deletion"]["vs_mask"] = row["insertion"]["vs_mask"] = None
+
+    assert mask_sentences(faith) == [
+        "Grad-CAM is not compared with the predicted mask (the run has no predicted-mask control) for "
+        "predicted-region with the zero baseline and predicted-region with the rise baseline.",
+        "Saliency is better than the predicted-mask control on deletion, worse than the predicted-mask control on "
+        "insertion for predicted-region with the zero baseline; it is better than the predicted-mask control on "
+        "deletion, not shown to differ from it on insertion for predicted-region with the rise baseline.",
+    ]
+
+
+def test_glance_table_has_the_columns_raw_and_adjusted_p_and_controls_apart() -> None:
+    faith = faithfulness_doc()
+
+    methods, controls = glance_tables(faith)
+
+    per_game = ["AUC [95% CI]", "p vs random", "adjusted p", "vs random", "vs predicted mask (adjusted p, exploratory)"]
+    assert methods.headers == ["method", "target", "baseline", "n patients"] + per_game * 2
+    assert methods.groups == [("", 4), ("Deletion: lower AUC is better", 5), ("Insertion: higher AUC is better", 5)]
+    primary = next(r for r in faith["results"] if r["method"] == "gradcam" and r["baseline"] == "zero")
+    # Holm over the 2 primary tests: 0.0123 -> 2 x 0.0123 = 0.0246; 0.2 -> max(0.0246, 1 x 0.2) = 0.2.
+    # Exploratory (m = 18): Grad-CAM vs mask, zero: 0.001 is 3rd smallest -> 16 x 0.001 = 0.016, 0.002 -> 15 x = 0.030
+    assert methods.rows[0] == [
+        "gradcam (primary)", "predicted-region", "zero", str(PATIENTS),
+        fmt_ci(primary["deletion"]), "0.012", "0.025 (primary)", "better", "better (0.016)",
+        fmt_ci(primary["insertion"]), "0.200", "0.200 (primary)", "not shown to differ",
+        "better (0.030)"]
+    rise = next(row for row in methods.rows if row[0] == "gradcam" and row[2] == "rise")
+    # raw 0.004 < 0.05 but 6th smallest of 18: 13 x 0.004 = 0.052, so exploratory and not shown to differ
+    assert rise[10:13] == ["0.004", "0.052 (exploratory)", "not shown to differ"]
+    assert [r[0] for r in methods.rows] == ["gradcam (primary)", "saliency", "gradcam", "saliency"]
+    assert [r[0] for r in controls.rows] == ["random (control)", "predicted-mask (control)"] * 2
+    random_row, mask_row = controls.rows[:2]
+    assert random_row[7] == "(the reference)" and mask_row[8] == "(the reference)" and mask_row[7] == "better"
+
+
+def test_the_page_never_says_no_better_and_shows_the_glance_tables(full_run: Path) -> None:
+    html = build_report(full_run).read_text()
+
+    text = re.sub(r"<[^>]+>", " ", html).lower()
+    assert "no better" not in text and "no difference" not in text and "not shown to differ" in text
+    assert '<th colspan="5">Deletion: lower AUC is better</th>' in html
+    assert "Controls: maps that explain nothing by design" in html
+    assert "<td>gradcam (primary)</td>" in html
+
+
+def test_faithfulness_table_puts_both_references_beside_each_map() -> None:
+    faith = faithfulness_doc()
     deletion, insertion = faithfulness_tables(faith)
 
     assert len(deletion.rows) == len(BASELINES) * (len(METHODS) - 1)  # random is the reference, not a row
     random_zero = next(r for r in faith["results"] if r["method"] == "random" and r["baseline"] == "zero")
+    mask_zero = next(r for r in faith["results"] if r["method"] == "predicted-mask" and r["baseline"] == "zero")
     first = deletion.rows[0]
-    assert first[:3] == ["zero", "mean-logits", "gradcam"]
-    assert first[5] == fmt_ci(random_zero["deletion"])
-    assert first[7] == "0.004" and first[8] == "better"
-    assert "higher is better" in insertion.title
+    assert first[:3] == ["zero", "predicted-region", "gradcam"]
+    assert first[5] == fmt_ci(random_zero["deletion"]) and first[6] == fmt_ci(mask_zero["deletion"])
+    assert first[9:] == ["0.025 (primary)", "better", "12 (24)"]
+    assert "higher is better" in insertion.title and "12 patients, 24 slices, K = 8 steps (log schedule)" in insertion.title
+
+
+def test_localization_tables_show_patients_tests_and_adjusted_p() -> None:
+    loc = localization_doc()
+
+    tables = localization_tables(loc)
+
+    assert [t.title.split(" (")[0] for t in tables] == ["Localisation: pointing game", "Localisation: energy pointing game",
+                                                         "Localisation: top IoU"]
+    pointing = tables[0]
+    assert pointing.headers[4:7] == ["n patients (slices)", "test", "p vs random"]
+    gradcam = pointing.rows[0]
+    # per metric 6 tests (trained: Grad-CAM and saliency 2 each, the mask control 1; untrained Grad-CAM 1), one
+    # Holm over the file's 18: the tied smallest p = 0.001 all become 18 x 0.001 = 0.018
+    assert gradcam[4:] == ["12 (24)", "sign", "0.001", "0.018 (exploratory)", "better",
+                           "not shown to differ (1.000)"]
+    assert tables[1].rows[0][5] == "wilcoxon"
+    assert [r[0] for r in pointing.rows][-2:] == ["gradcam (untrained network)", "random (untrained network) (control)"]
 
 
 def test_segmentation_table_lists_overall_patients_and_classes(full_run: Path) -> None:
@@ -152,12 +299,22 @@ def test_segmentation_table_lists_overall_patients_and_classes(full_run: Path) -
     assert table.rows[0][2] == fmt_ci(metrics["overall"]["dice"])
 
 
-def test_sanity_series_follow_the_stages(full_run: Path) -> None:
-    sanity = json.loads((full_run / "sanity.json").read_text())
-    spearman, ssim = sanity_series(sanity)
-    assert spearman.steps == sanity["stages"] and spearman.threshold == 0.5 and ssim.threshold is None
-    assert spearman.lines["gradcam (mean-logits)"] == sanity["results"][0]["spearman"]
-    assert "edge-detector (mean-logits) FAILS" in spearman.lines
+def test_sanity_series_table_and_summary() -> None:
+    sanity = sanity_doc()
+
+    absolute, ssim = sanity_series(sanity)
+
+    assert absolute.steps == sanity["stages"] and absolute.threshold == ssim.threshold == 0.5
+    assert not absolute.signed and ssim.signed
+    assert absolute.lines["saliency (predicted-region)"] == sanity["results"][1]["mean_abs_spearman"]
+    assert "edges (predicted-region, control) FAILS" in absolute.lines
+    table = sanity_tables(sanity)
+    assert table.rows[0] == ["gradcam", "predicted-region", "decoder.blocks.4", "0.000", "0.000", "3 of 4", "passes"]
+    assert table.rows[3][0] == "edges (control)" and table.rows[3][-1] == "FAILS"
+    assert sanity["criterion"] in table.note
+    line, = sanity_summary(sanity)
+    assert line.startswith("Sanity check (4 slices): passes: gradcam, saliency; control predicted-mask")
+    assert "control edges (predicted-region): FAILS, as it should (it never reads the weights)" in line
 
 
 def test_fmt_ci_reads_both_ci_shapes() -> None:

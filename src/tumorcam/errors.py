@@ -1,5 +1,22 @@
-"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+"""The one exception type of the library: a `ValueError` whose message names the parameter at fault.
+
+Library calls name their own parameters (`layer`, `method`, `target`, `masks`, ...); the CLI catches
+`TumorcamError` and prints the message as one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
 
 
-class TumorcamError(Exception):
-    """Bad input or a failed step, with a message that names the file or option at fault."""
+class TumorcamError(ValueError):
+    """Bad input or a failed step, with a message that names the parameter, file or option at fault."""
+
+
+def unknown_name(parameter: str, name: str, choices: Iterable[str]) -> TumorcamError:
+    """The error for a name that is not registered: `parameter: unknown parameter 'x' (did you mean y?); choose from ...`."""
+    choices = list(choices)
+    nearest = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    hint = f" (did you mean {nearest[0]}?)" if nearest else ""
+    return TumorcamError(f"{parameter}: unknown {parameter} {name!r}{hint}; choose from {', '.join(choices)}")

@@ -145,8 +145,8 @@ def run_pipeline(
     encoder_weights: str | None = None,
     device: str | None = None,
     prepare_size: int = 256,
-    synthetic_patients: int = 40,
-    synthetic_slices: int = 6,
+    synthetic_patients: int = 60,
+    synthetic_slices: int = 4,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Run every stage into the run folder `out` (skipping finished ones) and return the report's path.

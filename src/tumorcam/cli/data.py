@@ -42,8 +42,8 @@ def download_command(
 @data_app.command("synth")
 def synth_command(
     out: Path = typer.Option(..., "--out", help="New (or empty) folder for N.mat slices and cvind.mat."),
-    patients: int = typer.Option(40, "--patients", help="Synthetic patients (classes cycle meningioma, glioma, pituitary)."),
-    slices_per_patient: int = typer.Option(6, "--slices-per-patient", help="Slices per patient."),
+    patients: int = typer.Option(60, "--patients", help="Synthetic patients (classes cycle meningioma, glioma, pituitary)."),
+    slices_per_patient: int = typer.Option(4, "--slices-per-patient", help="Slices per patient."),
     seed: int = typer.Option(0, "--seed", help="Everything is deterministic from this."),
 ) -> None:
     """Write the synthetic dataset in the figshare MATLAB v7.3 layout."""

@@ -32,26 +32,33 @@ def _faithfulness(run: Path, data: Optional[Path], split: str, options: dict[str
     from tumorcam.evaluate.faithfulness import evaluate_faithfulness
 
     doc = evaluate_faithfulness(run, data=data, split=split, steps=options["steps"], baselines=options["baselines"],
-                                score=options["score"], batch_size=options["batch_size"], device=options["device"])
-    lines = [f"faithfulness ({doc['split']}, {doc['n_slices']} slices, K={doc['steps']}, {doc['score']}, "
-             f"{doc['seconds']:.1f} s) -> {run / 'faithfulness.json'}"]
+                                score=options["score"], schedule=options["schedule"], batch_size=options["batch_size"],
+                                device=options["device"], patients=options.get("patients"),
+                                slices_per_patient=options.get("slices_per_patient"))
+    lines = [f"faithfulness ({doc['split']}, {doc['n_patients']} patients, {doc['n_slices']} slices, K={doc['steps']} "
+             f"{doc['schedule']}, score {doc['score']}, {doc['seconds']:.1f} s) -> {run / 'faithfulness.json'}",
+             "  verdicts deletion/insertion, Holm-adjusted; patient means"]
     for row in doc["results"]:
-        verdicts = "/".join(row[c].get("vs_random", {}).get("verdict", "-") for c in ("deletion", "insertion"))
+        verdicts = {ref: "/".join((row[c].get(ref) or {}).get("verdict", "-") for c in ("deletion", "insertion"))
+                    for ref in ("vs_random", "vs_mask")}
         lines.append(f"  {row['baseline']:<5} {row['method']:<22} {row['target']:<17} {row['layer']:<17} "
-                     f"deletion AUC {_fmt(row['deletion']['mean'])}  insertion AUC {_fmt(row['insertion']['mean'])}  "
-                     f"vs random: {verdicts}")
+                     f"{row['score']:<17} deletion AUC {_fmt(row['deletion']['mean'])}  "
+                     f"insertion AUC {_fmt(row['insertion']['mean'])}  vs random: {verdicts['vs_random']}  "
+                     f"vs mask: {verdicts['vs_mask']}")
     return "\n".join(lines)
 
 
 def _localization(run: Path, data: Optional[Path], split: str, options: dict[str, Any]) -> str:
-    from tumorcam.evaluate.localization import evaluate_localization
+    from tumorcam.evaluate.localization import METRICS, evaluate_localization
 
-    doc = evaluate_localization(run, data=data, split=split, top_percent=options["top_percent"])
-    lines = [f"localization ({doc['split']}, {doc['n_with_tumour']} slices with tumour, top {doc['top_percent']}%) "
-             f"-> {run / 'localization.json'}"]
+    doc = evaluate_localization(run, data=data, split=split, top_percent=options["top_percent"],
+                                patients=options.get("patients"), slices_per_patient=options.get("slices_per_patient"))
+    lines = [f"localization ({doc['split']}, {doc['n_patients']} patients, {doc['n_with_tumour']} of {doc['n_slices']} "
+             f"slices with tumour, top {doc['top_percent']}%) -> {run / 'localization.json'}",
+             "  patient means; verdicts vs random / vs mask, Holm-adjusted (all exploratory)"]
     for row in doc["results"]:
-        values = "  ".join(f"{m} {row[m]['mean']:.3f}" if row[m]["mean"] is not None else f"{m} -"
-                           for m in ("pointing_game", "energy_pointing_game", "top_iou"))
+        values = "  ".join(f"{m} {_fmt(row[m]['mean'])} ({(row[m].get('vs_random') or {}).get('verdict', '-')}/"
+                           f"{(row[m].get('vs_mask') or {}).get('verdict', '-')})" for m in METRICS)
         lines.append(f"  {row['model']:<9} {row['method']:<22}{' x GT' if row['times_gt'] else '     '} "
                      f"{row['target']:<17} {row['layer']:<17} {values}")
     return "\n".join(lines)
@@ -60,13 +67,15 @@ def _localization(run: Path, data: Optional[Path], split: str, options: dict[str
 def _sanity(run: Path, data: Optional[Path], split: str, options: dict[str, Any]) -> str:
     from tumorcam.evaluate.sanity import evaluate_sanity
 
-    doc = evaluate_sanity(run, data=data, split=split, device=options["device"])
-    lines = [f"sanity ({doc['n_slices']} slices, {len(doc['stages'])} layers randomised, fail if final Spearman "
-             f">= {doc['threshold']}) -> {run / 'sanity.json'}"]
+    doc = evaluate_sanity(run, data=data, split=split, device=options["device"], patients=options.get("patients"),
+                          slices_per_patient=options.get("slices_per_patient"))
+    lines = [f"sanity ({doc['n_slices']} slices, {len(doc['stages'])} layers randomised, FAIL if the final mean "
+             f"|Spearman| or mean SSIM >= {doc['threshold']}) -> {run / 'sanity.json'}"]
     for row in doc["results"]:
         verdict = {True: "pass", False: "FAIL"}.get(row["passes"], "undetermined (original maps flat)")
-        lines.append(f"  {row['method']:<22} {row['target']:<17} {row['layer']:<17} final Spearman "
-                     f"{_fmt(row['final_spearman'])}  {verdict}")
+        lines.append(f"  {row['method']:<22} {row['target']:<17} {row['layer']:<17} final mean |Spearman| "
+                     f"{_fmt(row['final_mean_abs_spearman'])}  SSIM {_fmt(row['final_ssim'])}  "
+                     f"({row['n_compared'][-1]} maps compared)  {verdict}")
     return "\n".join(lines)
 
 
@@ -84,10 +93,15 @@ def evaluate_command(
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Deletion/Insertion curves and AUC -> faithfulness.json."),
     localization: bool = typer.Option(False, "--localization", help="Pointing game, energy, top-p% IoU -> localization.json."),
     sanity: bool = typer.Option(False, "--sanity", help="Cascading layer randomisation -> sanity.json."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Deletion/Insertion steps K (default: the run's config, 50)."),
-    baselines: Optional[str] = typer.Option(None, "--baselines", help="Comma list of zero, blur, mean, road."),
-    score: Optional[str] = typer.Option(None, "--score", help="mean-sigmoid (the seed's) or predicted-region."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Deletion/Insertion steps K (default: the run's config.evaluate.steps)."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help="Comma list of zero, blur, mean, road, rise (default: the run's config.evaluate.baselines)."),
+    score: Optional[str] = typer.Option(None, "--score", help="target (each map's own), mean-sigmoid (the seed's), predicted-region or dice."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="log (fractions 1e-3..1, log-spaced) or uniform (k/K, the seed's)."),
     top_percent: Optional[float] = typer.Option(None, "--top-percent", help="Localisation: IoU of the top p% of the map."),
+    patients: Optional[int] = typer.Option(None, "--patients", help="Maps of a seeded sample of N patients spread over "
+                                           "classes; re-explains when RUN/explanations holds others (default: as they are)."),
+    slices_per_patient: Optional[int] = typer.Option(None, "--slices-per-patient", help="Maps of at most K slices per "
+                                                     "patient; re-explains likewise (default: as they are)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Perturbed slices per forward (Deletion/Insertion)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared folder (default: the one the run trained on)."),
     split: Optional[str] = typer.Option(None, "--split", help="test, val, train or all (default: the run's config.evaluate.split)."),
@@ -101,7 +115,8 @@ def evaluate_command(
     names = [name for name, on in chosen.items() if on] or list(STAGES)
     options = {"checkpoint": checkpoint, "device": resolve_device(device or "auto"), "steps": steps,
                "baselines": [b.strip() for b in baselines.split(",") if b.strip()] if baselines is not None else None,
-               "score": score, "top_percent": top_percent, "batch_size": batch_size}
+               "score": score, "schedule": schedule, "top_percent": top_percent, "batch_size": batch_size,
+               "patients": patients, "slices_per_patient": slices_per_patient}
     split = split or _configured_split(run)
     for name in names:
         typer.echo(STAGES[name](run, data, split, options))

@@ -36,10 +36,16 @@ def explain_command(
     run: Path = typer.Argument(..., help="Run folder (config.json and unet_trained.pth)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared folder; default: the run's config.data."),
     split: Optional[str] = typer.Option(None, "--split", help="test, val, train or all (default: config.explain.split)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="The first N slices of the split (default: config.explain.limit)."),
-    ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated file ids of the split, instead of --limit."),
+    patients: Optional[int] = typer.Option(None, "--patients", help="A seeded sample of N patients of the split, "
+                                           "spread over classes (default: config.explain.patients; none set: all)."),
+    slices_per_patient: Optional[int] = typer.Option(None, "--slices-per-patient", help="At most K slices per patient, "
+                                                     "evenly spaced (default: config.explain.slices_per_patient)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most N slices in all, after the patient sample "
+                                        "(default: config.explain.limit)."),
+    ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated file ids of the split, not a sample."),
     methods: Optional[str] = typer.Option(None, "--methods", help="gradcam, gradcam++, hirescam, layercam, saliency, "
-                                          "integrated-gradients, random (comma-separated)."),
+                                          "integrated-gradients; controls random, predicted-mask, "
+                                          "predicted-probability, dilated-mask, edges (comma-separated)."),
     targets: Optional[str] = typer.Option(None, "--targets", help="mean-logits, predicted-region, gt-region (comma-separated)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Module paths, e.g. decoder.blocks.4,encoder.layer4."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Slices per forward/backward."),
@@ -64,10 +70,11 @@ def explain_command(
     from tumorcam.explain.run import INDEX_FILE, explain_run
 
     folder = explain_run(run, data=data, split=split, limit=limit, ids=_ids(ids), methods=_names(methods),
-                         targets=_names(targets), layers=_names(layers), batch_size=batch_size, untrained=untrained)
+                         targets=_names(targets), layers=_names(layers), batch_size=batch_size, untrained=untrained,
+                         patients=patients, slices_per_patient=slices_per_patient)
     index = json.loads((folder / INDEX_FILE).read_text())
-    typer.echo(f"{len(index['entries'])} map file(s) of the {index['split']} split at {index['size']}px, "
-               f"listed in {folder / INDEX_FILE}")
+    typer.echo(f"{len(index['entries'])} map file(s) of {index['n_slices']} slice(s) from {index['n_patients']} "
+               f"patient(s) of the {index['split']} split at {index['size']}px, listed in {folder / INDEX_FILE}")
 
 
 def register(app: typer.Typer) -> None:

@@ -20,8 +20,8 @@ def run_command(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     config: Optional[Path] = typer.Option(
         None, "--config", help="A config.json to use instead of the preset (every setting of every stage)."),
-    synthetic_patients: int = typer.Option(40, "--synthetic-patients", help="Patients of the synthetic dataset (no --data)."),
-    synthetic_slices: int = typer.Option(6, "--synthetic-slices", help="Slices per synthetic patient (no --data)."),
+    synthetic_patients: int = typer.Option(60, "--synthetic-patients", help="Patients of the synthetic dataset (no --data)."),
+    synthetic_slices: int = typer.Option(4, "--synthetic-slices", help="Slices per synthetic patient (no --data)."),
     prepare_size: int = typer.Option(256, "--prepare-size", help="Side of the prepared slices (when --data is not prepared)."),
 ) -> None:
     """Run the whole pipeline into one run folder, skipping the stages already done; print the report's path."""

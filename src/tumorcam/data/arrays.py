@@ -1,6 +1,6 @@
 """The prepared-arrays folder: the contract between `data prepare` and every later stage.
 
-Layout (DESIGN.md section 2): `images.npy` (N,S,S) float16 in [0,1] or uint8; `masks.npy`
+Layout: `images.npy` (N,S,S) float16 in [0,1] or uint8; `masks.npy`
 (N,S,S) bool; `labels.npy` int8 (1 meningioma, 2 glioma, 3 pituitary); `pids.npy` unicode;
 `file_ids.npy` int64; `manifest.json`; `splits.json` ({"train": [file ids], "val": [...],
 "test": [...]}). Loading memory-maps the arrays and never unpickles.

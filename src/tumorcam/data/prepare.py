@@ -1,5 +1,5 @@
 """`prepare`: turn figshare `.mat` files, zips of them, or PNG image/mask pairs into the prepared
-arrays of DESIGN.md section 2 (`tumorcam.data.arrays` reads them).
+arrays (`tumorcam.data.arrays` documents and reads them).
 
 Per slice: image clipped at 0 and divided by its maximum (the seed's normalisation), resized to
 `size` x `size` (image bilinear, mask nearest, with Pillow), stored float16 in [0, 1]; mask bool.

@@ -63,7 +63,7 @@ class Tumour:
     harmonics: np.ndarray  # (n, 2): amplitude, phase of radius(theta) = r (1 + sum a_k cos(k theta + p_k))
 
 
-def write_synthetic(out: str | os.PathLike, patients: int = 40, slices_per_patient: int = 6, seed: int = 0) -> list[Path]:
+def write_synthetic(out: str | os.PathLike, patients: int = 60, slices_per_patient: int = 4, seed: int = 0) -> list[Path]:
     """Write `patients * slices_per_patient` slices `1.mat ... N.mat` and `cvind.mat` into `out`.
 
     `out` must not exist or be empty; it is built under a temporary name and renamed. Returns the

@@ -6,21 +6,35 @@ The layers are re-initialised one stage at a time from the output towards the in
 `encoder.layer1`, `encoder.bn1`, `encoder.conv1`); after each stage the maps are recomputed and
 compared with the maps of the intact model, per slice, by
 
-- Spearman rank correlation rho of the pixel values (ties get average ranks; a constant original
-  map has nothing to compare and gives no value (NaN, left out of the means); a constant map of the
-  randomised model against a non-constant original gives rho = 0), and
+- Spearman rank correlation rho of the pixel values (ties get average ranks), and
 - SSIM (Wang et al. 2004: Gaussian window 11 px, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1,
   over the window positions that fit in the map). Hand-written in a few lines rather than adding
   torchmetrics or scikit-image as a dependency for one formula.
 
+Flat maps (every pixel equal) are treated alike by both measures: a flat original map has nothing
+to compare and gives NaN (left out of the means; `n_compared` counts the maps that entered); a flat
+map of the randomised model against a non-flat original gives 0 (its structure is gone).
+
+The target's region is fixed from the intact model. A region target's score is s = sum of the
+logits over a region; for `predicted-region` that region is the intact model's predicted mask
+[z > 0], computed once and used for every randomised model (computed as the `gt-region` target
+with the intact prediction as its mask: the same s), likewise for the other targets whose region
+depends on the prediction (`boundary`, `false-positive`, `false-negative`), and for `gt-region` it
+is the ground-truth mask. Otherwise a randomised model that predicts no tumour would explain an
+empty region: an all-zero map, which would count as "changed" without saying anything about the
+method.
+
 A map that explains the model must change when the model's weights are destroyed. Criterion: a
-method FAILS when its maps of the fully randomised model still have mean Spearman rho >= the
-threshold (EvaluateConfig.sanity_threshold, 0.5) with the original maps. A map that ignores the
-weights (an edge detector of the input, or a random map with a fixed seed) keeps rho = 1 and fails.
+method FAILS when, for the fully randomised model, the mean |rho| or the mean SSIM with the
+original maps is >= the threshold (EvaluateConfig.sanity_threshold, 0.5); |rho| so that a map
+that merely inverts (rho = -0.9) also fails. Adebayo et al. judge the similarity curves by eye and
+give no numeric cut-off: 0.5 is this project's convention ("at most a moderate similarity may
+remain"). A map that ignores the weights (an edge detector of the input) keeps rho = 1 and fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +51,10 @@ from tumorcam.errors import TumorcamError
 
 MapFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+CRITERION = ("fails when, for the fully randomised model, the mean |Spearman rho| or the mean SSIM between its "
+             "maps and the intact model's maps is >= threshold")
+THRESHOLD_SOURCE = ("Adebayo et al. (2018) judge the similarity curves by eye and give no numeric cut-off; "
+                    "0.5 is this project's convention: at most a moderate similarity may remain")
 
 
 def cascade_stages(model: nn.Module) -> list[str]:
@@ -66,21 +84,28 @@ def randomize_(module: nn.Module, seed: int) -> None:
                 sub.reset_parameters()
 
 
+def _flat_rows(x: np.ndarray) -> np.ndarray:
+    """True per row of (N, P) whose values are all equal."""
+    return x.max(axis=1) == x.min(axis=1)
+
+
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman rho per row of (N, P) arrays `a` (original maps) and `b` (randomised model's maps), with
-    average ranks for ties; a flat row of `a` gives NaN, a flat row of `b` only gives 0."""
+    average ranks for ties; a flat row of `a` gives NaN, a flat row of `b` (against a non-flat `a`) 0."""
     a = np.asarray(a, np.float64).reshape(len(a), -1)
     b = np.asarray(b, np.float64).reshape(len(b), -1)
+    flat_a, flat_b = _flat_rows(a), _flat_rows(b)
     ra = rankdata(a, axis=1) - (a.shape[1] + 1) / 2
     rb = rankdata(b, axis=1) - (b.shape[1] + 1) / 2
-    na, nb = np.linalg.norm(ra, axis=1), np.linalg.norm(rb, axis=1)
-    flat_a, flat_b = na == 0, nb == 0
-    rho = (ra * rb).sum(1) / np.where(flat_a | flat_b, 1.0, na * nb)
+    norms = np.linalg.norm(ra, axis=1) * np.linalg.norm(rb, axis=1)
+    rho = (ra * rb).sum(1) / np.where(flat_a | flat_b, 1.0, norms)
     return np.where(flat_a, np.nan, np.where(flat_b, 0.0, rho))
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Mean SSIM per map of (N,H,W) maps in [0, 1] (Wang et al. 2004, constants in the module docstring).
+    """Mean SSIM per map of (N,H,W) maps in [0, 1], `a` the originals and `b` the randomised model's
+    (Wang et al. 2004, constants in the module docstring); a flat map of `a` gives NaN, a flat map
+    of `b` (against a non-flat `a`) 0, as in `spearman_rows`.
 
     SSIM = (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2)), with local
     Gaussian-weighted means, variances and covariance; C1 = (K1 L)^2, C2 = (K2 L)^2, L = 1.
@@ -103,28 +128,66 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     cov = local(x * y) - mu_x * mu_y
     c1, c2 = SSIM_K1**2, SSIM_K2**2
     index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return index.mean(dim=(1, 2, 3)).cpu().numpy().astype(np.float64)
+    value = index.mean(dim=(1, 2, 3)).cpu().numpy().astype(np.float64)
+    flat_a = _flat_rows(x.flatten(1).cpu().numpy())
+    flat_b = _flat_rows(y.flatten(1).cpu().numpy())
+    return np.where(flat_a, np.nan, np.where(flat_b, 0.0, value))
 
 
 @dataclass
 class SanityResult:
-    """Similarity of each stage's maps with the original maps: arrays (stages, N)."""
+    """Similarity of each stage's maps with the original maps: arrays (stages, N), NaN where the
+    original map is flat."""
 
     stages: list[str]
     spearman: np.ndarray
     ssim: np.ndarray
 
     @property
-    def final_spearman(self) -> float | None:
-        """Mean rho after the last stage; None when every original map is flat (nothing to compare)."""
-        last = self.spearman[-1]
-        return None if np.isnan(last).all() else float(np.nanmean(last))
+    def n_compared(self) -> list[int]:
+        """Per stage, the number of maps that entered the means (a finite rho and SSIM)."""
+        return [int(n) for n in (np.isfinite(self.spearman) & np.isfinite(self.ssim)).sum(axis=1)]
+
+    def _stage_means(self, values: np.ndarray) -> np.ndarray:
+        kept = np.where(np.isfinite(self.spearman) & np.isfinite(self.ssim), values, 0.0)
+        counts = np.asarray(self.n_compared, dtype=np.float64)
+        return np.where(counts > 0, kept.sum(axis=1) / np.maximum(counts, 1), np.nan)
+
+    def _stage_stds(self, values: np.ndarray) -> np.ndarray:
+        squares = self._stage_means(values**2) - self._stage_means(values) ** 2
+        return np.sqrt(np.clip(squares, 0.0, None))
+
+    @property
+    def mean_spearman(self) -> np.ndarray:
+        """Mean rho per stage over the compared maps (NaN where none)."""
+        return self._stage_means(self.spearman)
+
+    @property
+    def mean_abs_spearman(self) -> np.ndarray:
+        """Mean |rho| per stage over the compared maps (NaN where none)."""
+        return self._stage_means(np.abs(self.spearman))
+
+    @property
+    def mean_ssim(self) -> np.ndarray:
+        """Mean SSIM per stage over the compared maps (NaN where none)."""
+        return self._stage_means(self.ssim)
+
+    @property
+    def std_spearman(self) -> np.ndarray:
+        """Standard deviation (population) of rho per stage over the compared maps."""
+        return self._stage_stds(self.spearman)
+
+    @property
+    def std_ssim(self) -> np.ndarray:
+        """Standard deviation (population) of SSIM per stage over the compared maps."""
+        return self._stage_stds(self.ssim)
 
     def fails(self, threshold: float) -> bool | None:
-        """True when the fully randomised model's maps keep mean rho >= threshold: the map barely changes;
-        None when undetermined (every original map is flat)."""
-        final = self.final_spearman
-        return None if final is None else final >= threshold
+        """True when the fully randomised model's maps keep mean |rho| >= threshold or mean SSIM >=
+        threshold (the map barely changed); None when undetermined (every original map is flat)."""
+        if self.n_compared[-1] == 0:
+            return None
+        return bool(self.mean_abs_spearman[-1] >= threshold or self.mean_ssim[-1] >= threshold)
 
 
 def cascading_randomization(model: nn.Module, images: torch.Tensor, map_fn: MapFn, *,
@@ -148,26 +211,104 @@ def cascading_randomization(model: nn.Module, images: torch.Tensor, map_fn: MapF
     return SanityResult(stages=stages, spearman=np.stack(spearman), ssim=np.stack(similarity))
 
 
+def intact_region(model: nn.Module, images: torch.Tensor, target: str, masks: torch.Tensor | None = None,
+                  amp: bool = True) -> torch.Tensor:
+    """The region R (B,1,H,W) float32 {0, 1} of a prediction-dependent `target` as the intact `model`
+    sees `images`: the target's pixel weights on channel 0 from one forward in eval mode without
+    gradients (bf16 autocast on CUDA when `amp`, as `compute_maps`); for `predicted-region`, [z > 0]."""
+    from tumorcam.explain import explaining
+    from tumorcam.explain.methods.base import ScalarOutput
+    from tumorcam.explain.targets import target_function
+
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and images.device.type == "cuda"
+                else contextlib.nullcontext())
+    scalar = ScalarOutput(model, target_function(target, 0), None if masks is None else masks.to(images.device))
+    with explaining(model), autocast:
+        weights = scalar.fixed_weights(images)
+    return (weights[:, :1] > 0).float()
+
+
+def fixed_region_map_fn(model: nn.Module, images: torch.Tensor, *, method: str, target: str, layer: str,
+                        masks: torch.Tensor | None, ig_steps: int = 32, seed: int = 0, amp: bool = True) -> MapFn:
+    """The sanity check's map function of (method, target, layer): `compute_maps` with the target's region
+    fixed from the intact `model`. A target whose region depends on the prediction (`predicted-region`,
+    and `boundary`, `false-positive`, `false-negative`) becomes `gt-region` with the intact model's
+    region of `images` (`intact_region`) as its mask: the same s = sum of the logits over the region;
+    `gt-region` keeps the ground-truth `masks`; other targets are unchanged."""
+    from tumorcam.explain import compute_maps
+    from tumorcam.explain.targets import get_target
+
+    if get_target(target).uses_prediction:
+        target, masks = "gt-region", intact_region(model, images, target, masks, amp)
+
+    def map_fn(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return compute_maps(net, x, method=method, target=target, layer=None if layer == "input" else layer,
+                            masks=masks, ig_steps=ig_steps, seed=seed, amp=amp)
+
+    return map_fn
+
+
+def region_source(target: str) -> str | None:
+    """Where the sanity check takes a target's region from: "intact model" (a prediction-dependent
+    target, fixed by `intact_region`), "ground truth" (`gt-region`), None (no region)."""
+    from tumorcam.explain.targets import get_target
+
+    if get_target(target).uses_prediction:
+        return "intact model"
+    return "ground truth" if get_target(target).needs_masks else None
+
+
+def pick_slices(n: int, count: int, patient_ids: np.ndarray | None = None) -> np.ndarray:
+    """Rows (ascending) of the first `count` of `n` slices in the given order, one per patient where
+    possible: every patient's first slice comes before any patient's second (a stable sort by the
+    slice's rank within its patient). Without patient ids, the first `count` rows."""
+    if count < 1:
+        raise TumorcamError(f"limit: the sanity check needs >= 1 slice (config.evaluate.sanity_slices), got {count}")
+    if patient_ids is None:
+        return np.arange(min(count, n))
+    if len(patient_ids) != n:
+        raise ValueError(f"{len(patient_ids)} patient ids for {n} slices")
+    seen: dict[str, int] = {}
+    rank = np.empty(n, dtype=np.int64)
+    for i, pid in enumerate(np.asarray(patient_ids).astype(str).tolist()):
+        rank[i] = seen.get(pid, 0)
+        seen[pid] = int(rank[i]) + 1
+    return np.sort(np.argsort(rank, kind="stable")[:count])
+
+
 def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str | None = None,
                     limit: int | None = None, methods: list[str] | None = None,
-                    device: str | torch.device | None = None) -> dict[str, Any]:
+                    device: str | torch.device | None = None, patients: int | None = None,
+                    slices_per_patient: int | None = None) -> dict[str, Any]:
     """Cascading randomisation of the run's model for every (method, target, layer) of its trained-model
-    maps (Grad-CAM x GT excluded: the mask does not depend on the weights), on the first `limit`
-    slices (default EvaluateConfig.sanity_slices); writes RUN/sanity.json (schema in docs/evaluate.md)."""
-    from tumorcam.evaluate.inputs import finite_list, load_inputs
-    from tumorcam.explain import compute_maps
+    maps, the controls included (`edges` must fail: it ignores the weights), on `limit` (default
+    EvaluateConfig.sanity_slices) of the run's explained slices picked by `pick_slices`; writes
+    RUN/sanity.json (schema in docs/evaluate.md). Left out: the random map (its seeded noise ignores
+    the weights by construction) and the x GT maps (the method's own maps times the mask, checked
+    as the method).
+
+    `patients` and `slices_per_patient` go to the input loading (they choose the slices when the run
+    has no maps yet)."""
+    from tqdm.auto import tqdm
+
+    from tumorcam.evaluate.inputs import RANDOM, load_inputs
+    from tumorcam.evaluate.summary import finite_list
     from tumorcam.io import write_json
 
     run = Path(run)
-    inputs = load_inputs(run, data=data, split=split, device=device)
+    inputs = load_inputs(run, data=data, split=split, device=device, patients=patients,
+                         slices_per_patient=slices_per_patient)
     cfg = inputs.config.evaluate
     explain_cfg = inputs.config.explain
-    count = cfg.sanity_slices if limit is None else limit
-    if count < 1:
-        raise TumorcamError(f"--sanity-slices: must be >= 1, got {count}")
-    images, masks = inputs.images[:count], inputs.masks[:count]
+    patient_ids = getattr(inputs, "patient_ids", None)
+    rows = pick_slices(len(inputs.file_ids), cfg.sanity_slices if limit is None else limit, patient_ids)
+    index = torch.as_tensor(rows, device=inputs.images.device)
+    images, masks = inputs.images[index], inputs.masks[index]
+    if methods is not None and RANDOM in methods:
+        raise TumorcamError("--methods random: the random map is not sanity-checked (its seeded noise ignores "
+                            "the weights by construction)")
     combos = sorted({(e.method, e.target, e.layer) for e in inputs.entries
-                     if e.model == "trained" and not e.times_gt and not e.generated})
+                     if e.model == "trained" and not e.times_gt and e.method != RANDOM})
     if methods is not None:
         unknown = sorted(set(methods) - {c[0] for c in combos})
         if unknown:
@@ -175,35 +316,38 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
         combos = [c for c in combos if c[0] in methods]
     stages = cascade_stages(inputs.model)
     results = []
-    from tqdm.auto import tqdm
-
     for method, target, layer in tqdm(combos, desc="sanity check", unit="map"):
-        def map_fn(model: nn.Module, x: torch.Tensor, method: str = method, target: str = target,
-                   layer: str = layer) -> torch.Tensor:
-            return compute_maps(model, x, method=method, target=target,
-                                layer=None if layer == "input" else layer, masks=masks,
-                                ig_steps=explain_cfg.ig_steps, seed=explain_cfg.seed, amp=inputs.config.train.amp)
-
+        map_fn = fixed_region_map_fn(inputs.model, images, method=method, target=target, layer=layer, masks=masks,
+                                     ig_steps=explain_cfg.ig_steps, seed=explain_cfg.seed,
+                                     amp=inputs.config.train.amp)
         result = cascading_randomization(inputs.model, images, map_fn, stages=stages, seed=cfg.seed)
+        fails = result.fails(cfg.sanity_threshold)
         results.append({
-            "method": method, "target": target, "layer": layer,
-            "spearman": finite_list(np.nanmean(result.spearman, axis=1)),
-            "spearman_std": finite_list(np.nanstd(result.spearman, axis=1)),
-            "abs_spearman": finite_list(np.nanmean(np.abs(result.spearman), axis=1)),
-            "ssim": finite_list(np.nanmean(result.ssim, axis=1)),
-            "ssim_std": finite_list(np.nanstd(result.ssim, axis=1)),
-            "final_spearman": result.final_spearman,
-            "passes": None if result.fails(cfg.sanity_threshold) is None else not result.fails(cfg.sanity_threshold),
+            "method": method, "target": target, "layer": layer, "region": region_source(target),
+            "spearman": finite_list(result.mean_spearman),
+            "spearman_std": finite_list(result.std_spearman),
+            "mean_abs_spearman": finite_list(result.mean_abs_spearman),
+            "ssim": finite_list(result.mean_ssim),
+            "ssim_std": finite_list(result.std_ssim),
+            "n_compared": result.n_compared,
+            "final_spearman": finite_list(result.mean_spearman[-1:])[0],
+            "final_mean_abs_spearman": finite_list(result.mean_abs_spearman[-1:])[0],
+            "final_ssim": finite_list(result.mean_ssim[-1:])[0],
+            "passes": None if fails is None else not fails,
         })
     out = {
         "split": inputs.split,
         "size": inputs.size,
-        "n_slices": int(len(images)),
-        "file_ids": inputs.file_ids[:count].tolist(),
+        "n_slices": int(len(rows)),
+        "file_ids": inputs.file_ids[rows].tolist(),
+        "patient_ids": None if patient_ids is None else np.asarray(patient_ids)[rows].astype(str).tolist(),
         "stages": stages,
         "threshold": cfg.sanity_threshold,
-        "criterion": "fails when the mean Spearman rho between the maps of the fully randomised model "
-                     "and the original maps is >= threshold",
+        "criterion": CRITERION,
+        "threshold_source": THRESHOLD_SOURCE,
+        "region": "a region target's region is fixed for every randomised model: predicted-region (and any "
+                  "target whose region depends on the prediction) uses the intact model's region, e.g. its "
+                  "predicted mask (logits > 0), as the gt-region target's mask; gt-region the ground-truth mask",
         "seed": cfg.seed,
         "results": results,
     }

@@ -1,54 +1,75 @@
-"""Explanations of the segmentation U-Net: one call, a batch of slices -> heatmaps in [0, 1].
+"""Explain any segmentation network: a batch of images -> one heatmap per image in [0, 1].
 
-`compute_maps(model, images, method=..., target=..., layer=...)` wraps the model so it returns one
-scalar per image (the target, see `targets`), attributes it with the method (see `methods`) at the
-layer (a module path, see `layers`), then rectifies, upsamples and normalises (see `maps`).
-A batch of B slices costs one forward and one backward (integrated gradients: one per path step).
+    import segmentation_models_pytorch as smp
+    import torch
+    import tumorcam
+
+    model = smp.Unet("resnet18", encoder_weights=None, in_channels=3, classes=3).eval()
+    x = torch.rand(4, 3, 64, 64)
+    maps = tumorcam.explain(model, x, channel=1)  # (4, 64, 64): Grad-CAM of class 1's predicted region
+
+The model is any `nn.Module` whose output holds logits z (B, C, *spatial): C = 1 is read with a
+sigmoid, C > 1 with a softmax and `channel` chooses the class. A tuple, list or dict output (deep
+supervision, auxiliary heads) is read through `output`: an index, a key or a callable. Images are
+(B, C_in, H, W), or (B, C_in, D, H, W) for a 3-D network, with any number of input channels.
+
+`explain` wraps the model so it returns one scalar per image (the target: a name of `TARGETS` or a
+callable `(logits, masks) -> weights`, see `targets`), attributes it with the method (see
+`methods`) at the layer (a module path or the module; None picks one by the rule in `layers`),
+then rectifies, upsamples and normalises (see `maps`). Each batch of `batch_size` images costs one
+forward and one backward (integrated gradients: one per path step). The `component` target gives
+one map per connected lesion: `explain_components`. Autocast (bf16 on CUDA) only with `amp=True`.
+
+The package is callable: `tumorcam.explain(...)` is `tumorcam.explain.explain(...)`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
+import inspect
+import sys
+import types
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
 
+import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
-from tumorcam.errors import TumorcamError
-from tumorcam.explain.layers import DEFAULT_LAYER, INPUT_LAYER, resolve_layer
+from tumorcam.errors import TumorcamError, unknown_name
+from tumorcam.explain.layers import INPUT_LAYER, default_layer, resolve_layer
 from tumorcam.explain.maps import normalise, rectify, times_mask, upsample
 from tumorcam.explain.methods import METHODS, Method, Options, ScalarOutput
-from tumorcam.explain.targets import TARGETS, Target
+from tumorcam.explain.methods.base import Logits, Output
+from tumorcam.explain.targets import (
+    TARGETS,
+    TargetFn,
+    get_target,
+    lesion_weights,
+    predicted,
+    target_function,
+)
 
-__all__ = ["DEFAULT_LAYER", "INPUT_LAYER", "METHODS", "TARGETS", "compute_maps", "get_method", "get_target", "times_mask"]
+__all__ = ["INPUT_LAYER", "METHODS", "TARGETS", "LesionMaps", "compute_maps", "explain", "explain_components",
+           "get_method", "get_target", "times_mask"]
 
-
-def _unknown(kind: str, option: str, name: str, choices: Sequence[str]) -> TumorcamError:
-    nearest = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    hint = f" (did you mean {nearest[0]}?)" if nearest else ""
-    return TumorcamError(f"{option}: unknown {kind} {name!r}{hint}; choose from {', '.join(choices)}")
+Seed = int | Sequence[int]
 
 
 def get_method(name: str) -> Method:
-    """The registered method `name`, or a TumorcamError listing the valid ones."""
+    """The registered method `name`, or a TumorcamError naming `method` and the valid ones."""
     if name not in METHODS:
-        raise _unknown("method", "--methods", name, list(METHODS))
+        raise unknown_name("method", name, METHODS)
     return METHODS[name]
-
-
-def get_target(name: str) -> Target:
-    """The registered target `name`, or a TumorcamError listing the valid ones."""
-    if name not in TARGETS:
-        raise _unknown("target", "--targets", name, list(TARGETS))
-    return TARGETS[name]
 
 
 @contextlib.contextmanager
 def explaining(model: nn.Module) -> Iterator[None]:
     """Eval mode, parameters frozen (only the layer and what follows it are recorded for backward);
-    both restored afterwards."""
-    was_training = model.training
+    afterwards every module gets its own mode back and every parameter its own flag."""
+    modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     for p, _ in flags:
@@ -58,7 +79,8 @@ def explaining(model: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
@@ -67,34 +89,176 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
     return contextlib.nullcontext()
 
 
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() not in (4, 5):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TumorcamError(f"images: expected a tensor (B, C, H, W) or (B, C, D, H, W), got {shape}")
+
+
+def explain(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    method: str = "gradcam",
+    target: str | TargetFn = "predicted-region",
+    layer: str | nn.Module | None = None,
+    channel: int = 0,
+    output: Output = None,
+    masks: torch.Tensor | None = None,
+    batch_size: int = 32,
+    amp: bool = False,
+    ig_steps: int = 32,
+    seed: Seed = 0,
+) -> torch.Tensor:
+    """Heatmaps (B, *spatial) float32 in [0, 1] of `images` (B, C_in, *spatial), on the images' device.
+
+    `method`: a name of `METHODS`. `target`: a name of `TARGETS` or a callable
+    `(logits, masks) -> weights` (weights broadcastable to the logits (B, C, *spatial)); the
+    scalar explained is sum(weights * logits). `layer`: a module path or module of `model` (None:
+    the last convolution block before the head, logged); layer-free methods ignore it. `channel`:
+    the explained class of a multi-class model (0 for one output channel). `output`: picks the
+    logits from a tuple, list or dict output (index, key or callable). `masks` (B, 1, *spatial) or
+    (B, *spatial): the ground truth of the explained class, needed by `gt-region`,
+    `false-positive` and `false-negative`. `ig_steps`: integrated-gradients path points. `seed`
+    seeds the random map (an int for the call, or one per image). `amp`: bf16 autocast on CUDA.
+    """
+    chosen = get_method(method)
+    weights = target_function(target, channel)
+    if isinstance(target, str) and get_target(target).needs_masks and masks is None:
+        raise TumorcamError(f"masks: target {target!r} needs ground-truth masks (B, 1, *spatial); none were given")
+    return _maps(model, images, chosen, weights, layer=layer, channel=channel, output=output, masks=masks,
+                 batch_size=batch_size, amp=amp, ig_steps=ig_steps, seed=seed)
+
+
+def _maps(model: nn.Module, images: torch.Tensor, chosen: Method, weights: TargetFn, *, layer: str | nn.Module | None,
+          channel: int, output: Output, masks: torch.Tensor | None, batch_size: int, amp: bool, ig_steps: int,
+          seed: Seed) -> torch.Tensor:
+    """The engine of `explain` and `explain_components`: the method's maps of `images`, batch by batch."""
+    _check_images(images)
+    count = images.shape[0]
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+    if masks is not None:
+        masks = torch.as_tensor(masks).to(images.device)
+        if masks.dim() == 0 or masks.shape[0] != count:
+            raise TumorcamError(f"masks: {masks.shape[0] if masks.dim() else 0} masks for {count} images")
+    if isinstance(seed, (int, np.integer)):
+        generator: torch.Generator | None = torch.Generator().manual_seed(int(seed))
+    else:
+        generator, seed = None, list(seed)
+        if len(seed) != count:
+            raise TumorcamError(f"seed: {len(seed)} seeds for {count} images")
+    spatial = tuple(images.shape[2:])
+    if count == 0:
+        return torch.zeros((0, *spatial), device=images.device)
+    out = []
+    with explaining(model):
+        module = None
+        if chosen.uses_layer:
+            module = resolve_layer(model, default_layer(model, images[:1]) if layer is None else layer)
+        for start in range(0, count, batch_size):
+            part = slice(start, start + batch_size)
+            scalar = ScalarOutput(model, weights, None if masks is None else masks[part], output=output,
+                                  channel=channel)
+            options = Options(ig_steps=ig_steps, seed=generator if generator is not None else seed[part])
+            with _autocast(images.device, amp):
+                raw = chosen.attribute(scalar, images[part], module, options)
+            out.append(normalise(upsample(rectify(raw.detach().float(), chosen.rectify), spatial)))
+    return torch.cat(out)
+
+
 def compute_maps(
     model: nn.Module,
     images: torch.Tensor,
     *,
     method: str,
-    target: str,
-    layer: str | None,
+    target: str | TargetFn,
+    layer: str | nn.Module | None,
     masks: torch.Tensor | None = None,
     ig_steps: int = 32,
-    seed: int | Sequence[int] = 0,
-    amp: bool = True,
+    seed: Seed = 0,
+    amp: bool = False,
 ) -> torch.Tensor:
-    """Heatmaps (B,H,W) float32 in [0, 1] of `images` (B,1,H,W) in [0, 1], on the images' device.
+    """`explain` of the whole batch in one pass (the caller batches), channel 0 of a plain tensor output."""
+    _check_images(images)
+    return explain(model, images, method=method, target=target, layer=layer, masks=masks, ig_steps=ig_steps,
+                   seed=seed, amp=amp, batch_size=max(1, images.shape[0]))
 
-    `layer` is a module path (None: the default `decoder.blocks.4`); layer-free methods ignore it.
-    `masks` (B,1,H,W) are needed by the `gt-region` target. `seed` seeds the random map (an int for
-    the batch, or one per image). `amp`: bf16 autocast when on CUDA (ignored on CPU).
+
+@dataclass(frozen=True)
+class LesionMaps:
+    """One map per connected predicted lesion, in image order: `maps` (L, *spatial) float32 in [0, 1],
+    `image_index` (L,) int64 the image of each lesion, `lesions` (L, *spatial) bool its mask."""
+
+    maps: torch.Tensor
+    image_index: torch.Tensor
+    lesions: torch.Tensor
+
+
+def explain_components(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    method: str = "gradcam",
+    layer: str | nn.Module | None = None,
+    channel: int = 0,
+    output: Output = None,
+    batch_size: int = 32,
+    amp: bool = False,
+    ig_steps: int = 32,
+    seed: Seed = 0,
+) -> LesionMaps:
+    """The `component` target: each connected lesion of the predicted region of class `channel`
+    explained on its own.
+
+    The lesions are the connected components of the prediction on the logits' grid (scipy.ndimage.label,
+    face, edge and corner neighbours connect: 8 in 2-D, 26 in 3-D); lesion l of image b is explained as
+    `explain(..., target=R_l)` with R_l its mask (s = sum of z_c over the lesion). An image with no
+    predicted pixel has no lesion; with none at all, the fields are empty (L = 0). Parameters as
+    `explain`; a per-image `seed` list is given per image and used for each of its lesions.
     """
     chosen = get_method(method)
-    chosen_target = get_target(target)
-    if images.dim() != 4 or images.shape[1] != 1:
-        raise ValueError(f"images must be (B,1,H,W), got {tuple(images.shape)}")
-    if chosen_target.needs_masks and masks is None:
-        raise TumorcamError(f"--targets {target}: needs ground-truth masks, and the data given has none")
-    module = resolve_layer(model, layer or DEFAULT_LAYER) if chosen.uses_layer else None
-    if masks is not None:
-        masks = masks.to(images.device)
-    scalar = ScalarOutput(model, chosen_target, masks)
-    with explaining(model), _autocast(images.device, amp):
-        raw = chosen.attribute(scalar, images, module, Options(ig_steps=ig_steps, seed=seed))
-    return normalise(upsample(rectify(raw.detach().float(), chosen.rectify), tuple(images.shape[-2:])))
+    _check_images(images)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+    logits_of = Logits(model, output)
+    regions = []
+    with explaining(model), torch.no_grad(), _autocast(images.device, amp):
+        for start in range(0, images.shape[0], batch_size):
+            regions.append(predicted(logits_of(images[start:start + batch_size]), channel).cpu())
+    region = torch.cat(regions).numpy()
+    structure = ndimage.generate_binary_structure(region.ndim - 1, region.ndim - 1)
+    lesions, index = [], []
+    for b in range(region.shape[0]):
+        labels, found = ndimage.label(region[b], structure=structure)
+        lesions += [labels == k for k in range(1, found + 1)]
+        index += [b] * found
+    spatial = tuple(images.shape[2:])
+    image_index = torch.tensor(index, dtype=torch.int64)
+    if not lesions:
+        empty = torch.zeros((0, *spatial), device=images.device)
+        return LesionMaps(maps=empty, image_index=image_index, lesions=empty.bool())
+    masks = torch.from_numpy(np.stack(lesions)).unsqueeze(1).to(images.device)
+    if not isinstance(seed, (int, np.integer)):
+        seeds = list(seed)
+        if len(seeds) != images.shape[0]:
+            raise TumorcamError(f"seed: {len(seeds)} seeds for {images.shape[0]} images")
+        seed = [seeds[b] for b in index]
+    maps = _maps(model, images[image_index.to(images.device)], chosen, partial(lesion_weights, channel=channel),
+                 layer=layer, channel=channel, output=output, masks=masks, batch_size=batch_size, amp=amp,
+                 ig_steps=ig_steps, seed=seed)
+    if tuple(masks.shape[2:]) != spatial:
+        masks = torch.nn.functional.interpolate(masks.float(), size=spatial, mode="nearest") > 0.5
+    return LesionMaps(maps=maps, image_index=image_index, lesions=masks[:, 0])
+
+
+class _CallableModule(types.ModuleType):
+    """This package, callable: `tumorcam.explain(model, images, ...)` calls `explain`."""
+
+    __signature__ = inspect.signature(explain)
+
+    def __call__(self, *args: object, **kwargs: object) -> torch.Tensor:
+        return explain(*args, **kwargs)  # type: ignore[arg-type]
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,22 +1,36 @@
 """Layers by module path (`decoder.blocks.4`, `encoder.layer4`, ...), as `model.named_modules()` names them.
 
-The default is the seed's "decoder head" choice, `decoder.blocks.4`: the last U-Net decoder block
-(16 channels at full resolution), just before `segmentation_head`. A CAM taken at the last
-convolution (`segmentation_head.0`, one channel) only redraws the logits: with `mean-logits` its
-one channel weight is the constant 1/(H*W), so the map is the min-max normalised ReLU(logits).
-Layer-free methods (saliency, integrated gradients, random) are recorded with the layer `input`.
+`layer=None` takes the last convolution block before the segmentation head, found from the order
+in which one forward pass runs the modules (`default_layer`):
+
+1. the head is the last convolution to run (in a model without convolutions: the last module
+   with parameters of its own);
+2. the last layer is the last module of the same kind to run before the head;
+3. the block is its innermost enclosing module that ran, holds at least two modules of that kind
+   and is neither the model itself nor a module holding the head; without one, the last layer.
+
+For an smp U-Net this is `decoder.blocks.4` (two 3x3 convolutions at full resolution, just before
+`segmentation_head`). The choice is logged at INFO on the `tumorcam.explain` logger. A CAM taken
+at the last convolution (`segmentation_head.0` of a one-channel U-Net) only redraws the logits:
+with `mean-logits` its one channel weight is the constant 1/(H*W), so the map is the min-max
+normalised ReLU(logits). Layer-free methods (saliency, integrated gradients, random) are recorded
+with the layer `input`.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 
+import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from tumorcam.errors import TumorcamError
 
-DEFAULT_LAYER = "decoder.blocks.4"
 INPUT_LAYER = "input"
+
+logger = logging.getLogger("tumorcam.explain")
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -24,13 +38,61 @@ def layer_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
-def resolve_layer(model: nn.Module, path: str) -> nn.Module:
-    """The submodule at `path`; an unknown path fails naming the nearest valid paths (difflib)."""
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
+    """The submodule at path `layer` (or `layer` itself when it is a submodule of `model`); an unknown
+    path fails naming the nearest valid paths (difflib)."""
+    if isinstance(layer, nn.Module):
+        if any(module is layer for module in model.modules()):
+            return layer
+        raise TumorcamError(f"layer: the {type(layer).__name__} given is not a submodule of {type(model).__name__}")
     modules = dict(model.named_modules())
-    module = modules.get(path) if path else None
+    module = modules.get(layer) if layer else None
     if module is not None:
         return module
     names = layer_names(model)
-    nearest = difflib.get_close_matches(path, names, n=5, cutoff=0.5)
+    nearest = difflib.get_close_matches(str(layer), names, n=5, cutoff=0.5)
     hint = f"nearest: {', '.join(nearest)}" if nearest else f"top-level modules: {', '.join(n for n in names if '.' not in n)}"
-    raise TumorcamError(f"--layers: {type(model).__name__} has no layer {path!r} ({hint})")
+    raise TumorcamError(f"layer: {type(model).__name__} has no layer {layer!r} ({hint})")
+
+
+def _owns_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
+
+
+def default_layer(model: nn.Module, example: torch.Tensor) -> str:
+    """The last convolution block before the head (rule in the module docstring), from one forward of `example`."""
+    modules = dict(model.named_modules())
+    order: list[str] = []
+    handles = [module.register_forward_hook(lambda m, args, out, name=name: order.append(name))
+               for name, module in modules.items() if name]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    convolutional = any(isinstance(modules[name], _ConvNd) for name in order)
+
+    def of_kind(module: nn.Module) -> bool:
+        if convolutional:
+            return isinstance(module, _ConvNd)
+        return _owns_parameters(module) and next(module.children(), None) is None
+
+    runs = [i for i, name in enumerate(order) if of_kind(modules[name])]
+    if not runs:
+        raise TumorcamError(f"layer: {type(model).__name__} runs no submodule with parameters; name a layer")
+    head = order[runs[-1]]
+    before = [order[i] for i in runs if order[i] != head]
+    if not before:
+        raise TumorcamError(f"layer: {type(model).__name__} has no layer before its head {head}; name a layer")
+    chosen = before[-1]
+    parts = chosen.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        ancestor = ".".join(parts[:depth])
+        if head.startswith(ancestor + "."):
+            break
+        if ancestor in order and sum(of_kind(m) for m in modules[ancestor].modules()) >= 2:
+            chosen = ancestor
+            break
+    logger.info("layer=None: explaining at %s, the last convolution block before the head %s", chosen, head)
+    return chosen

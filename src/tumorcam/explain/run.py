@@ -1,16 +1,28 @@
-"""`explain_run`: heatmaps of a run's model on prepared slices, written to RUN/explanations/.
+"""`explain_run`: heatmaps of a run's model on a sample of prepared slices, written to RUN/explanations/.
+
+Slices: `ids` picks exact slices; otherwise `sample_rows` takes a seeded sample of the split's
+patients spread over classes, up to K slices each, at most `limit` slices in all.
 
 Outputs (atomic writes): one `.npz` per (method, target, layer, model) with `maps` float16 (N,S,S)
 in [0, 1] and `file_ids` int64 (N,); for Grad-CAM also the Grad-CAM x GT maps (`times_gt`); and
-`index.json` = {"split", "size", "entries": [{"file", "method", "target", "layer", "model",
-"times_gt"}]}. Entries of an earlier call on the same split, size and slices are kept unless
-recomputed; entries of other slices are dropped from the index.
+`index.json` = {"split", "size", "weights_sha256", "selection" ("sample" | "ids"), "patients",
+"slices_per_patient", "limit", "seed" (the sample's settings; null with ids), "n_patients", "n_slices",
+"entries": [{"file", "method", "target", "layer", "model", "times_gt", "control", "weights_sha256"}]}.
+
+`weights_sha256` names the weights that made the maps: for the trained model the sha256 of
+RUN/unet_trained.pth, for the untrained one `model_sha256` of its state_dict (`untrained_sha256`).
+An entry has the hash of its own model; the top level has the trained model's (null when the run has
+no weights file). Entries of an earlier call are kept unless recomputed when the split, size, slices
+(file ids, in order) and the weights of their model are all the same; others are dropped, so maps of
+weights since retrained never outlive them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +36,7 @@ from tumorcam.errors import TumorcamError
 from tumorcam.explain import compute_maps, get_method, get_target
 from tumorcam.explain.layers import INPUT_LAYER, resolve_layer
 from tumorcam.explain.maps import times_mask
+from tumorcam.explain.methods.controls import is_control
 from tumorcam.io import save_npz, write_json
 
 EXPLANATIONS_DIR = "explanations"
@@ -45,9 +58,48 @@ class Entry:
         method = self.method.replace("+", "plus") + ("-x-gt" if self.times_gt else "")
         return f"{self.model}__{method}__{self.target}__{self.layer}.npz"
 
-    def as_json(self) -> dict:
+    def as_json(self, weights_sha256: str) -> dict:
+        control = not self.times_gt and is_control(get_method(self.method))
         return {"file": self.file, "method": self.method, "target": self.target, "layer": self.layer,
-                "model": self.model, "times_gt": self.times_gt}
+                "model": self.model, "times_gt": self.times_gt, "control": control, "weights_sha256": weights_sha256}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the state_dict in sorted key order: each key's UTF-8 name, then its tensor's bytes
+    (on the CPU, contiguous, in the tensor's own dtype)."""
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for key in sorted(state):
+        digest.update(key.encode())
+        tensor = state[key].detach().cpu().contiguous().reshape(-1)
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_weights_sha256(run: Path) -> str | None:
+    """sha256 of the run's trained weights (RUN/unet_trained.pth), None when it has none."""
+    from tumorcam.model import WEIGHTS_FILE
+
+    path = Path(run) / WEIGHTS_FILE
+    return file_sha256(path) if path.is_file() else None
+
+
+def untrained_sha256(config: Config) -> str:
+    """`model_sha256` of the untrained network `load_explain_model` builds (the global RNG is left as it was)."""
+    from tumorcam.model import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        return model_sha256(build_model(config.model))
 
 
 def load_explain_model(run: Path, config: Config, device: torch.device, untrained: bool) -> torch.nn.Module:
@@ -61,25 +113,84 @@ def load_explain_model(run: Path, config: Config, device: torch.device, untraine
     return model
 
 
-def select_rows(data: PreparedData, split: str, limit: int | None, ids: Sequence[int] | None) -> np.ndarray:
-    """Rows of `split`: those with the given file `ids` (in that order), else the first `limit`."""
-    if limit is not None and ids:
-        raise TumorcamError("--limit and --ids: give one or the other")
-    if limit is not None and limit < 1:
-        raise TumorcamError(f"--limit {limit}: must be at least 1")
+def _as_option(option: str, check: Callable[[str], object], name: str) -> None:
+    """`check(name)`, its error naming the command-line `option` instead of the library's parameter."""
+    try:
+        check(name)
+    except TumorcamError as exc:
+        raise TumorcamError(f"{option}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def _at_least_one(option: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise TumorcamError(f"{option} {value}: must be at least 1")
+
+
+def sample_rows(data: PreparedData, split: str, *, patients: int | None, slices_per_patient: int | None,
+                limit: int | None = None, seed: int = 0) -> np.ndarray:
+    """Rows of a seeded sample of `split`, spread over classes and patients, in file-id order.
+
+    1. Patients: a patient's class is its most frequent label. The classes are visited round-robin in
+       a seeded order, each visit taking that class's next patient in a seeded order, until `patients`
+       are taken (None: all patients of the split).
+    2. Slices: of a patient's n slices in file-id order, K = min(`slices_per_patient`, n) (None: n)
+       evenly spaced ones, positions floor((2i + 1) n / (2K)) for i = 0..K-1 (the centres of K equal parts).
+    3. `limit` (None: no cap) keeps the first `limit` slices taken round by round (every patient's first
+       pick, then every patient's second, ...), so a cap keeps as many patients as it can.
+    """
+    _at_least_one("--patients", patients)
+    _at_least_one("--slices-per-patient", slices_per_patient)
+    _at_least_one("--limit", limit)
     rows = data.indices(split)
-    if ids:
-        row_of = {int(data.file_ids[r]): int(r) for r in rows}
-        missing = [i for i in ids if i not in row_of]
-        if missing:
-            raise TumorcamError(f"--ids: file id(s) {', '.join(map(str, missing))} not in the {split} split of "
-                                f"{data.root} (try --split all)")
-        return np.array([row_of[i] for i in ids], dtype=np.int64)
-    if limit is not None:
-        rows = rows[:limit]
     if len(rows) == 0:
         raise TumorcamError(f"--split {split}: no slices in {data.root}")
-    return rows
+    rows = rows[np.argsort(np.asarray(data.file_ids[rows]), kind="stable")]
+    pids = np.asarray(data.pids[rows]).astype(str)
+    labels = np.asarray(data.labels[rows])
+    rows_of = {pid: rows[pids == pid] for pid in np.unique(pids)}
+    class_of = {}
+    for pid in rows_of:
+        values, counts = np.unique(labels[pids == pid], return_counts=True)
+        class_of[pid] = int(values[np.argmax(counts)])
+    rng = np.random.default_rng(seed)
+    classes = sorted(set(class_of.values()))
+    class_order = [classes[i] for i in rng.permutation(len(classes))]
+    queues = {}
+    for c in classes:
+        members = sorted(p for p, k in class_of.items() if k == c)
+        queues[c] = deque(members[i] for i in rng.permutation(len(members)))
+    wanted = len(rows_of) if patients is None else min(patients, len(rows_of))
+    chosen: list[str] = []
+    while len(chosen) < wanted:
+        for c in class_order:
+            if queues[c] and len(chosen) < wanted:
+                chosen.append(queues[c].popleft())
+    picks = []
+    for pid in chosen:
+        mine = rows_of[pid]
+        n = len(mine)
+        k = n if slices_per_patient is None else min(slices_per_patient, n)
+        picks.append(mine[(2 * np.arange(k) + 1) * n // (2 * k)])
+    taken = [p[r] for r in range(max(len(p) for p in picks)) for p in picks if r < len(p)]
+    if limit is not None:
+        taken = taken[:limit]
+    taken = np.asarray(taken, dtype=np.int64)
+    return taken[np.argsort(np.asarray(data.file_ids[taken]), kind="stable")]
+
+
+def select_rows(data: PreparedData, split: str, ids: Sequence[int] | None = None, *, patients: int | None = None,
+                slices_per_patient: int | None = None, limit: int | None = None, seed: int = 0) -> np.ndarray:
+    """Rows of `split`: those with the given file `ids` (in that order), else `sample_rows`."""
+    if not ids:
+        return sample_rows(data, split, patients=patients, slices_per_patient=slices_per_patient, limit=limit,
+                           seed=seed)
+    rows = data.indices(split)
+    row_of = {int(data.file_ids[r]): int(r) for r in rows}
+    missing = [i for i in ids if i not in row_of]
+    if missing:
+        raise TumorcamError(f"--ids: file id(s) {', '.join(map(str, missing))} not in the {split} split of "
+                            f"{data.root} (try --split all)")
+    return np.array([row_of[i] for i in ids], dtype=np.int64)
 
 
 def random_seeds(seed: int, file_ids: np.ndarray) -> list[int]:
@@ -111,12 +222,15 @@ def explain_run(
     layers: Sequence[str] | None = None,
     batch_size: int | None = None,
     untrained: bool = False,
+    patients: int | None = None,
+    slices_per_patient: int | None = None,
 ) -> Path:
     """Write RUN/explanations/ (maps and index.json) for the chosen methods, targets and layers; return the folder.
 
-    Settings left as None come from the run's config.explain; the input size is config.train.size
-    and the data config.data unless `data` is given. `untrained` explains the network before
-    fine-tuning (entries with model "untrained").
+    The slices are the file `ids` given, else `sample_rows(patients, slices_per_patient, limit)` seeded
+    with config.explain.seed. Settings left as None come from the run's config.explain; the input size
+    is config.train.size and the data config.data unless `data` is given. `untrained` explains the
+    network before fine-tuning (entries with model "untrained").
     """
     from tumorcam.training.device import resolve_device
 
@@ -125,8 +239,16 @@ def explain_run(
         raise TumorcamError(f"{run}: not a run folder (no config.json); train one with `tumorcam train`")
     config = Config.load(run / "config.json")
     settings = config.explain
+    if ids:
+        given = (("--limit", limit), ("--patients", patients), ("--slices-per-patient", slices_per_patient))
+        for option, value in given:
+            if value is not None:
+                raise TumorcamError(f"--ids and {option}: give one or the other (--ids picks exact slices)")
+    else:
+        limit = settings.limit if limit is None else limit
+        patients = settings.patients if patients is None else patients
+        slices_per_patient = settings.slices_per_patient if slices_per_patient is None else slices_per_patient
     split = split or settings.split
-    limit = settings.limit if (limit is None and not ids) else limit
     methods = list(methods or settings.methods)
     targets = list(targets or settings.targets)
     layers = list(layers or settings.layers)
@@ -134,14 +256,16 @@ def explain_run(
     if batch_size < 1:
         raise TumorcamError(f"--batch-size {batch_size}: must be at least 1")
     for name in methods:
-        get_method(name)
+        _as_option("--methods", get_method, name)
     for name in targets:
-        get_target(name)
+        _as_option("--targets", get_target, name)
 
     device = resolve_device(config.train.device)
     model = load_explain_model(run, config, device, untrained)
     for layer in layers:
-        resolve_layer(model, layer)
+        _as_option("--layers", lambda path: resolve_layer(model, path), layer)
+    trained_sha256 = run_weights_sha256(run)
+    model_hash = model_sha256(model) if untrained else trained_sha256
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
@@ -150,7 +274,8 @@ def explain_run(
     if not data_dir:
         raise TumorcamError(f"{run}/config.json has no data folder; pass --data DIR")
     prepared = load_prepared(data_dir)
-    rows = select_rows(prepared, split, limit, ids)
+    rows = select_rows(prepared, split, ids, patients=patients, slices_per_patient=slices_per_patient, limit=limit,
+                       seed=settings.seed)
     file_ids = np.asarray(prepared.file_ids[rows], dtype=np.int64)
     size = config.train.size
     images, masks = prepared.tensors(rows, size)
@@ -185,16 +310,38 @@ def explain_run(
                 gt_maps = times_mask(maps.float(), masks).half()
                 save_npz(out_dir / gt_entry.file, maps=gt_maps.numpy(), file_ids=file_ids)
                 written.append(gt_entry)
-    write_index(out_dir, split, size, file_ids, written)
+
+    by_ids = bool(ids)
+    header = {"split": split, "size": size, "weights_sha256": trained_sha256,
+              "selection": "ids" if by_ids else "sample",
+              "patients": None if by_ids else patients,
+              "slices_per_patient": None if by_ids else slices_per_patient,
+              "limit": None if by_ids else limit,
+              "seed": None if by_ids else settings.seed,
+              "n_patients": len(np.unique(np.asarray(prepared.pids[rows]).astype(str))), "n_slices": len(rows)}
+    current = {model_name: model_hash, "trained": trained_sha256}
+
+    def weights_now(kind: str) -> str | None:
+        if kind not in current:
+            try:
+                current[kind] = untrained_sha256(config) if kind == "untrained" else None
+            except TumorcamError:  # e.g. ImageNet weights unavailable: its earlier maps cannot be vouched for
+                current[kind] = None
+        return current[kind]
+
+    write_index(out_dir, header, file_ids, [e.as_json(model_hash) for e in written], weights_now)
     return out_dir
 
 
-def write_index(out_dir: Path, split: str, size: int, file_ids: np.ndarray, written: list[Entry]) -> None:
-    """index.json: the entries just written, plus earlier entries of the same split, size and slices."""
-    new = [e.as_json() for e in written]
+def write_index(out_dir: Path, header: dict, file_ids: np.ndarray, new: list[dict],
+                weights_now: Callable[[str], str | None]) -> None:
+    """index.json: `header`, and as entries those just written plus the earlier ones of the same split,
+    size and slices whose `weights_sha256` is `weights_now(their model)`."""
     files = {e["file"] for e in new}
-    kept = [e for e in _earlier_entries(out_dir, split, size, file_ids) if e["file"] not in files]
-    write_json(out_dir / INDEX_FILE, {"split": split, "size": size, "entries": kept + new})
+    kept = [e for e in _earlier_entries(out_dir, header["split"], header["size"], file_ids)
+            if e["file"] not in files and e.get("weights_sha256") is not None
+            and e.get("weights_sha256") == weights_now(str(e.get("model", "trained")))]
+    write_json(out_dir / INDEX_FILE, {**header, "entries": kept + new})
 
 
 def _earlier_entries(out_dir: Path, split: str, size: int, file_ids: np.ndarray) -> list[dict]:

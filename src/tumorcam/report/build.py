@@ -10,7 +10,7 @@ from tumorcam.io import write_text
 from tumorcam.report import results
 from tumorcam.report.contents import RunContents, Section as Part, load_run_contents
 from tumorcam.report.figures import FigureResult, make_figures
-from tumorcam.report.html import Section, render_page
+from tumorcam.report.html import Glance, Section, render_page
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -29,7 +29,7 @@ def build_report(run: str | Path) -> Path:
     page = render_page(
         run_name=run.resolve().name,
         subtitle=_subtitle(contents),
-        summary=_summary(contents),
+        glance=_glance(contents),
         sections=sections,
         config=config,
         provenance=_optional_json(run / "provenance.json"),
@@ -62,7 +62,9 @@ def _sections(contents: RunContents, figures: dict[str, FigureResult]) -> list[S
         Section("faithfulness", "Is the explanation true?", [figures["fig4_deletion_insertion"]],
                 faithfulness + localization, faith_missing + loc_missing,
                 intro="Deletion/Insertion asks the network itself: does removing what the map calls important "
-                      "change its tumour score? Localisation asks whether the map falls on the expert's tumour."),
+                      "change its tumour score? Localisation asks whether the map falls on the expert's tumour. "
+                      "Every number is per patient (a patient's slices averaged first); the verdicts at a glance "
+                      "are repeated here with the reference maps' own values."),
         Section("segmentation", "Segmentation", [figures["fig5_predicted_mask"], figures["training_curves"]],
                 segmentation, seg_missing),
         Section("sanity", "Sanity check", [figures["sanity_check"]], sanity, sanity_missing),
@@ -88,31 +90,36 @@ def _source(source: Any, root: Path) -> str:
     return str(source) if source else str(root)
 
 
-def _summary(contents: RunContents) -> list[str]:
-    lines = []
+def _glance(contents: RunContents) -> Glance:
+    """"At a glance": the faithfulness verdicts (the primary comparison first) and their tables, then
+    the segmentation and sanity lines and what is missing."""
+    lead: list[str] = []
+    tables: list[results.Table] = []
+    if contents.faithfulness.present:
+        try:
+            lead = results.glance_sentences(contents.faithfulness.value)
+            tables = results.glance_tables(contents.faithfulness.value)
+        except (KeyError, TypeError, ValueError):
+            lead, tables = [], []
+    notes = []
     if contents.metrics.present:
         try:
             overall = contents.metrics.value["overall"]
-            lines.append(f"Segmentation on {contents.metrics.value.get('split', 'test')} slices: Dice "
+            notes.append(f"Segmentation on {contents.metrics.value.get('split', 'test')} slices: Dice "
                          f"{results.fmt_ci(overall['dice'])}, IoU {results.fmt_ci(overall['iou'])} "
                          f"(mean [95% CI], n = {results.fmt(overall['dice'].get('n'))}).")
         except (KeyError, TypeError):
             pass
-    if contents.faithfulness.present:
-        try:
-            lines += results.faithfulness_summary(contents.faithfulness.value)
-        except (KeyError, TypeError, ValueError):
-            pass
     if contents.sanity.present:
         try:
-            lines += results.sanity_summary(contents.sanity.value)
+            notes += results.sanity_summary(contents.sanity.value)
         except (KeyError, TypeError, ValueError):
             pass
     for part in (contents.history, contents.metrics, contents.explanations, contents.faithfulness,
                  contents.localization, contents.sanity, contents.prepared):
         if not part.present:
-            lines.append(f"Missing: {part.reason}.")
-    return lines
+            notes.append(f"Missing: {part.reason}.")
+    return Glance(lead, tables, notes)
 
 
 def _optional_json(path: Path) -> dict[str, Any] | None:

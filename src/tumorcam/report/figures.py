@@ -28,7 +28,11 @@ HEATMAP_CMAP = "inferno"
 DPI = 110
 MAX_ROWS = 3
 PANEL_INCHES = 2.2
-LINE_STYLES = ("-", "--", "-.", (0, (3, 1, 1, 1, 1, 1)))  # dotted is kept for the random map
+LINE_STYLES = ("-", "--", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))  # dotted and dash-dot are kept for the references
+REFERENCE_STYLES = {  # Figure 4's reference maps, in grey
+    "random": {"color": "0.45", "linestyle": ":", "marker": None, "linewidth": 2.2},
+    "predicted-mask": {"color": "0.2", "linestyle": "-.", "marker": None, "linewidth": 2.0},
+}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 GT_STYLE = {"colors": "#ffe14d", "linestyles": "solid"}
 PRED_STYLE = {"colors": "#4dd2ff", "linestyles": "dashed"}
@@ -219,7 +223,8 @@ def draw_gradcam_times_gt(contents: RunContents) -> Figure:
 
 
 def draw_deletion_insertion(contents: RunContents) -> Figure:
-    """(4) Mean Deletion and Insertion curves of every method, AUC in the legend."""
+    """(4) Patient-level mean Deletion and Insertion curves of every method, AUC in the legend, with
+    the random map (dotted) and the predicted-mask control (dash-dot) in grey."""
     groups = results.faithfulness_curves(_need(contents.faithfulness))
     if not groups:
         raise MissingInput("faithfulness.json holds no curves")
@@ -231,18 +236,21 @@ def draw_deletion_insertion(contents: RunContents) -> Figure:
                 points = curve.get(game)
                 if points is None:
                     continue
-                fraction, score = points
-                random = curve.method == "random"
-                ax.plot(fraction, score, color="0.45" if random else None,
-                        linestyle=":" if random else LINE_STYLES[k % len(LINE_STYLES)],
-                        marker=None if random else MARKERS[k % len(MARKERS)], markevery=max(1, len(fraction) // 6),
-                        markersize=4, linewidth=2.2 if random else 1.6,
+                step, score = points
+                style = REFERENCE_STYLES.get(curve.method, REFERENCE_STYLES["random"]) if curve.reference else \
+                    {"color": None, "linestyle": LINE_STYLES[k % len(LINE_STYLES)], "marker": MARKERS[k % len(MARKERS)],
+                     "linewidth": 1.6}
+                ax.plot(step, score, markevery=max(1, len(step) // 6), markersize=4, **style,
                         label=f"{curve.label} (AUC {results.fmt(curve.auc[game])})" if curve.auc.get(game) is not None else curve.label)
             better = "lower is better" if game == "deletion" else "higher is better"
             ax.set_title(f"{game.capitalize()} ({better}); {group.title}", fontsize=10)
-            ax.set_xlabel("fraction of pixels " + ("removed" if game == "deletion" else "restored"))
+            ax.set_xlabel("fraction of pixels " + ("removed" if game == "deletion" else "restored")
+                          + " (axis: step k/K)")
             ax.set_ylabel(group.score_label)
             ax.set_xlim(0, 1)
+            positions, labels = group.ticks
+            if positions:
+                ax.set_xticks(positions, labels, fontsize=8)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8, loc="best")
     return fig
@@ -315,7 +323,7 @@ def draw_sanity(contents: RunContents) -> Figure:
         ax.axhline(0.0, color="0.6", linewidth=0.8)
         if panel.threshold is not None:
             ax.axhline(panel.threshold, color="0.3", linestyle=(0, (6, 3)), linewidth=1.0)
-            ax.text(0, panel.threshold + 0.03, "fail threshold", fontsize=7, color="0.3")
+            ax.text(0, panel.threshold + 0.03, "fails at or above", fontsize=7, color="0.3")
         ax.set_ylabel(panel.metric)
         ax.set_xlabel("randomised cumulatively down to (output first)")
         ax.grid(alpha=0.3)
@@ -334,8 +342,10 @@ FIGURES: tuple[FigureSpec, ...] = (
                "The explanation, and the explanation kept only inside the expert's tumour outline.", draw_gradcam_times_gt),
     FigureSpec("fig4_deletion_insertion", "Figure 4. Deletion and Insertion",
                "Deletion removes the pixels the map ranks highest first: a faithful map makes the score drop fast "
-               "(low AUC). Insertion restores them first: the score should rise fast (high AUC). The dotted grey "
-               "line is a random map: a method is only useful where it beats it.", draw_deletion_insertion),
+               "(low AUC). Insertion restores them first: the score should rise fast (high AUC). Each curve is the "
+               "mean over patients of each patient's mean curve, drawn over the step k/K (the axis of the AUC; the "
+               "ticks give the fraction of pixels). Grey: the random map (dotted) and the predicted-mask control "
+               "(dash-dot); a method is only useful where it beats both.", draw_deletion_insertion),
     FigureSpec("fig5_predicted_mask", "Figure 5. Slices and predicted masks",
                "The network's tumour prediction against the expert's outline, with the Dice overlap "
                "(1 = perfect, 0 = no overlap).", draw_predicted_mask),

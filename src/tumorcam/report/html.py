@@ -22,7 +22,7 @@ CSS = """
 :root { color-scheme: light; }
 body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1b1b1b;
        background: #fff; margin: 0; }
-main { max-width: 1120px; margin: 0 auto; padding: 1.2rem 1.5rem 3rem; }
+main { max-width: 1320px; margin: 0 auto; padding: 1.2rem 1.5rem 3rem; }
 h1 { font-size: 1.7rem; margin: 0.4rem 0 0.2rem; }
 h2 { font-size: 1.3rem; margin-top: 2.2rem; border-bottom: 2px solid #ddd; padding-bottom: 0.2rem; }
 h3 { font-size: 1.08rem; margin: 1.4rem 0 0.4rem; }
@@ -35,11 +35,12 @@ figcaption { color: #333; font-size: 0.95rem; margin-top: 0.4rem; max-width: 62r
 .missing { background: #fff6e0; border-left: 4px solid #d99a00; padding: 0.5rem 0.8rem; margin: 0.8rem 0; }
 .howto { background: #eef5fb; border-left: 4px solid #2b6ca3; padding: 0.4rem 1rem; }
 .scroll { overflow-x: auto; }
-table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.93rem; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.88rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.45rem; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; }
 tbody tr:nth-child(even) { background: #fafafa; }
 .note { color: #555; font-size: 0.9rem; }
+.primary { font-weight: 600; background: #f4f9f1; border-left: 4px solid #3f7f2a; padding: 0.5rem 0.8rem; }
 pre { background: #f6f6f6; padding: 0.7rem; overflow-x: auto; font-size: 0.85rem; white-space: pre-wrap;
       word-break: break-word; }
 """
@@ -50,14 +51,30 @@ HOW_TO_READ = (
     "A heatmap is a hypothesis, not a proof. This report tests each one: if the pixels a heatmap calls "
     "important are removed, the network's tumour score should fall quickly (Deletion, lower is better); "
     "if only they are shown, the score should rise quickly (Insertion, higher is better). Every method "
-    "is compared with a random heatmap: one that does no better than random explains nothing.",
+    "is compared with a random heatmap, and with the network's own predicted mask: a heatmap not shown to "
+    "beat the predicted mask has not been shown to tell more than the outline the network already draws.",
+    "The patient is the unit: each patient's slices are averaged first, so a patient with many slices "
+    "counts once. One comparison, fixed before the run, is primary and is read with its own p-value; "
+    "every other test is exploratory, and its verdict uses a p-value adjusted (Holm) for how many such "
+    "tests there are. \"Not shown to differ\" means the data cannot tell the two apart, not that they are equal.",
+    "Controls are maps that explain nothing by design (random noise, the predicted mask, the image's "
+    "edges); they are shown as yardsticks, not as methods.",
     "The sanity check scrambles the network's learned weights; a trustworthy heatmap must change when "
     "that happens. Heatmaps that stay the same are showing the image's edges, not the network's reasoning.",
     "Grad-CAM x ground truth keeps only the part of the heatmap inside the expert's tumour outline; it "
     "shows where inside the tumour the network looked, and is not itself an explanation of the prediction.",
-    "Numbers in brackets are 95% confidence intervals. This is a research tool: it is not validated for "
-    "diagnosis.",
+    "Numbers in brackets are 95% confidence intervals over patients. This is a research tool: it is not "
+    "validated for diagnosis.",
 )
+
+
+@dataclass
+class Glance:
+    """The "At a glance" part: lead sentences (the primary comparison first), tables, then notes."""
+
+    lead: list[str]
+    tables: list[Table]
+    notes: list[str]
 
 
 @dataclass
@@ -77,7 +94,7 @@ def e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def render_page(*, run_name: str, subtitle: str, summary: list[str], sections: list[Section],
+def render_page(*, run_name: str, subtitle: str, glance: Glance, sections: list[Section],
                 config: dict[str, Any], provenance: dict[str, Any] | None) -> str:
     """The whole page as one string."""
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -93,7 +110,7 @@ def render_page(*, run_name: str, subtitle: str, summary: list[str], sections: l
         f'<p class="meta">{e(subtitle)} · generated {e(generated)} · tumorcam {e(__version__)}</p>',
         f"<nav>{nav}</nav>",
         '<h2 id="summary">At a glance</h2>',
-        "<ul>" + "".join(f"<li>{e(line)}</li>" for line in summary) + "</ul>",
+        _glance(glance),
         '<div class="howto"><h3 id="how-to-read">How to read this report</h3>',
         "".join(f"<p>{e(p)}</p>" for p in HOW_TO_READ),
         "</div>",
@@ -103,6 +120,20 @@ def render_page(*, run_name: str, subtitle: str, summary: list[str], sections: l
     parts.append(_config_section(config, provenance))
     parts.append("</main></body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _glance(glance: Glance) -> str:
+    """The primary sentence as a paragraph of its own, the other lead sentences as a list, the
+    tables, then the notes."""
+    out = []
+    if glance.lead:
+        out.append(f'<p class="primary">{e(glance.lead[0])}</p>')
+    if glance.lead[1:]:
+        out.append("<ul>" + "".join(f"<li>{e(line)}</li>" for line in glance.lead[1:]) + "</ul>")
+    out += [_table(table) for table in glance.tables]
+    if glance.notes:
+        out.append("<ul>" + "".join(f"<li>{e(line)}</li>" for line in glance.notes) + "</ul>")
+    return "\n".join(out)
 
 
 def _section(section: Section) -> str:
@@ -130,6 +161,9 @@ def _figure(figure: FigureResult) -> str:
 
 def _table(table: Table) -> str:
     head = "".join(f"<th>{e(h)}</th>" for h in table.headers)
+    if table.groups:
+        head = ("".join(f'<th colspan="{int(span)}">{e(title)}</th>' for title, span in table.groups)
+                + f"</tr><tr>{head}")
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table.rows)
     note = f'<p class="note">{e(table.note)}</p>' if table.note else ""
     return (f"<h3>{e(table.title)}</h3><div class=\"scroll\"><table><thead><tr>{head}</tr></thead>"

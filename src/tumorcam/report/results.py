@@ -17,12 +17,13 @@ from tumorcam.data.arrays import PreparedData
 
 @dataclass
 class Table:
-    """A table for the HTML page: header cells, rows of text cells, an optional note below."""
+    """A table for the HTML page: header cells (optionally grouped), rows of text cells, a note below."""
 
     title: str
     headers: list[str]
     rows: list[list[str]]
     note: str = ""
+    groups: list[tuple[str, int]] = field(default_factory=list)  # a header row above: (title, columns spanned)
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -43,7 +44,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def fmt_p(value: Any) -> str:
-    """A p-value: 3 significant digits, "< 0.001" below that."""
+    """A p-value with 3 decimals, "< 0.001" below that; None as "n/a"."""
     if value is None:
         return "n/a"
     number = float(value)
@@ -130,14 +131,114 @@ def predict_examples(run: Path, prepared: PreparedData, limit: int) -> tuple[np.
     return images[:, 0].numpy(), masks[:, 0].numpy() > 0.5, predicted[:, 0].numpy(), rows
 
 
+# --- what a row is -----------------------------------------------------------------------------------
+
+GAMES = ("deletion", "insertion")
+DIRECTION = {"deletion": "lower", "insertion": "higher"}
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "layercam": "LayerCAM",
+                "saliency": "Saliency", "integrated-gradients": "Integrated Gradients", "random": "the random map",
+                "predicted-mask": "the predicted mask", "predicted-probability": "the predicted probability",
+                "dilated-mask": "the dilated predicted mask", "edges": "the image's edges"}
+WEIGHT_FREE_CONTROLS = ("random", "edges")  # controls that never read the weights: the sanity check must fail them
+ENTRY_KEYS = ("method", "target", "layer", "model", "times_gt")
+
+
+def method_name(method: Any) -> str:
+    """A method's name for sentences ("Grad-CAM"); an unknown one as it is."""
+    return METHOD_NAMES.get(str(method), str(method))
+
+
+def is_control(row: dict[str, Any]) -> bool:
+    """A control map (the random map, the predicted mask, ...) rather than an explanation: the row's
+    `control` flag, or, where a file has none (sanity.json), the method registry's."""
+    if "control" in row:
+        return bool(row["control"])
+    from tumorcam.explain.methods import METHODS
+    from tumorcam.explain.methods.controls import is_control as method_is_control
+
+    method = METHODS.get(str(row.get("method")))
+    return method is not None and method_is_control(method)
+
+
+def _method_label(row: dict[str, Any], with_layer: bool) -> str:
+    """A row's method for a table cell: the method id, " x GT", "@ layer", the model when not the
+    trained one, and "(control)" for a control."""
+    label = str(row.get("method", "?")) + (" x GT" if row.get("times_gt") else "")
+    if with_layer and row.get("layer") not in (None, "input"):
+        label += f" @ {row['layer']}"
+    if row.get("model", "trained") != "trained":
+        label += f" ({row.get('model')} network)"
+    return label + (" (control)" if is_control(row) else "")
+
+
+def _several_layers(rows: list[dict[str, Any]]) -> bool:
+    """Whether some method appears with more than one layer (then a label names the layer)."""
+    layers: dict[Any, set[Any]] = {}
+    for r in rows:
+        layers.setdefault(r.get("method"), set()).add(r.get("layer"))
+    return any(len(v) > 1 for v in layers.values())
+
+
+def _reference(rows: list[dict[str, Any]], row: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The row of the map that `row` is compared with (its `random_reference` or `mask_reference`:
+    method, target, layer, model, times_gt), under the same baseline."""
+    ref = row.get(key)
+    if not isinstance(ref, dict):
+        return None
+    return next((x for x in rows if x.get("baseline") == row.get("baseline")
+                 and all(x.get(k) == ref.get(k) for k in ENTRY_KEYS)), None)
+
+
+def _test(summary: Any, key: str) -> dict[str, Any] | None:
+    """A metric summary's comparison `key` ("vs_random" / "vs_mask"), None when absent."""
+    test = summary.get(key) if isinstance(summary, dict) else None
+    return test if isinstance(test, dict) else None
+
+
+def _adjusted(test: dict[str, Any] | None) -> str:
+    """The Holm-adjusted p with its family: "0.012 (exploratory)"."""
+    if test is None:
+        return "n/a"
+    family = test.get("family")
+    return fmt_p(test.get("p_adjusted")) + (f" ({family})" if family else "")
+
+
+def _verdict(test: dict[str, Any] | None, reference: bool = False) -> str:
+    """A comparison's verdict; "(the reference)" for the map every other one is compared with."""
+    if test is None:
+        return "(the reference)" if reference else "n/a"
+    return str(test.get("verdict", "n/a"))
+
+
+def _versus_mask_cell(row: dict[str, Any], summary: Any) -> str:
+    test = _test(summary, "vs_mask")
+    if test is None:
+        return _verdict(None, row.get("method") == "predicted-mask")
+    return f"{_verdict(test)} ({fmt_p(test.get('p_adjusted'))})"
+
+
+def _patients(n: Any) -> str:
+    return f"{fmt(n)} patient" + ("" if n == 1 else "s")
+
+
+def _p_phrase(p: Any) -> str:
+    """"p = 0.012", "p < 0.001", or "no p-value"."""
+    if p is None:
+        return "no p-value"
+    text = fmt_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 # --- faithfulness ---------------------------------------------------------------------------------
 
 @dataclass
 class Curve:
-    """One method's mean curves: {"deletion": (fraction, score), ...} and AUCs."""
+    """One map's patient-level mean curves {"deletion": (t, score), ...} over the step t = k/K, and AUCs;
+    `reference` for the random map and the predicted-mask control drawn beside the methods."""
 
     method: str
     label: str
+    reference: bool = False
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     auc: dict[str, float | None] = field(default_factory=dict)
 
@@ -147,143 +248,290 @@ class Curve:
 
 @dataclass
 class CurveGroup:
-    """The curves drawn in one row of Figure 4 (one baseline and score)."""
+    """The curves drawn in one row of Figure 4 (one baseline and target), with the x ticks."""
 
     title: str
     score_label: str
     curves: list[Curve]
+    ticks: tuple[list[float], list[str]] = field(default_factory=lambda: ([], []))
 
 
-GAMES = ("deletion", "insertion")
-
-
-def _method_label(row: dict[str, Any], with_layer: bool) -> str:
-    label = str(row.get("method", "?")) + (" x GT" if row.get("times_gt") else "")
-    if with_layer and row.get("layer") not in (None, "input"):
-        label += f" @ {row['layer']}"
-    return label
-
-
-def _is_random(row: dict[str, Any]) -> bool:
-    return row.get("method") == "random"
+def fraction_ticks(fractions: np.ndarray, schedule: str) -> tuple[list[float], list[str]]:
+    """Ticks for Figure 4's x axis, the normalised step t = k/K over which the AUC is taken, labelled
+    with the fraction of pixels f_k at that step: for the "log" schedule f = 0 and the step nearest
+    (in log f) to each power of ten from f_1 up to 1; for "uniform" (f = t) t = 0, 1/4, ..., 1."""
+    fractions = np.asarray(fractions, dtype=np.float64)
+    steps = fractions.size - 1
+    if steps < 1:
+        return [], []
+    if schedule != "log":
+        quarters = [0.0, 0.25, 0.5, 0.75, 1.0]
+        return quarters, [f"{q:g}" for q in quarters]
+    logs = np.log10(np.maximum(fractions[1:], 1e-300))
+    decades = np.arange(np.ceil(logs[0] - 1e-9), 1)
+    ks = [0] + sorted({1 + int(np.argmin(np.abs(logs - d))) for d in decades})
+    return [k / steps for k in ks], [f"{fractions[k]:.2g}" for k in ks]
 
 
 def faithfulness_curves(faithfulness: dict[str, Any]) -> list[CurveGroup]:
     """Figure 4's panels from faithfulness.json: one group per (baseline, target), each with the
-    mean curve and AUC of every trained-model method, and its random reference map."""
+    patient-level mean curve and AUC of every trained-model method, then the random map and the
+    predicted-mask control they are compared with; x = the step t = k/K (the AUC's axis)."""
     fractions = np.asarray(faithfulness["fractions"], dtype=np.float64)
+    t = np.linspace(0.0, 1.0, fractions.size)
+    ticks = fraction_ticks(fractions, str(faithfulness.get("schedule", "uniform")))
     rows = [r for r in faithfulness["results"] if r.get("model", "trained") == "trained"]
-    layers = {r.get("layer") for r in rows if not _is_random(r) and r.get("layer") != "input"}
-    score = str(faithfulness.get("score", "score"))
+    methods = [r for r in rows if not is_control(r)]
+    with_layer = _several_layers(methods)
     groups = []
-    for baseline in dict.fromkeys(r.get("baseline") for r in rows):
-        in_baseline = [r for r in rows if r.get("baseline") == baseline]
-        for target in dict.fromkeys(r.get("target") for r in in_baseline if not _is_random(r)):
-            members = [r for r in in_baseline if r.get("target") == target and not _is_random(r)]
-            references = []
-            for r in members:
-                ref = r.get("random_reference") or {}
-                match = next((x for x in in_baseline if _is_random(x) and x.get("target") == ref.get("target")
-                              and x.get("layer") == ref.get("layer")), None)
-                if match is not None and match not in references:
-                    references.append(match)
+    for baseline in dict.fromkeys(r.get("baseline") for r in methods):
+        for target in dict.fromkeys(r.get("target") for r in methods if r.get("baseline") == baseline):
+            members = [r for r in methods if r.get("baseline") == baseline and r.get("target") == target]
+            references: list[dict[str, Any]] = []
+            for key in ("random_reference", "mask_reference"):
+                for r in members:
+                    ref = _reference(rows, r, key)
+                    if ref is not None and ref not in references:
+                        references.append(ref)
             curves = []
             for r in members + references:
-                curve = Curve(method=str(r.get("method")), label=_method_label(r, len(layers) > 1))
+                curve = Curve(method=str(r.get("method")), label=_method_label(r, with_layer), reference=r in references)
                 for game in GAMES:
                     summary = r.get(game) or {}
                     if summary.get("curve_mean") is not None:
                         values = np.array([np.nan if v is None else v for v in summary["curve_mean"]], np.float64)
-                        curve.curves[game] = (fractions, values)
+                        curve.curves[game] = (t, values)
                     curve.auc[game] = summary.get("mean")
                 curves.append(curve)
+            score = members[0].get("score", faithfulness.get("score", "score"))
             groups.append(CurveGroup(title=f"baseline {baseline}, target {target}",
-                                     score_label=f"model score ({score})", curves=curves))
+                                     score_label=f"model score ({score})", curves=curves, ticks=ticks))
     return groups
 
 
-def faithfulness_tables(faithfulness: dict[str, Any]) -> list[Table]:
-    """One table per game: AUC mean [95% CI] of each method, its random map's AUC beside it, the
-    share of slices where the method beats random, the Wilcoxon p-value and the verdict."""
-    rows = [r for r in faithfulness["results"] if r.get("model", "trained") == "trained"]
-    tables = []
+def primary_row(faithfulness: dict[str, Any]) -> dict[str, Any] | None:
+    """The row of faithfulness.json's `primary` comparison (None when it names none or none matches)."""
+    from tumorcam.evaluate.summary import is_primary_row
+
+    primary = faithfulness.get("primary")
+    if not isinstance(primary, dict):
+        return None
+    return next((r for r in faithfulness["results"] if is_primary_row(r, primary)), None)
+
+
+VERSUS_RANDOM = {"better": "is better than random", "worse": "is worse than random",
+                 "not shown to differ": "is not shown to differ from random",
+                 "undetermined": "is undetermined against random"}
+
+
+def primary_sentence(faithfulness: dict[str, Any]) -> str:
+    """The primary comparison in one sentence, with each test's raw p and its number of patients."""
+    primary = faithfulness.get("primary")
+    if not isinstance(primary, dict):
+        return "faithfulness.json names no primary comparison: every test in it is exploratory."
+    subject = (f"{method_name(primary.get('method'))} ({primary.get('target')}, {primary.get('layer')}, "
+               f"{primary.get('baseline')} baseline)")
+    row = primary_row(faithfulness)
+    if row is None:
+        return (f"Primary comparison: {subject} is not in faithfulness.json (that method, target, layer or "
+                "baseline was not evaluated), so every test in it is exploratory.")
+    clauses = []
     for game in GAMES:
-        direction = "lower" if game == "deletion" else "higher"
-        body = []
-        for r in rows:
-            if _is_random(r):
-                continue
-            summary = r.get(game) or {}
-            ref = r.get("random_reference") or {}
-            random_row = next((x for x in rows if _is_random(x) and x.get("baseline") == r.get("baseline")
-                               and x.get("target") == ref.get("target") and x.get("layer") == ref.get("layer")), None)
-            test = summary.get("vs_random") or {}
-            body.append([str(r.get("baseline")), str(r.get("target")), _method_label(r, False), str(r.get("layer")),
-                         fmt_ci(summary), fmt_ci((random_row or {}).get(game)),
-                         fmt(test.get("better_share"), 2), fmt_p(test.get("p_value")), str(test.get("verdict", "n/a"))])
-        tables.append(Table(
-            f"{game.capitalize()} AUC ({direction} is better), {fmt(faithfulness.get('n_slices'))} slices, "
-            f"K = {fmt(faithfulness.get('steps'))} steps",
-            ["baseline", "target", "method", "layer", "AUC [95% CI]", "random map AUC [95% CI]",
-             "share of slices better than random", "p (Wilcoxon vs random)", "verdict"],
-            body,
-            "AUC: trapezoid of the mean-score curve over the fraction of pixels; CI: bootstrap over slices; "
-            "p: two-sided Wilcoxon signed-rank test of the per-slice AUCs against the random map's; "
-            "verdict at p < 0.05."))
-    return tables
-
-
-def faithfulness_summary(faithfulness: dict[str, Any]) -> list[str]:
-    """One line per Grad-CAM row (the paper's method): its AUCs against the random map's, per baseline and target."""
-    lines = []
-    for r in faithfulness["results"]:
-        if r.get("method") != "gradcam" or r.get("times_gt") or r.get("model", "trained") != "trained":
+        test = _test(row.get(game), "vs_random")
+        if test is None:
+            clauses.append(f"was not compared with random on {game}")
             continue
-        parts = []
-        for game in GAMES:
-            summary = r.get(game) or {}
-            verdict = (summary.get("vs_random") or {}).get("verdict", "n/a")
-            parts.append(f"{game} AUC {fmt(summary.get('mean'))} ({verdict} than random)"
-                         if verdict in ("better", "worse") else f"{game} AUC {fmt(summary.get('mean'))} ({verdict} from random)")
-        lines.append(f"Grad-CAM, target {r.get('target')}, layer {r.get('layer')}, baseline {r.get('baseline')}: "
-                     + "; ".join(parts) + ".")
+        verdict = str(test.get("verdict"))
+        clauses.append(f"{VERSUS_RANDOM.get(verdict, f'is {verdict} against random')} on {game} "
+                       f"({_p_phrase(test.get('p_value'))}, n = {_patients(test.get('n_pairs'))})")
+    return (f"Primary comparison: {subject} {clauses[0]} and {clauses[1]}; verdicts at alpha = "
+            f"{fmt(faithfulness.get('alpha', 0.05), 2)} after Holm's adjustment over these two tests.")
+
+
+def exploratory_sentence(faithfulness: dict[str, Any]) -> str:
+    """How many other tests there are and how their verdicts are reached."""
+    tests = [test for r in faithfulness["results"] for game in GAMES for key in ("vs_random", "vs_mask")
+             if (test := _test(r.get(game), key)) is not None]
+    n = sum(1 for test in tests if test.get("family") == "exploratory")
+    return (f"Every other test is exploratory: each method and control against the random map and against the "
+            f"predicted mask, per target and baseline ({n} tests); their verdicts use the Holm-adjusted p over "
+            f"all {n} at alpha = {fmt(faithfulness.get('alpha', 0.05), 2)}.")
+
+
+def _mask_outcome(row: dict[str, Any]) -> str:
+    """What the vs_mask tests of one row say, as a verb phrase."""
+    tests = {game: _test(row.get(game), "vs_mask") for game in GAMES}
+    if all(test is None for test in tests.values()):
+        return "not compared with the predicted mask (the run has no predicted-mask control)"
+    verdicts = {game: (test or {}).get("verdict") for game, test in tests.items()}
+    better = [g for g in GAMES if verdicts[g] == "better"]
+    worse = [g for g in GAMES if verdicts[g] == "worse"]
+    if all(v == "undetermined" for v in verdicts.values()):
+        return "undetermined against the predicted mask (fewer than 2 patients)"
+    parts = []
+    if better:
+        parts.append(f"better than the predicted-mask control on {' and '.join(better)}")
+    if worse:
+        parts.append(f"worse than the predicted-mask control on {' and '.join(worse)}")
+    if not parts:
+        return "not shown to tell more than the predicted mask"
+    rest = [g for g in GAMES if g not in better + worse]
+    if rest:
+        parts.append(f"not shown to differ from it on {' and '.join(rest)}")
+    return ", ".join(parts)
+
+
+def mask_sentences(faithfulness: dict[str, Any]) -> list[str]:
+    """One sentence per method (trained network, not x GT): does it tell more than the predicted
+    mask? From its vs_mask verdicts, per setting (target, layer, baseline) when the settings disagree."""
+    rows = [r for r in faithfulness["results"] if r.get("model", "trained") == "trained"
+            and not r.get("times_gt") and not is_control(r)]
+    lines = []
+    for method in dict.fromkeys(r.get("method") for r in rows):
+        own = [r for r in rows if r.get("method") == method]
+        with_layer = len({r.get("layer") for r in own}) > 1
+        outcomes: dict[str, list[str]] = {}
+        for r in own:
+            setting = (str(r.get("target")) + (f" @ {r.get('layer')}" if with_layer else "")
+                       + f" with the {r.get('baseline')} baseline")
+            outcomes.setdefault(_mask_outcome(r), []).append(setting)
+        clauses = [f"{outcome} for {' and '.join(settings)}" for outcome, settings in outcomes.items()]
+        lines.append(f"{method_name(method)} is " + "; it is ".join(clauses) + ".")
     return lines
 
 
+def glance_sentences(faithfulness: dict[str, Any]) -> list[str]:
+    """The faithfulness sentences of "At a glance": the primary comparison first, then how the
+    exploratory tests are read, then per method whether it tells more than the predicted mask."""
+    return [primary_sentence(faithfulness), exploratory_sentence(faithfulness), *mask_sentences(faithfulness)]
+
+
+GLANCE_PER_GAME = ["AUC [95% CI]", "p vs random", "adjusted p", "vs random", "vs predicted mask (adjusted p, exploratory)"]
+
+
+def _glance_row(row: dict[str, Any], label: str) -> list[str]:
+    summaries = [row.get(game) or {} for game in GAMES]
+    cells = [label, str(row.get("target")), str(row.get("baseline")), fmt(summaries[0].get("n_patients"))]
+    for summary in summaries:
+        test = _test(summary, "vs_random")
+        cells += [fmt_ci(summary), fmt_p(None if test is None else test.get("p_value")), _adjusted(test),
+                  _verdict(test, row.get("method") == "random"), _versus_mask_cell(row, summary)]
+    return cells
+
+
+def glance_tables(faithfulness: dict[str, Any]) -> list[Table]:
+    """The "At a glance" tables: every method (the primary row first), then the controls; per row
+    the patient-level Deletion and Insertion AUC with CI, raw and Holm-adjusted p against random,
+    and the verdicts against random and against the predicted mask."""
+    rows = [r for r in faithfulness["results"] if r.get("model", "trained") == "trained"]
+    primary = primary_row(faithfulness)
+    methods = sorted((r for r in rows if not is_control(r)), key=lambda r: r is not primary)
+    controls = [r for r in rows if is_control(r)]
+    with_layer = _several_layers(methods)
+    headers = ["method", "target", "baseline", "n patients"] + GLANCE_PER_GAME * 2
+    groups = [("", 4), ("Deletion: lower AUC is better", 5), ("Insertion: higher AUC is better", 5)]
+    n = f"{fmt(faithfulness.get('n_patients'))} test patients, {fmt(faithfulness.get('n_slices'))} slices"
+    note = ("AUC: mean over patients of each patient's mean AUC (area under the score curve over the step "
+            "k/K); 95% CI by cluster bootstrap over patients. p: two-sided Wilcoxon signed-rank test of the "
+            "patients' mean AUC differences against the random map of the same target; adjusted p: Holm within "
+            "its family (primary: the primary row's two tests; exploratory: every other test of the file). "
+            f"Verdicts at alpha = {fmt(faithfulness.get('alpha', 0.05), 2)} on the adjusted p; \"vs predicted "
+            "mask\": the same test against the predicted-mask control (exploratory).")
+    tables = [Table(f"Deletion and Insertion per method ({n})", headers,
+                    [_glance_row(r, _method_label(r, with_layer) + (" (primary)" if r is primary else ""))
+                     for r in methods], note, groups)]
+    if controls:
+        tables.append(Table(
+            "Controls: maps that explain nothing by design", headers,
+            [_glance_row(r, _method_label(r, False)) for r in controls],
+            "The random map ignores the network; the predicted mask, its probability, the mask grown by a margin "
+            "and the image's edges are what a heatmap could show without explaining the prediction. A method "
+            "earns its place where it is better than these.", groups))
+    return tables
+
+
+def faithfulness_tables(faithfulness: dict[str, Any]) -> list[Table]:
+    """One table per game: each map's patient-level AUC beside its random map's and its predicted-mask
+    control's, the share of patients where it beats random, the Hodges-Lehmann difference, the
+    Holm-adjusted p and the verdict (the random map is the reference, not a row)."""
+    rows = [r for r in faithfulness["results"] if r.get("model", "trained") == "trained"]
+    steps = len(faithfulness["fractions"]) - 1
+    tables = []
+    for game in GAMES:
+        body = []
+        for r in rows:
+            if r.get("method") == "random":
+                continue
+            summary = r.get(game) or {}
+            test = _test(summary, "vs_random")
+            random_row, mask_row = _reference(rows, r, "random_reference"), _reference(rows, r, "mask_reference")
+            body.append([str(r.get("baseline")), str(r.get("target")), _method_label(r, False), str(r.get("layer")),
+                         fmt_ci(summary), fmt_ci((random_row or {}).get(game)), fmt_ci((mask_row or {}).get(game)),
+                         fmt((test or {}).get("better_share"), 2), fmt((test or {}).get("estimate")),
+                         _adjusted(test), _verdict(test),
+                         f"{fmt(summary.get('n_patients'))} ({fmt(summary.get('n_slices'))})"])
+        tables.append(Table(
+            f"{game.capitalize()} AUC ({DIRECTION[game]} is better), {fmt(faithfulness.get('n_patients'))} patients, "
+            f"{fmt(faithfulness.get('n_slices'))} slices, K = {steps} steps ({faithfulness.get('schedule', 'uniform')} "
+            "schedule)",
+            ["baseline", "target", "method", "layer", "AUC [95% CI]", "random map AUC [95% CI]",
+             "predicted-mask AUC [95% CI]", "share of patients better than random",
+             "difference vs random (Hodges-Lehmann)", "adjusted p vs random", "verdict", "n patients (slices)"],
+            body,
+            "Each patient's AUC is the mean over their slices; CI: cluster bootstrap over patients; difference: "
+            "Hodges-Lehmann estimate of the patients' mean AUC differences (method - random); p: two-sided "
+            "Wilcoxon signed-rank test, Holm-adjusted within its family."))
+    return tables
+
+
 # --- localisation ---------------------------------------------------------------------------------
+
+LOCALIZATION_METRICS = {
+    "pointing_game": "pointing game (share of slices whose map maximum lies in the tumour)",
+    "energy_pointing_game": "energy pointing game (share of the map's mass inside the tumour)",
+    "top_iou": "top IoU (IoU of the map's top pixels with the tumour)",
+}
+
 
 def _summaries(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The metric summaries of a result row: every value that is a dict with a "mean"."""
     return {k: v for k, v in row.items() if isinstance(v, dict) and "mean" in v}
 
 
-def localization_tables(localization: dict[str, Any]) -> Table:
-    """Each map's localisation metrics (mean [95% CI]) with the p-value against the random map of the
-    same model (trained, and the network before fine-tuning)."""
+def localization_tables(localization: dict[str, Any]) -> list[Table]:
+    """One table per localisation metric: each map's patient-level mean [95% CI], its patients, the
+    test against the random map (raw and Holm-adjusted p, verdict) and the verdict against the
+    predicted mask; for the trained network and the network before fine-tuning."""
     rows = localization["results"]
     metrics = list(dict.fromkeys(m for r in rows for m in _summaries(r)))
-    body = []
-    for r in rows:
-        cells = [str(r.get("model", "trained")), _method_label(r, False), str(r.get("target")), str(r.get("layer"))]
-        for metric in metrics:
+    tables = []
+    for metric in metrics:
+        body = []
+        for r in rows:
             summary = r.get(metric) or {}
-            test = summary.get("vs_random") or {}
-            p = f"; p {fmt_p(test['p_value'])}" if test.get("p_value") is not None else ""
-            cells.append(fmt_ci(summary) + p)
-        body.append(cells)
-    return Table(f"Localisation against the ground truth ({fmt(localization.get('n_slices'))} slices)",
-                 ["model", "method", "target", "layer"] + [m.replace("_", " ") for m in metrics], body,
-                 "Pointing game: share of slices whose map maximum lies in the tumour; energy pointing game: share "
-                 "of the map's mass inside the tumour; top IoU: IoU of the map's top "
-                 f"{fmt(localization.get('top_percent'), 1)}% pixels with the tumour. Higher is better; p: "
-                 "Wilcoxon test against the random map.")
+            test = _test(summary, "vs_random")
+            body.append([_method_label(r, False), str(r.get("target")),
+                         str(r.get("layer")), fmt_ci(summary),
+                         f"{fmt(summary.get('n_patients'))} ({fmt(summary.get('n_slices'))})",
+                         str((test or {}).get("test", "n/a")), fmt_p((test or {}).get("p_value")), _adjusted(test),
+                         _verdict(test, r.get("method") == "random"), _versus_mask_cell(r, summary)])
+        tables.append(Table(
+            f"Localisation: {LOCALIZATION_METRICS.get(metric, metric.replace('_', ' '))}, "
+            f"{fmt(localization.get('n_patients'))} patients, {fmt(localization.get('n_slices'))} slices",
+            ["method", "target", "layer", "mean [95% CI]", "n patients (slices)", "test", "p vs random",
+             "adjusted p", "vs random", "vs predicted mask (adjusted p, exploratory)"], body,
+            "Higher is better. Mean over patients of each patient's mean, 95% CI by cluster bootstrap over "
+            f"patients; top IoU uses the map's top {fmt(localization.get('top_percent'), 1)}% pixels. p: two-sided "
+            "test of the patients' mean differences (sign test for the pointing game, whose values are mostly 0 "
+            "or 1; Wilcoxon signed-rank otherwise), every test exploratory: Holm over the file."))
+    return tables
 
 
 # --- sanity check ---------------------------------------------------------------------------------
 
 @dataclass
 class SanityPanel:
-    """One metric of the sanity plot: the randomised layers (in order) and one line per method."""
+    """One measure of the sanity plot: the randomised layers (in order) and one line per method."""
 
     metric: str
     steps: list[str]
@@ -292,37 +540,47 @@ class SanityPanel:
     threshold: float | None = None
 
 
+SANITY_MEASURES = (("mean_abs_spearman", "mean |Spearman rank correlation|", False), ("ssim", "mean SSIM", True))
+
+
+def _last(values: Any) -> Any:
+    """The value at full randomisation (the last stage) of a per-stage list."""
+    return values[-1] if isinstance(values, list) and values else None
+
+
 def sanity_series(sanity: dict[str, Any]) -> list[SanityPanel]:
-    """Per similarity metric (Spearman, SSIM), each method's mean similarity to its original maps after
-    each cumulative step of the randomisation (sanity.json: "stages", results[].spearman/.ssim per stage)."""
+    """Per similarity measure (mean |Spearman|, mean SSIM: the two the criterion reads), each
+    method's similarity to its original maps after each cumulative randomisation step
+    (sanity.json: "stages", results[].mean_abs_spearman/.ssim per stage), with the threshold."""
     steps = [str(stage) for stage in sanity["stages"]]
+    threshold = sanity.get("threshold")
     panels = []
-    for metric, signed in (("spearman", True), ("ssim", True)):
+    for metric, title, signed in SANITY_MEASURES:
         lines = {}
         for r in sanity["results"]:
             values = r.get(metric)
             if values is not None:
-                label = f"{r.get('method')} ({r.get('target')})" + {True: "", False: " FAILS"}.get(r.get("passes"), " undetermined")
+                label = (f"{r.get('method')} ({r.get('target')}{', control' if is_control(r) else ''})"
+                         + {True: "", False: " FAILS"}.get(r.get("passes"), " undetermined"))
                 lines[label] = [np.nan if v is None else float(v) for v in values]
         if lines:
-            threshold = sanity.get("threshold") if metric == "spearman" else None
-            panels.append(SanityPanel("Spearman rank correlation" if metric == "spearman" else "SSIM", steps, lines,
-                                      signed, None if threshold is None else float(threshold)))
+            panels.append(SanityPanel(title, steps, lines, signed, None if threshold is None else float(threshold)))
     return panels
 
 
 def sanity_tables(sanity: dict[str, Any]) -> Table:
-    """Pass or fail per method, with the similarity once every layer is randomised."""
+    """Pass or fail per method, with the similarities once every layer is randomised and the number
+    of slices they were measured on."""
     body = []
     for r in sanity["results"]:
-        ssim = r.get("ssim") or [None]
-        body.append([str(r.get("method")), str(r.get("target")), str(r.get("layer")),
-                     fmt(r.get("final_spearman")), fmt(ssim[-1]), sanity_verdict(r)])
+        body.append([str(r.get("method")) + (" (control)" if is_control(r) else ""), str(r.get("target")),
+                     str(r.get("layer")), fmt(_last(r.get("mean_abs_spearman"))), fmt(_last(r.get("ssim"))),
+                     f"{fmt(_last(r.get('n_compared')))} of {fmt(sanity.get('n_slices'))}", sanity_verdict(r)])
+    note = (f"A method {sanity.get('criterion', 'fails when its fully randomised maps stay similar to the originals')} "
+            f"(threshold {fmt(sanity.get('threshold'), 2)}). {sanity.get('threshold_source', '')}").strip()
     return Table(f"Sanity check (cascading randomisation, {fmt(sanity.get('n_slices'))} slices)",
-                 ["method", "target", "layer", "Spearman after full randomisation", "SSIM after full randomisation",
-                  "result"], body,
-                 f"A method fails when the maps of the fully randomised network keep a mean Spearman correlation "
-                 f">= {fmt(sanity.get('threshold'), 2)} with the original maps.")
+                 ["method", "target", "layer", "mean |Spearman| after full randomisation",
+                  "mean SSIM after full randomisation", "slices compared", "result"], body, note)
 
 
 def sanity_verdict(row: dict[str, Any]) -> str:
@@ -331,14 +589,17 @@ def sanity_verdict(row: dict[str, Any]) -> str:
 
 
 def sanity_summary(sanity: dict[str, Any]) -> list[str]:
-    """One line: the methods that pass and fail; the random map, a control that ignores the weights, apart."""
-    rows = [r for r in sanity["results"] if r.get("method") != "random"]
-    passed = sorted({str(r.get("method")) for r in rows if r.get("passes")})
-    failed = sorted({str(r.get("method")) for r in rows if r.get("passes") is False})
-    line = "Sanity check: " + (f"passes: {', '.join(passed)}" if passed else "no method passes")
-    line += f"; fails: {', '.join(failed)}" if failed else ""
-    control = [r for r in sanity["results"] if r.get("method") == "random"]
-    if control:
-        line += ("; the random-map control fails, as it should (it ignores the weights)"
-                 if not any(r.get("passes") for r in control) else "; the random-map control passes: check the test")
+    """One line: the methods that pass, fail or stay undetermined; then the controls, where the
+    weight-free ones (the random map, the image's edges) must fail."""
+    methods = [r for r in sanity["results"] if not is_control(r)]
+    groups = {verdict: sorted({str(r.get("method")) for r in methods if r.get("passes") is value})
+              for verdict, value in (("passes", True), ("fails", False), ("undetermined", None))}
+    parts = [f"{verdict}: {', '.join(names)}" for verdict, names in groups.items() if names] or ["no method checked"]
+    line = f"Sanity check ({fmt(sanity.get('n_slices'))} slices): " + "; ".join(parts)
+    for r in (r for r in sanity["results"] if is_control(r)):
+        name, verdict = str(r.get("method")), sanity_verdict(r)
+        if name in WEIGHT_FREE_CONTROLS:
+            verdict += (", as it should (it never reads the weights)" if r.get("passes") is False
+                        else ": it never reads the weights, so check the test")
+        line += f"; control {name} ({r.get('target')}): {verdict}"
     return [line + "."]

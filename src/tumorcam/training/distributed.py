@@ -1,6 +1,6 @@
 """Several GPUs: PyTorch DDP under `torchrun`, detected from its environment (WORLD_SIZE > 1).
 
-    torchrun --standalone --nproc_per_node=NGPU -m tumorcam.cli train --data DIR --out RUN
+    torchrun --standalone --nproc_per_node=NGPU --no-python tumorcam train --data DIR --out RUN
 
 Every rank holds the whole prepared split on its own device and takes its share of one
 shared permutation per epoch (see `data.epoch_batches`); gradients are averaged by DDP;

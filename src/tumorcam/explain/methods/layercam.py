@@ -9,7 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tumorcam.explain.methods.base import Method, Options, ScalarOutput, layer_activations_and_gradients
+from tumorcam.explain.methods.base import (
+    Method,
+    Options,
+    ScalarOutput,
+    layer_activations_and_gradients,
+)
 
 
 class LayerCAM(Method):
