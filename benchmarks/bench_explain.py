@@ -25,7 +25,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 
 from tumorcam.explain import compute_maps
-from tumorcam.training.device import autocast
+from tumorcam.device import autocast
 
 from common import inference_model
 

@@ -1,8 +1,8 @@
 """Deletion/Insertion throughput: the seed's loop against tumorcam's batched game, and the bf16
 inference bound, in the same process on the same model.
 
-- seed: `reference_curves`, one forward per step per slice for both curves (2(K+1) forwards of
-  batch 1 per slice), fp32 like the seed, on `loop_slices` slices.
+- seed: `seed_reference.reference_curves`, one forward per step per slice for both curves
+  (2(K+1) forwards of batch 1 per slice), fp32 like the seed, on `loop_slices` slices.
 - tumorcam: `PerturbationGame` (build the perturbed slices on the device from pixel ranks, score
   `batch` of them per forward, bf16 autocast and channels_last on CUDA), all `slices`, both curves,
   `zero` baseline, mean-sigmoid score; the clock includes ranking the maps and the original and
@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
-from tumorcam.evaluate.faithfulness import PerturbationGame, reference_curves
-from tumorcam.training.device import autocast
+from tumorcam.device import autocast
+from tumorcam.evaluate.game import PerturbationGame
 
 from common import inference_model
+from seed_reference import reference_curves
 
 FULL = {"slices": 664, "size": 224, "steps": 50, "batch": 512, "loop_slices": 3, "inference_batches": 20}
 QUICK = {"slices": 8, "size": 32, "steps": 5, "batch": 32, "loop_slices": 2, "inference_batches": 4}
@@ -59,10 +60,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _sync(device)
     seed_rate = loop_n / (time.perf_counter() - start)
 
-    PerturbationGame(model, images[:2], steps=2, batch_size=shape["batch"]).curves(maps[:2])  # warm-up
+    PerturbationGame(model, images[:2], steps=2, batch_size=shape["batch"], amp=True).curves(maps[:2])  # warm-up
     _sync(device)
     start = time.perf_counter()
-    PerturbationGame(model, images, steps=k, batch_size=shape["batch"]).curves(maps)
+    PerturbationGame(model, images, steps=k, batch_size=shape["batch"], amp=True).curves(maps)
     _sync(device)
     seconds = time.perf_counter() - start
     rate = n / seconds

@@ -29,7 +29,7 @@ from tumorcam.config import ModelConfig
 from tumorcam.data.arrays import load_prepared
 from tumorcam.model import build_model
 from tumorcam.training.data import epoch_batches, load_split
-from tumorcam.training.device import resolve_device, setup_backend
+from tumorcam.device import resolve_device, setup_backend
 from tumorcam.training.losses import make_loss
 from tumorcam.training.step import TrainStep, make_optimizer
 

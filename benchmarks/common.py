@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from tumorcam.config import ModelConfig
-from tumorcam.model import GreyUnet, build_model
-from tumorcam.training.device import resolve_device, setup_backend
+from tumorcam.model import GrayUnet, build_model
+from tumorcam.device import resolve_device, setup_backend
 
 
-def inference_model(device_name: str) -> tuple[torch.device, GreyUnet]:
+def inference_model(device_name: str) -> tuple[torch.device, GrayUnet]:
     """The device (seeded, cuDNN autotuning on CUDA) and a U-Net in eval mode on it (channels_last on CUDA)."""
     device = resolve_device(device_name)
     setup_backend(device, seed=0, deterministic=False)

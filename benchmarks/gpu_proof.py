@@ -161,7 +161,7 @@ def wheels_to_install(folder: Path, report: Path | None = None) -> list[Path]:
     chosen, decisions = [], []
     for wheel in sorted(Path(folder).glob("*.whl")) if Path(folder).is_dir() else []:
         name, version = wheel.name.split("-")[:2]
-        key = _normalise(name)
+        key = _normalize(name)
         try:
             present: str | None = metadata.version(key)
         except metadata.PackageNotFoundError:
@@ -181,7 +181,7 @@ def wheels_to_install(folder: Path, report: Path | None = None) -> list[Path]:
     return chosen
 
 
-def _normalise(name: str) -> str:
+def _normalize(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
@@ -195,7 +195,7 @@ def _dependency_ranges() -> dict[str, str]:
     for line in project.get("dependencies", []):
         match = re.match(r"\s*([A-Za-z0-9_.\-]+)\s*(\[[^\]]*\])?\s*([^;]*)", line)
         if match:
-            ranges[_normalise(match.group(1))] = match.group(3).strip()
+            ranges[_normalize(match.group(1))] = match.group(3).strip()
     return ranges
 
 
@@ -617,7 +617,7 @@ def _preimport() -> dict[str, str]:
     (the parent never initialises CUDA: a forked child could not use it then)."""
     failed = {}
     for name in ("torch", "numpy", "scipy.stats", "PIL.Image", "segmentation_models_pytorch", "captum.attr",
-                 "tumorcam.cli", "tumorcam.train", "tumorcam.explain", "tumorcam.explain.run",
+                 "tumorcam.cli", "tumorcam.training", "tumorcam.explain", "tumorcam.explain.run",
                  "tumorcam.evaluate.faithfulness", "tumorcam.evaluate.segmentation", "common", "bench_train",
                  "bench_explain", "bench_faithfulness"):
         try:
@@ -971,7 +971,7 @@ def _bf16_agreement(record: Recorder, run: Path | None, prepared: Path, sizes: d
     from tumorcam.config import EvaluateConfig, ExplainConfig, ModelConfig
     from tumorcam.evaluate.faithfulness import PerturbationGame
     from tumorcam.explain import METHODS, compute_maps
-    from tumorcam.training.device import resolve_device, setup_backend
+    from tumorcam.device import resolve_device, setup_backend
 
     try:
         from tumorcam.evaluate.faithfulness import TARGET_SCORES
@@ -1122,7 +1122,7 @@ def _peak(device: Any) -> Callable[[], float | None]:
 def _training(record: Recorder, shape: dict[str, Any], device: str, compiled: bool) -> None:
     from bench_train import _seed_loop, _tumorcam_loop, _write_random_prepared
 
-    from tumorcam.training.device import resolve_device, setup_backend
+    from tumorcam.device import resolve_device, setup_backend
 
     dev = resolve_device(device)
     setup_backend(dev, seed=0, deterministic=False)
@@ -1150,7 +1150,7 @@ def _explain(record: Recorder, shape: dict[str, Any], device: str) -> None:
     from common import inference_model
 
     from tumorcam.explain import compute_maps
-    from tumorcam.training.device import autocast
+    from tumorcam.device import autocast
 
     dev, model = inference_model(device)
     n, s, b = shape["slices"], shape["size"], shape["batch"]

@@ -36,9 +36,9 @@ import torch
 from tumorcam.evaluate.faithfulness import evaluate_faithfulness
 from tumorcam.evaluate.localization import evaluate_localization
 from tumorcam.evaluate.sanity import evaluate_sanity
-from tumorcam.explain.run import EXPLANATIONS_DIR, INDEX_FILE, explain_run
-from tumorcam.io import write_json
-from tumorcam.training.device import cpu_threads
+from tumorcam.explain.index import EXPLANATIONS_DIR, read_index, write_index
+from tumorcam.explain.run import explain_run
+from tumorcam.device import cpu_threads
 
 LOCALIZATION_METRICS = ("energy_pointing_game", "pointing_game", "top_iou")
 
@@ -73,10 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def drop_times_gt(run: Path) -> None:
     """List only the maps that are not Grad-CAM x GT in RUN/explanations/index.json (files stay on disk)."""
-    path = run / EXPLANATIONS_DIR / INDEX_FILE
-    index = json.loads(path.read_text())
-    index["entries"] = [e for e in index["entries"] if not e["times_gt"]]
-    write_json(path, index)
+    index = read_index(run / EXPLANATIONS_DIR)
+    index.entries = [e for e in index.entries if not e.times_gt]
+    write_index(index)
 
 
 def _key(row: dict[str, Any]) -> tuple[str, str, str, bool]:

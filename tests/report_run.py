@@ -20,7 +20,7 @@ from tumorcam.config import Config, ModelConfig, TrainConfig
 from tumorcam.data.arrays import load_prepared
 from tumorcam.evaluate.stats import holm
 from tumorcam.io import save_npz, write_json
-from tumorcam.metrics import summarise
+from tumorcam.evaluate.metrics import summarize
 from tumorcam.model import build_model, save_weights
 
 SIZE = 64
@@ -180,7 +180,7 @@ def make_run(root: Path, prepared: Path, sections: tuple[str, ...] = SECTIONS, s
              "img_per_s": 10.0, "val_seconds": 0.1, "lr": 1e-3} for e in (1, 2, 3)]})
     if "metrics" in sections:
         dice = rng.uniform(0.5, 0.9, n)
-        doc = summarise(dice, dice * 0.8, np.asarray(data.labels[rows]), np.asarray(data.pids[rows]), n_resamples=50)
+        doc = summarize(dice, dice * 0.8, np.asarray(data.labels[rows]), np.asarray(data.pids[rows]), n_resamples=50)
         write_json(run / "metrics.json", {"split": "test", **doc})
     if "explanations" in sections:
         entries = []

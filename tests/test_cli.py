@@ -9,7 +9,7 @@ from tumorcam.cli import main
 
 
 @pytest.mark.parametrize("args, message", [
-    (["explain"], "Missing argument"),
+    (["report"], "Missing argument"),
     (["train", "--bogus"], "No such option: --bogus"),
     (["evaluate", "RUN", "--steps", "x"], "Invalid value for '--steps'"),
 ])

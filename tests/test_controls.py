@@ -46,7 +46,7 @@ def test_predicted_mask_is_logits_above_zero_for_every_target():
         assert torch.equal(_maps("predicted-mask", logits, target=target), expected)
 
 
-def test_predicted_probability_is_the_min_max_normalised_sigmoid():
+def test_predicted_probability_is_the_min_max_normalized_sigmoid():
     logits = 3 * torch.randn((2, 1, 16, 16), generator=torch.Generator().manual_seed(2))
     p = torch.sigmoid(logits[:, 0]).double()
     low = p.flatten(1).min(1).values[:, None, None]
@@ -95,9 +95,9 @@ def test_edges_of_a_step_image_peak_on_the_step_and_ignore_the_model():
 def test_sobel_magnitude_equals_scipy(shape):
     images = torch.rand(shape, generator=torch.Generator().manual_seed(3))
     ours = sobel_magnitude(images).numpy()[:, 0]
-    grey = images.double().mean(dim=1).numpy()
+    gray = images.double().mean(dim=1).numpy()
     for b in range(shape[0]):
-        theirs = np.sqrt(sum(ndimage.sobel(grey[b], axis=a, mode="nearest") ** 2 for a in range(grey[b].ndim)))
+        theirs = np.sqrt(sum(ndimage.sobel(gray[b], axis=a, mode="nearest") ** 2 for a in range(gray[b].ndim)))
         np.testing.assert_allclose(ours[b], theirs, atol=1e-5)
 
 

@@ -62,7 +62,7 @@ def test_cvind_is_patient_wise(synth: list[Path]) -> None:
     assert set(folds.tolist()) <= {1, 2, 3, 4, 5}
 
 
-def test_tumour_is_brighter_than_all_tissue(synth: list[Path]) -> None:
+def test_tumor_is_brighter_than_all_tissue(synth: list[Path]) -> None:
     """Learnable: the enhancing tumour stands out above (nearly) every non-tumour pixel."""
     for s in (read_mat(p) for p in synth):
         image = s.image.astype(np.float64)
@@ -74,10 +74,10 @@ def test_class_look_and_place(synth: list[Path]) -> None:
         image = s.image.astype(np.float64)
         head = ndimage.binary_fill_holes(ndimage.gaussian_filter(image, 2) > 0.3 * np.percentile(image, 99))
         head_rows, head_cols = np.nonzero(head)
-        centre = np.array([head_rows.mean(), head_cols.mean()])
+        center = np.array([head_rows.mean(), head_cols.mean()])
         head_radius = np.sqrt(head.sum() / np.pi)
         rows, cols = np.nonzero(s.mask)
-        offset = np.array([rows.mean(), cols.mean()]) - centre
+        offset = np.array([rows.mean(), cols.mean()]) - center
         area = s.mask.sum()
         if s.label == 1:  # extra-axial: near the skull
             assert np.hypot(*offset) > 0.6 * head_radius

@@ -78,9 +78,9 @@ def test_a_callable_target_equals_the_named_one(model, images):
     named = tumorcam.explain(model, images, channel=1, layer="decoder.blocks.4")
     ours = tumorcam.explain(model, images, target=class_one, layer="decoder.blocks.4")
     torch.testing.assert_close(ours, named, atol=0, rtol=0)
-    centre = tumorcam.explain(model, images, method="saliency", layer=None,
+    center = tumorcam.explain(model, images, method="saliency", layer=None,
                               target=lambda logits, masks: torch.zeros_like(logits).index_fill(2, torch.tensor([32]), 1))
-    assert centre.shape == (4, SIZE, SIZE) and (centre.flatten(1).max(dim=1).values == 1).all()
+    assert center.shape == (4, SIZE, SIZE) and (center.flatten(1).max(dim=1).values == 1).all()
     with pytest.raises(ValueError, match=r"^target: the weights \(4, 64, 64\) do not broadcast"):
         tumorcam.explain(model, images, target=lambda logits, masks: logits[:, 0], layer="decoder.blocks.4")
 
@@ -257,3 +257,20 @@ def test_each_module_gets_its_own_mode_back(model, images):
     assert {name: m.training for name, m in wrapper.named_modules()} == modes
     assert all(p.requires_grad for p in wrapper.parameters())
     model.eval()
+
+
+def test_a_layer_off_the_chosen_outputs_path_is_a_value_error_naming_layer():
+    class TwoHeads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.aux = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.head = torch.nn.Conv2d(4, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"out": self.head(self.body(x)), "aux": self.aux(x).mean(1, keepdim=True)}
+
+    model, x = TwoHeads(), torch.rand(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"^layer: Conv2d is not on the path .* chosen output"):
+        tumorcam.explain(model, x, layer="aux", output="out")
+    assert tumorcam.explain(model, x, layer="body", output="out").shape == (2, 16, 16)

@@ -10,17 +10,17 @@ from torch import nn
 from tumorcam.errors import TumorcamError
 from tumorcam.explain import compute_maps
 from tumorcam.explain.layers import resolve_layer
-from tumorcam.explain.maps import normalise, rectify, times_mask, upsample
+from tumorcam.explain.maps import normalize, rectify, times_mask, upsample
 
 
-def test_normalise_is_per_map_min_max_and_flat_maps_stay_zero():
+def test_normalize_is_per_map_min_max_and_flat_maps_stay_zero():
     maps = torch.stack([
         torch.arange(16.0).reshape(4, 4) * 3 + 2,   # ramp 2..47
         torch.full((4, 4), 5.0),                    # flat
         torch.zeros(4, 4),                          # all zero
         torch.tensor([[float("nan"), 1.0], [2.0, float("inf")]]).repeat(2, 2),
     ])
-    out = normalise(maps)
+    out = normalize(maps)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert out.min() >= 0 and out.max() <= 1
     assert torch.allclose(out[0], torch.arange(16.0).reshape(4, 4) / 15)

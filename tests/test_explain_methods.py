@@ -11,7 +11,7 @@ from captum.attr import LayerAttribution, LayerGradCam
 from tumorcam.config import ModelConfig
 from tumorcam.errors import TumorcamError
 from tumorcam.explain import METHODS, compute_maps
-from tumorcam.explain.maps import normalise
+from tumorcam.explain.maps import normalize
 from tumorcam.model import build_model
 
 SIZE = 64
@@ -57,7 +57,7 @@ def test_mean_logits_gradcam_equals_the_seeds_per_image_captum_calls(model, imag
     for i in range(images.shape[0]):
         attr = LayerGradCam(SegmentationWrapper(model), module).attribute(images[i:i + 1], relu_attributions=True)
         attr = LayerAttribution.interpolate(attr, (SIZE, SIZE), interpolate_mode="bilinear")
-        seed_maps.append(normalise(attr[:, 0].detach()))
+        seed_maps.append(normalize(attr[:, 0].detach()))
     ours = compute_maps(model, images, method="gradcam", target="mean-logits", layer=layer)
     assert ours.shape == (3, SIZE, SIZE) and ours.dtype == torch.float32
     torch.testing.assert_close(ours, torch.cat(seed_maps), atol=2e-5, rtol=0)
@@ -118,7 +118,7 @@ def test_cam_at_the_last_convolution_redraws_the_logits(model, images):
     with torch.no_grad():
         logits = model(images)[:, 0]
     maps = compute_maps(model, images, method="gradcam", target="mean-logits", layer="segmentation_head.0")
-    torch.testing.assert_close(maps, normalise(logits.clamp_min(0)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(maps, normalize(logits.clamp_min(0)), atol=1e-5, rtol=0)
 
 
 def test_nothing_predicted_or_empty_mask_gives_an_all_zero_map(images):
@@ -169,7 +169,7 @@ def test_bad_names_and_missing_masks_fail_with_one_clear_message(model, images):
     with pytest.raises(TumorcamError, match=r"^target: unknown target 'mean'.*choose from mean-logits, predicted-region, "
                                             r"gt-region, false-positive, false-negative, boundary, component"):
         compute_maps(model, images, method="gradcam", target="mean", layer=None)
-    with pytest.raises(TumorcamError, match=r"^layer: GreyUnet has no layer 'decoder.block.4'.*nearest: decoder.blocks.4"):
+    with pytest.raises(TumorcamError, match=r"^layer: GrayUnet has no layer 'decoder.block.4'.*nearest: decoder.blocks.4"):
         compute_maps(model, images, method="gradcam", target="mean-logits", layer="decoder.block.4")
     with pytest.raises(TumorcamError, match=r"^masks: target 'gt-region' needs ground-truth masks"):
         compute_maps(model, images, method="gradcam", target="gt-region", layer=None)

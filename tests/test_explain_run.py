@@ -1,5 +1,5 @@
-"""`explain_run`, the slice sample, the weights hash, `load_inputs`' re-explaining, `explain_image` and
-`tumorcam explain` on a tiny run folder (64x64 blobs, ResNet18 U-Net)."""
+"""`explain_run`, the slice sample, the weights hash, `load_inputs`' refusal of maps of other slices,
+`explain_image` and `tumorcam explain` on a tiny run folder (64x64 blobs, ResNet18 U-Net)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tumorcam.cli import main
 from tumorcam.config import Config, ExplainConfig, ModelConfig, TrainConfig
 from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
-from tumorcam.evaluate.inputs import load_inputs
+from tumorcam.evaluate.inputs import check_maps, explain_again, load_inputs
 from tumorcam.explain.image import explain_image, read_slice
 from tumorcam.explain.run import explain_run, model_sha256, sample_rows
 from tumorcam.model import WEIGHTS_FILE, build_model, save_weights
@@ -204,35 +204,19 @@ def test_the_index_records_the_sample_control_flags_and_the_weights(run: Path):
         ("trained", "random", False), ("untrained", "gradcam", False), ("untrained", "gradcam", True)]
 
 
-def test_load_inputs_redoes_maps_of_other_weights(run: Path, capsys):
-    explain_run(run, methods=["gradcam", "random"], targets=["mean-logits"])
-    before, _ = _maps(run, _entry(_index(run), method="gradcam", times_gt=False))
-    inputs = load_inputs(run, device="cpu", with_model=False)
-    assert "note:" not in capsys.readouterr().err  # maps of these weights: taken as they are
-    assert inputs.file_ids.tolist() == TEST_IDS and inputs.patient_ids.tolist() == ["P010", "P011", "P010", "P011"]
-    assert {(e.method, e.control) for e in inputs.entries} == {("gradcam", False), ("random", True)}
-
-    torch.manual_seed(3)
-    save_weights(build_model(Config.load(run / "config.json").model), run / WEIGHTS_FILE)
-    inputs = load_inputs(run, device="cpu", with_model=False)
-    assert "were made by other weights than the run's now (trained model); explaining again" in capsys.readouterr().err
-    index = _index(run)
-    assert index["weights_sha256"] == hashlib.sha256((run / WEIGHTS_FILE).read_bytes()).hexdigest()
-    assert {e["weights_sha256"] for e in index["entries"]} == {index["weights_sha256"]}
-    assert {(e["method"], e["times_gt"]) for e in index["entries"]} == {("gradcam", False), ("gradcam", True),
-                                                                        ("random", False)}
-    assert index["selection"] == "sample" and index["slices_per_patient"] == 4  # the sample's record kept
-    after, file_ids = _maps(run, _entry(index, method="gradcam", times_gt=False))
-    assert file_ids.tolist() == TEST_IDS and np.abs(after.astype(np.float32) - before).max() > 0.1
-
-
-def test_load_inputs_redoes_other_slices_and_refuses_without_a_model(run: Path, capsys):
+def test_load_inputs_refuses_other_slices_until_explained_again(run: Path, capsys):
     explain_run(run, methods=["random"], targets=["mean-logits"])
+    with pytest.raises(TumorcamError, match=r"explain other slices than --patients 1 --slices-per-patient 1 selects; "
+                                            r"run `tumorcam explain .* --patients 1 --slices-per-patient 1` first"):
+        load_inputs(run, device="cpu", with_model=False, patients=1, slices_per_patient=1)
+    assert len(_index(run)["entries"]) == 1 and _index(run)["patients"] is None  # loading made nothing
+    check = check_maps(run, patients=1, slices_per_patient=1)
+    assert check.remake == [{"untrained": False, "methods": ["random"], "targets": ["mean-logits"], "layers": None,
+                             "split": "test", "patients": 1, "slices_per_patient": 1}]
+    explain_again(run, check)
     inputs = load_inputs(run, device="cpu", with_model=False, patients=1, slices_per_patient=1)
-    assert "explain other slices than --patients 1 --slices-per-patient 1 selects" in capsys.readouterr().err
     assert len(inputs.file_ids) == 1 and _index(run)["patients"] == 1
-    load_inputs(run, device="cpu", with_model=False, patients=1, slices_per_patient=1)
-    assert "note:" not in capsys.readouterr().err  # now they are that selection
+    assert "note:" not in capsys.readouterr().err
     (run / WEIGHTS_FILE).unlink()
     with pytest.raises(TumorcamError, match=r"explain other slices than --patients 2 selects, and there is no "
                                             r"trained model \(unet_trained.pth\) to remake them"):
@@ -341,7 +325,10 @@ def test_cli_evaluate_passes_the_sample_options_to_the_stages(run: Path, capsys,
 
     monkeypatch.setitem(evaluate_cli.STAGES, "localization", stage)
     main(["evaluate", str(run), "--localization", "--patients", "3", "--slices-per-patient", "2", "--device", "cpu"])
-    assert "stub stage" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "stub stage" in captured.out
+    assert "(no index.json); running `tumorcam explain` first" in captured.err  # the maps are made first
+    assert (_index(run)["patients"], _index(run)["slices_per_patient"]) == (3, 2)
     assert (seen["patients"], seen["slices_per_patient"], seen["split"]) == (3, 2, "test")
     main(["evaluate", str(run), "--localization", "--device", "cpu"])
     assert seen["patients"] is None and seen["slices_per_patient"] is None

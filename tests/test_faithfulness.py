@@ -5,6 +5,7 @@ sparse system, bad options, and the run-folder wrapper's faithfulness.json."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,25 +19,15 @@ from torchvision.transforms.functional import gaussian_blur
 from tumorcam.config import Config, ModelConfig
 from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
-from tumorcam.evaluate.faithfulness import (
-    BASELINES,
-    GAME_SCORES,
-    ROAD_WEIGHTS,
-    PerturbationGame,
-    auc,
-    blur_images,
-    blur_kernel,
-    deletion_insertion,
-    evaluate_faithfulness,
-    rank_pixels,
-    reference_curves,
-    road_impute,
-    step_counts,
-    step_fractions,
-    target_score,
-)
+from tumorcam.evaluate.baselines import BASELINES, ROAD_WEIGHTS, blur_images, blur_kernel, road_impute
+from tumorcam.evaluate.faithfulness import evaluate_faithfulness, target_score
+from tumorcam.evaluate.game import GAME_SCORES, PerturbationGame, deletion_insertion
+from tumorcam.evaluate.ranking import auc, rank_pixels, step_counts, step_fractions
 from tumorcam.io import save_npz, write_json
-from tumorcam.model import GreyUnet, load_run_model, save_weights
+from tumorcam.model import GrayUnet, load_run_model, save_weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from seed_reference import reference_curves  # noqa: E402 - the seed's loop lives beside the benchmarks
 
 
 def small_net(seed: int = 0) -> nn.Module:
@@ -102,6 +93,27 @@ def test_batched_curves_equal_the_per_step_loop(baseline: str, score: str, sched
     assert not np.allclose(batched.deletion[finite, 0], batched.deletion[finite, -1])
     if score == "gt-region":  # the last mask is empty: no region, no curve
         assert np.isnan(batched.deletion[-1]).all() and finite[:-1].all()
+
+
+@pytest.mark.parametrize("baseline", BASELINES)
+@pytest.mark.parametrize("score", ["predicted-region", "dice"])
+def test_batched_curves_of_a_softmax_model_with_three_input_channels_equal_the_loop(baseline: str,
+                                                                                    score: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 3, padding=1)).eval()
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand((3, 3, 12, 12), generator=g)
+    maps = (torch.rand((3, 12, 12), generator=g) * 3).floor()
+    with torch.no_grad():  # center each class's logits so that every class wins somewhere
+        model[2].bias -= model(images).transpose(0, 1).flatten(1).median(dim=1).values
+        assert ((model(images).argmax(1) == 1).flatten(1).sum(1) > 0).all()
+    options = dict(steps=4, baseline=baseline, score=score, schedule="log", channel=1, seed=2, road_noise=0.0)
+    batched = deletion_insertion(model, images, maps, batch_size=5, **options)
+    loop = reference_curves(model, images, maps, **options)
+    np.testing.assert_allclose(batched.deletion, loop.deletion, atol=1e-5)
+    np.testing.assert_allclose(batched.insertion, loop.insertion, atol=1e-5)
+    channel_zero = deletion_insertion(model, images, maps, batch_size=5, **{**options, "channel": 0})
+    assert not np.allclose(channel_zero.deletion, batched.deletion, equal_nan=True)
 
 
 def test_one_step_game_scores_only_the_original_and_the_baseline() -> None:
@@ -216,7 +228,7 @@ def test_log_schedule_spreads_the_steps_over_decades_of_the_fraction() -> None:
     assert counts[:2] == [0, 50] and counts[-1] == 224 * 224  # round(50.176)
     assert step_counts(4, 32 * 32, "log") == [0, 1, 10, 102, 1024]
     assert step_counts(3, 10) == [0, 3, 7, 10]  # uniform: round(k P / K)
-    with pytest.raises(TumorcamError, match="--schedule: unknown schedule 'linear'"):
+    with pytest.raises(TumorcamError, match="schedule: unknown schedule 'linear'"):
         step_fractions(4, "linear")
 
 
@@ -301,11 +313,12 @@ def test_road_imputation_solves_roads_sparse_system() -> None:
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"steps": 0}, "--steps"),
-    ({"baseline": "gray"}, "--baselines"),
-    ({"score": "max"}, "--score"),
-    ({"score": "target"}, "--score: unknown score 'target' for one game"),
-    ({"schedule": "linear"}, "--schedule"),
+    ({"steps": 0}, "^steps: K must be an integer >= 1, got 0"),
+    ({"baseline": "gray"}, "^baseline: unknown baseline 'gray'"),
+    ({"score": "max"}, "^score: unknown score 'max'"),
+    ({"score": "target"}, "^score: unknown score 'target'"),
+    ({"schedule": "linear"}, "^schedule: unknown schedule 'linear'"),
+    ({"batch_size": 0}, "^batch_size: must be an integer >= 1"),
 ])
 def test_bad_options_fail_with_one_clear_message(options: dict, message: str) -> None:
     with pytest.raises(TumorcamError, match=message):
@@ -323,7 +336,7 @@ def make_run(root: Path, prepared: Path, size: int = 32, n: int = 4, with_maps: 
     config.evaluate.bootstrap = 200
     config.save(run / "config.json")
     torch.manual_seed(0)
-    save_weights(GreyUnet("resnet18", encoder_weights=None, classes=1), run / "unet_trained.pth")
+    save_weights(GrayUnet("resnet18", encoder_weights=None, classes=1), run / "unet_trained.pth")
     if with_maps:
         splits = json.loads((prepared / "splits.json").read_text())
         ids = np.array(splits["test"][:n], dtype=np.int64)
@@ -411,11 +424,16 @@ def test_evaluate_faithfulness_takes_the_options_and_maps_without_controls(tmp_p
     assert rows["gradcam"]["deletion"]["vs_random"]["family"] == "exploratory"  # no primary row: no zero baseline
 
 
-def test_evaluate_faithfulness_needs_maps_or_a_model(tmp_path: Path, blob_prepared: Path) -> None:
+def test_evaluate_faithfulness_needs_a_run_with_maps(tmp_path: Path, blob_prepared: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(TumorcamError, match="no maps .* and no trained model"):
+    with pytest.raises(TumorcamError, match=r"not a run folder \(no config.json\)"):
         evaluate_faithfulness(empty)
+    (tmp_path / "no-maps").mkdir()
+    no_maps = make_run(tmp_path / "no-maps", blob_prepared, with_maps=False)
+    with pytest.raises(TumorcamError, match=r"no maps in .*explanations \(no index.json\); run `tumorcam explain "):
+        evaluate_faithfulness(no_maps)
+    assert not (no_maps / "explanations").exists()  # nothing is made as a side effect of loading
     run = make_run(tmp_path, blob_prepared)
     with pytest.raises(TumorcamError, match="--baselines"):
         evaluate_faithfulness(run, baselines=["zero", "noise"])

@@ -75,7 +75,7 @@ def test_top_percent_iou_of_hand_made_maps() -> None:
     assert top_percent_iou(exact, masks[:1], 12.5).tolist() == [0.5]  # 2 pixels, both inside
     assert top_percent_iou(exact, masks[:1], 50.0).tolist() == [0.5]  # 8 pixels, 4 inside
     assert np.isnan(result[2])
-    with pytest.raises(TumorcamError, match="--top-percent"):
+    with pytest.raises(TumorcamError, match="^top_percent: must be in"):
         top_percent_iou(maps, masks, 0.0)
 
 
@@ -103,7 +103,7 @@ def add_mask_control(run: Path, prepared: Path) -> np.ndarray:
     return maps.astype(np.float64)
 
 
-def test_evaluate_localization_summarises_per_patient_against_random_and_mask(tmp_path: Path,
+def test_evaluate_localization_summarizes_per_patient_against_random_and_mask(tmp_path: Path,
                                                                              blob_prepared: Path) -> None:
     run = make_run(tmp_path, blob_prepared)
     add_mask_control(run, blob_prepared)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tumorcam.metrics import dice_iou, summarise
+from tumorcam.evaluate.metrics import dice_iou, summarize
 
 
 def _mask(pixels: list[tuple[int, int]], size: int = 4) -> torch.Tensor:
@@ -54,12 +54,12 @@ def test_dice_iou_rejects_shape_mismatch():
         dice_iou(torch.zeros(2, 4, 4), torch.zeros(2, 4, 5))
 
 
-def test_summarise_groups_by_class_and_patient():
+def test_summarize_groups_by_class_and_patient():
     dice = np.array([1.0, 0.0, 0.5, 0.9, 0.3])
     iou = np.array([1.0, 0.0, 0.25, 0.8, 0.2])
     labels = np.array([1, 1, 2, 3, 3], dtype=np.int8)
     pids = np.array(["A", "A", "B", "C", "D"])
-    s = summarise(dice, iou, labels, pids, n_resamples=200, seed=0)
+    s = summarize(dice, iou, labels, pids, n_resamples=200, seed=0)
 
     assert s["overall"]["n"] == 5
     assert s["overall"]["dice"]["mean"] == pytest.approx(2.7 / 5)

@@ -34,7 +34,7 @@ def full_run(tmp_path: Path, blob_prepared: Path) -> Path:
     return make_run(tmp_path / "run", blob_prepared)
 
 
-def grey(png: bytes | Path) -> np.ndarray:
+def gray(png: bytes | Path) -> np.ndarray:
     source = io.BytesIO(png) if isinstance(png, bytes) else png
     return np.asarray(Image.open(source).convert("L"), dtype=np.float32)
 
@@ -48,7 +48,7 @@ def test_every_figure_is_a_valid_non_blank_png_and_is_embedded(full_run: Path) -
     embedded = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(embedded) == len(FIGURES)
     for path in files.values():
-        pixels = grey(path)
+        pixels = gray(path)
         assert pixels.size > 0 and pixels.std() > 0, path
         assert base64.b64encode(path.read_bytes()).decode() in embedded
 

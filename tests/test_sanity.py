@@ -38,7 +38,7 @@ from tumorcam.evaluate.sanity import (
 )
 from tumorcam.explain import compute_maps
 from tumorcam.io import write_json
-from tumorcam.model import GreyUnet
+from tumorcam.model import GrayUnet
 from conftest import write_blob_prepared
 from test_faithfulness import make_run
 
@@ -93,7 +93,7 @@ def test_ssim_matches_the_formula_and_treats_flat_maps_like_spearman() -> None:
 
 
 def test_cascade_stages_run_from_the_output_down() -> None:
-    unet = GreyUnet("resnet18", encoder_weights=None, classes=1)
+    unet = GrayUnet("resnet18", encoder_weights=None, classes=1)
     assert cascade_stages(unet) == [
         "segmentation_head", "decoder.blocks.4", "decoder.blocks.3", "decoder.blocks.2", "decoder.blocks.1",
         "decoder.blocks.0", "encoder.layer4", "encoder.layer3", "encoder.layer2", "encoder.layer1",
@@ -149,14 +149,14 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, t
     data = load_prepared(write_blob_prepared(tmp_path_factory.mktemp("blobs"), n=48, size=32, seed=0))
     images, masks = data.tensors(np.arange(48))
     net = tiny_net()
-    optimiser = torch.optim.Adam(net.parameters(), 1e-2)
+    optimizer = torch.optim.Adam(net.parameters(), 1e-2)
     generator = torch.Generator().manual_seed(0)
     for _ in range(40):
         rows = torch.randint(0, 40, (16,), generator=generator)
         loss = F.binary_cross_entropy_with_logits(net(images[rows]), masks[rows])
-        optimiser.zero_grad()
+        optimizer.zero_grad()
         loss.backward()
-        optimiser.step()
+        optimizer.step()
     net.eval()
     with torch.no_grad():  # it learned: held-out Dice well above chance
         pred = net(images[40:]) > 0

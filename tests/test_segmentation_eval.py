@@ -18,7 +18,7 @@ from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
 from tumorcam.evaluate.segmentation import evaluate_segmentation
 from tumorcam.model import load_run_model
-from tumorcam.train import train
+from tumorcam.training import train
 
 
 @pytest.fixture(scope="module")

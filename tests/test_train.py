@@ -18,11 +18,11 @@ from conftest import write_blob_prepared
 from tumorcam.cli import main
 from tumorcam.config import Config, preset
 from tumorcam.errors import TumorcamError
-from tumorcam.model import GreyUnet, load_weights
-from tumorcam.train import epoch_lr, train
+from tumorcam.model import GrayUnet, load_weights
+from tumorcam.training.loop import epoch_lr, train
 from tumorcam.training.augment import augment
 from tumorcam.training.data import epoch_batches, steps_per_epoch
-from tumorcam.training.device import cpu_threads, resolve_device
+from tumorcam.device import cpu_threads, resolve_device
 
 
 def tiny_config(data: Path, **train_settings) -> Config:
@@ -74,7 +74,7 @@ def test_tiny_training_lowers_the_loss_and_writes_the_run_folder(trained):
 def test_checkpoints_round_trip_with_weights_only(trained):
     run, result = trained
     state = torch.load(run / "unet_trained.pth", map_location="cpu", weights_only=True)
-    model = GreyUnet("resnet18", encoder_weights=None, classes=1)
+    model = GrayUnet("resnet18", encoder_weights=None, classes=1)
     assert set(state) == set(model.state_dict())
     load_weights(model, run / "unet_trained.pth")
     for key, value in model.state_dict().items():
@@ -89,7 +89,7 @@ def test_checkpoints_round_trip_with_weights_only(trained):
     assert all(torch.equal(best[k], state[k]) for k in state) == (best_epoch == 3)
 
 
-def test_resume_continues_at_the_right_epoch_with_the_same_optimiser_state(blob_prepared, tmp_path):
+def test_resume_continues_at_the_right_epoch_with_the_same_optimizer_state(blob_prepared, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(tiny_config(blob_prepared, epochs=2, augment=True), straight)
     train(tiny_config(blob_prepared, epochs=1, augment=True), resumed)
@@ -241,7 +241,7 @@ def test_ddp_with_two_gloo_processes_on_cpu(blob_prepared, tmp_path):
 
 
 def test_resumed_adam_moments_take_their_parameters_memory_layout():
-    from tumorcam.train import _match_param_layout
+    from tumorcam.training.loop import _match_param_layout
 
     param = torch.nn.Parameter(torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last))
     optimizer = torch.optim.Adam([param])

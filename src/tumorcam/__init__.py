@@ -3,9 +3,15 @@
     import tumorcam
 
     maps = tumorcam.explain(model, images, channel=1)  # (B, *spatial) heatmaps in [0, 1]
+    result = tumorcam.faithfulness(model, images, maps, channel=1)  # Deletion/Insertion vs a random map
+    result.summary()["deletion"]["vs_random"]["verdict"]
+    tumorcam.localization(maps, masks)  # pointing game, energy, top-p% IoU vs a random map
+    tumorcam.sanity(model, images, channel=1).passes  # cascading randomization of the weights
 
-`tumorcam.explain` (the function and its package), `tumorcam.explain_components`, `tumorcam.METHODS`
-and `tumorcam.TARGETS` are imported on first use, so `import tumorcam` stays light.
+`tumorcam.explain` (the function and its package), `tumorcam.explain_components`, `tumorcam.METHODS`,
+`tumorcam.TARGETS`, `tumorcam.faithfulness` (with `FaithfulnessResult`), `tumorcam.localization`,
+`tumorcam.sanity` (with `SanityResult`) and `tumorcam.Run` (a run folder) are imported on first use,
+so `import tumorcam` stays light.
 """
 
 from __future__ import annotations
@@ -20,9 +26,16 @@ _EXPORTS = {
     "explain_components": "tumorcam.explain",
     "METHODS": "tumorcam.explain",
     "TARGETS": "tumorcam.explain",
+    "Run": "tumorcam.run_folder",
+    "faithfulness": "tumorcam.evaluate.faithfulness",
+    "FaithfulnessResult": "tumorcam.evaluate.faithfulness",
+    "localization": "tumorcam.evaluate.localization",
+    "sanity": "tumorcam.evaluate.sanity",
+    "SanityResult": "tumorcam.evaluate.sanity",
 }
 
-__all__ = ["METHODS", "TARGETS", "__version__", "explain", "explain_components"]
+__all__ = ["METHODS", "TARGETS", "FaithfulnessResult", "Run", "SanityResult", "__version__", "explain",
+           "explain_components", "faithfulness", "localization", "sanity"]
 
 
 def __getattr__(name: str) -> Any:

@@ -46,7 +46,7 @@ class TrainConfig:
     augment: bool = False
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # bf16 autocast on CUDA for training and segmentation inference; ignored on CPU
     channels_last: bool = True  # channels_last memory format on CUDA; ignored on CPU
     compile: bool = False  # torch.compile the training step's model
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
@@ -79,6 +79,7 @@ class ExplainConfig:
     layers: list[str] = field(default_factory=lambda: ["decoder.blocks.4"])
     batch_size: int = 32
     ig_steps: int = 32  # integrated gradients: points on the path from black to the slice
+    amp: bool = False  # bf16 autocast for maps and the perturbation game on CUDA (off: not shown to agree with fp32)
     seed: int = 0  # the random-map baseline: each slice's noise is seeded by (seed, file id)
 
     CHECKS: ClassVar[dict[str, Check]] = {

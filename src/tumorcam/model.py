@@ -1,6 +1,6 @@
 """The segmentation network: smp's U-Net with a ResNet34 encoder, fed grey slices in [0, 1].
 
-`GreyUnet` is `segmentation_models_pytorch.Unet` with the seed's input handling folded into
+`GrayUnet` is `segmentation_models_pytorch.Unet` with the seed's input handling folded into
 `forward`: a grey slice (B,1,H,W) in [0, 1] is repeated to 3 channels and normalised with the
 ImageNet mean and std. Module names stay smp's (`encoder.layer4`, `decoder.blocks.4`, ...) and the
 state_dict is a plain smp U-Net state_dict, so perturbations (Deletion/Insertion baselines) and
@@ -9,6 +9,7 @@ explanations work in image space, where 0 is black.
 
 from __future__ import annotations
 
+import re
 import urllib.error
 from pathlib import Path
 
@@ -23,9 +24,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_FILE = "unet_trained.pth"
 BEST_WEIGHTS_FILE = "unet_best.pth"
+CHECKPOINTS = {"last": WEIGHTS_FILE, "best": BEST_WEIGHTS_FILE}
 
 
-class GreyUnet(smp.Unet):
+class GrayUnet(smp.Unet):
     """smp U-Net whose input is a grey slice in [0, 1]: x -> (repeat(x, 3) - mean) / std -> U-Net."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -39,28 +41,28 @@ class GreyUnet(smp.Unet):
         return super().forward((x - self.pixel_mean) / self.pixel_std)
 
 
-def build_model(cfg: ModelConfig) -> GreyUnet:
+def build_model(cfg: ModelConfig) -> GrayUnet:
     """A fresh U-Net; encoder weights from ImageNet (smp's loader), none, or a local file."""
     if cfg.architecture != "Unet":
         raise TumorcamError(f"model.architecture: only Unet is supported, got {cfg.architecture!r}")
     weights = cfg.encoder_weights
     if weights in ("none", "", None):
-        return GreyUnet(cfg.encoder, encoder_weights=None, classes=cfg.classes)
+        return GrayUnet(cfg.encoder, encoder_weights=None, classes=cfg.classes)
     if weights == "imagenet":
         try:
-            return GreyUnet(cfg.encoder, encoder_weights="imagenet", classes=cfg.classes)
+            return GrayUnet(cfg.encoder, encoder_weights="imagenet", classes=cfg.classes)
         except (urllib.error.URLError, OSError, RuntimeError, ValueError) as exc:
             raise TumorcamError(
                 f"--encoder-weights imagenet: could not load ImageNet weights for {cfg.encoder} "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); offline, use "
                 "--encoder-weights none, or --encoder-weights PATH with a local encoder state_dict or safetensors file"
             ) from None
-    model = GreyUnet(cfg.encoder, encoder_weights=None, classes=cfg.classes)
+    model = GrayUnet(cfg.encoder, encoder_weights=None, classes=cfg.classes)
     _load_encoder_file(model, Path(weights))
     return model
 
 
-def _load_encoder_file(model: GreyUnet, path: Path) -> None:
+def _load_encoder_file(model: GrayUnet, path: Path) -> None:
     state = read_state_dict(path, option="--encoder-weights")
     state = {k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = model.encoder.load_state_dict(state, strict=False)
@@ -80,6 +82,10 @@ def read_state_dict(path: Path, option: str = "checkpoint") -> dict[str, torch.T
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read is a bad file
+        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if pickled:
+            raise TumorcamError(f"{option} {path}: holds a pickled {pickled.group(1)}, which torch.load(weights_only="
+                                "True) refuses; save model.state_dict() with torch.save, or a .safetensors file") from None
         raise TumorcamError(f"{option} {path}: not a readable weights file ({type(exc).__name__})") from None
     if not isinstance(state, dict):
         raise TumorcamError(f"{option} {path}: holds a {type(state).__name__}, not a state_dict")
@@ -111,15 +117,18 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def load_run_model(run: str | Path, which: str = "last", device: str | torch.device = "cpu") -> tuple[GreyUnet, Config]:
-    """The trained model of a run folder (`last`: unet_trained.pth, `best`: unet_best.pth), in eval mode."""
+def load_run_model(run: str | Path, which: str = "last", device: str | torch.device = "cpu", *,
+                   config: Config | None = None) -> tuple[GrayUnet, Config]:
+    """The trained model of a run folder (`last`: unet_trained.pth, `best`: unet_best.pth), in eval mode;
+    `config` is the run's when the caller has read it already (`tumorcam.Run.model`)."""
     run = Path(run)
-    if not (run / "config.json").is_file():
-        raise TumorcamError(f"{run}: not a run folder (no config.json); train one with `tumorcam train`")
-    config = Config.load(run / "config.json")
-    name = {"last": WEIGHTS_FILE, "best": BEST_WEIGHTS_FILE}[which]
+    if config is None:
+        from tumorcam.run_folder import Run
+
+        config = Run.open(run).config
+    name = CHECKPOINTS[which]
     if not (run / name).is_file():
         raise TumorcamError(f"{run}: no trained model ({name} missing); run `tumorcam train` first")
-    model = GreyUnet(config.model.encoder, encoder_weights=None, classes=config.model.classes)
+    model = GrayUnet(config.model.encoder, encoder_weights=None, classes=config.model.classes)
     load_weights(model, run / name)
     return model.to(device).eval(), config

@@ -228,7 +228,6 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
 
     train_stamp = stamp("train", {"model": _settings(cfg.model), "train": _settings(cfg.train)}, data_stamp)
     stages.append(_train_stage(out, cfg, train_stamp))
-    device = cfg.train.device
     explain_settings = _settings(cfg.explain)
     evaluate_settings = _settings(cfg.evaluate)
 
@@ -257,7 +256,7 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
     explain_stamp = stamp("explain", explain_settings, train_stamp)
     stages += [
         Stage("segmentation", ("metrics.json",), stamp("segmentation", {"split": cfg.evaluate.split}, train_stamp),
-              current_config(lambda: _evaluate_segmentation(out, cfg.evaluate.split, device))),
+              current_config(lambda: _evaluate_segmentation(out, cfg.evaluate.split))),
         Stage("explain", ("explanations",), explain_stamp, explain(False)),
         Stage("explain-untrained", ("explanations/index.json",), stamp("explain-untrained", untrained_methods, explain_stamp),
               explain(True), clean=()),  # adds its entries to the index of the trained model's maps
@@ -272,7 +271,7 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
 
 
 def _train_stage(out: Path, cfg: Config, train_stamp: str) -> Stage:
-    from tumorcam.train import train
+    from tumorcam.training import train
 
     def resume() -> None:
         if not (out / "train_state.pth").is_file():
@@ -303,10 +302,10 @@ def _evaluate_on_val_without_test(cfg: Config, log: Callable[[str], None]) -> No
         cfg.explain.split = cfg.evaluate.split = "val"
 
 
-def _evaluate_segmentation(out: Path, split: str, device: str) -> None:
+def _evaluate_segmentation(out: Path, split: str) -> None:
     from tumorcam.evaluate.segmentation import evaluate_segmentation
 
-    evaluate_segmentation(out, split=split, device=None if device == "auto" else device)
+    evaluate_segmentation(out, split=split)
 
 
 def _report(out: Path) -> None:

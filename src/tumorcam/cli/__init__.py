@@ -45,7 +45,7 @@ def _set_cpu_threads() -> None:
     """CPU work of every command uses the threads training would (fewer than the cores when they are busy)."""
     import torch
 
-    from tumorcam.training.device import cpu_threads
+    from tumorcam.device import cpu_threads
 
     torch.set_num_threads(cpu_threads(0))
 

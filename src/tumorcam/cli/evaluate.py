@@ -1,16 +1,21 @@
 """`tumorcam evaluate RUN [--segmentation] ...`: each flag runs one evaluation stage's API.
 
 A stage is one entry of `STAGES` (flag name -> function(run, data, split, options) -> summary
-line). With no stage flag, every stage runs.
+line). With no stage flag, every stage runs. Before the stages that read RUN/explanations
+(`MAP_STAGES`), maps that are missing or do not fit (`tumorcam.evaluate.inputs.check_maps`: another
+split, other slices, other weights) are made first by the explain step, with a note.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from tumorcam.run_folder import Run
 
 
 def _segmentation(run: Path, data: Optional[Path], split: str, options: dict[str, Any]) -> str:
@@ -85,6 +90,7 @@ STAGES: dict[str, Callable[[Path, Optional[Path], str, dict[str, Any]], str]] = 
     "localization": _localization,
     "sanity": _sanity,
 }
+MAP_STAGES = ("faithfulness", "localization", "sanity")
 
 
 def evaluate_command(
@@ -106,27 +112,35 @@ def evaluate_command(
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared folder (default: the one the run trained on)."),
     split: Optional[str] = typer.Option(None, "--split", help="test, val, train or all (default: the run's config.evaluate.split)."),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last (unet_trained.pth) or best (unet_best.pth)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default auto)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default: the run's "
+                                         "config.train.device)."),
 ) -> None:
     """Evaluate a trained run: the chosen stages, or all of them when none is chosen."""
-    from tumorcam.training.device import resolve_device
+    from tumorcam.run_folder import Run
 
     chosen = {"segmentation": segmentation, "faithfulness": faithfulness, "localization": localization, "sanity": sanity}
     names = [name for name, on in chosen.items() if on] or list(STAGES)
-    options = {"checkpoint": checkpoint, "device": resolve_device(device or "auto"), "steps": steps,
+    folder = Run.open(run, device=device)
+    options = {"checkpoint": checkpoint, "device": device, "steps": steps,
                "baselines": [b.strip() for b in baselines.split(",") if b.strip()] if baselines is not None else None,
                "score": score, "schedule": schedule, "top_percent": top_percent, "batch_size": batch_size,
                "patients": patients, "slices_per_patient": slices_per_patient}
-    split = split or _configured_split(run)
+    split = split or folder.config.evaluate.split
+    if any(name in MAP_STAGES for name in names):
+        _explain_first(folder, data, split, patients, slices_per_patient)
     for name in names:
         typer.echo(STAGES[name](run, data, split, options))
 
 
-def _configured_split(run: Path) -> str:
-    """The split the run's config evaluates (`test`, or `val` for data without a test split)."""
-    from tumorcam.config import Config
+def _explain_first(run: Run, data: Optional[Path], split: str, patients: Optional[int],
+                   slices_per_patient: Optional[int]) -> None:
+    """Run the explain step when RUN/explanations is missing or does not fit the evaluation."""
+    from tumorcam.evaluate.inputs import check_maps, explain_again
 
-    return Config.load(run / "config.json").evaluate.split if (run / "config.json").is_file() else "test"
+    check = check_maps(run, data=data, split=split, patients=patients, slices_per_patient=slices_per_patient)
+    if check.reason is not None:
+        typer.echo(f"note: {check.reason}; running `tumorcam explain` first", err=True)
+        explain_again(run, check, data=data)
 
 
 def register(app: typer.Typer) -> None:

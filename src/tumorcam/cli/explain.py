@@ -1,4 +1,6 @@
-"""`tumorcam explain RUN`: heatmaps of the run's model (see `tumorcam.explain.run`), or of one `--image`."""
+"""`tumorcam explain`: heatmaps of a run's model (`RUN`, see `tumorcam.explain.run`; `RUN --image FILE`
+for one slice), or of your own network (`--image FILE --model MODULE:FACTORY --out DIR`, see
+`tumorcam.explain.image.explain_files` and `tumorcam.user_model`)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,26 @@ def _first(value: Optional[str]) -> Optional[str]:
     return names[0] if names else None
 
 
+def _one(option: str, value: Optional[str], default: Optional[str]) -> Optional[str]:
+    """--model explains one method, target and layer: the value given, else `default`."""
+    from tumorcam.errors import TumorcamError
+
+    names = _names(value)
+    if names is not None and len(names) > 1:
+        raise TumorcamError(f"{option} {value}: one value with --model (run the command once per value)")
+    return names[0] if names else default
+
+
+def _output(value: Optional[str]) -> int | str | None:
+    """--output: an index of a tuple/list output when it is an integer, else a dict key."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
 def _ids(value: Optional[str]) -> Optional[list[int]]:
     from tumorcam.errors import TumorcamError
 
@@ -33,7 +55,8 @@ def _ids(value: Optional[str]) -> Optional[list[int]]:
 
 
 def explain_command(
-    run: Path = typer.Argument(..., help="Run folder (config.json and unet_trained.pth)."),
+    run: Optional[Path] = typer.Argument(None, help="Run folder (config.json and unet_trained.pth); "
+                                         "not with --model."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared folder; default: the run's config.data."),
     split: Optional[str] = typer.Option(None, "--split", help="test, val, train or all (default: config.explain.split)."),
     patients: Optional[int] = typer.Option(None, "--patients", help="A seeded sample of N patients of the split, "
@@ -43,38 +66,104 @@ def explain_command(
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N slices in all, after the patient sample "
                                         "(default: config.explain.limit)."),
     ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated file ids of the split, not a sample."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="gradcam, gradcam++, hirescam, layercam, saliency, "
-                                          "integrated-gradients; controls random, predicted-mask, "
+    methods: Optional[str] = typer.Option(None, "--methods", "--method", help="gradcam, gradcam++, hirescam, "
+                                          "layercam, saliency, integrated-gradients; controls random, predicted-mask, "
                                           "predicted-probability, dilated-mask, edges (comma-separated)."),
-    targets: Optional[str] = typer.Option(None, "--targets", help="mean-logits, predicted-region, gt-region (comma-separated)."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Module paths, e.g. decoder.blocks.4,encoder.layer4."),
+    targets: Optional[str] = typer.Option(None, "--targets", "--target", help="mean-logits, predicted-region, "
+                                          "gt-region (comma-separated; --model: one, default predicted-region, "
+                                          "also boundary; none that needs a mask)."),
+    layers: Optional[str] = typer.Option(None, "--layers", "--layer", help="Module paths, e.g. "
+                                         "decoder.blocks.4,encoder.layer4 (--model: one; default: the last "
+                                         "convolution block before the head)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Slices per forward/backward."),
     untrained: bool = typer.Option(False, "--untrained", help="Explain the network before fine-tuning (seeded build)."),
-    image: Optional[Path] = typer.Option(None, "--image", help="One slice: PNG/JPEG, or DICOM/NIfTI with the medical extra."),
-    out: Optional[Path] = typer.Option(None, "--out", help="With --image: the overlay PNG (default RUN/explanations/NAME.png)."),
+    image: Optional[list[Path]] = typer.Option(None, "--image", help="A slice: PNG/JPEG, or DICOM/NIfTI with "
+                                               "the medical extra (repeat for several with --model)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With RUN --image: the overlay PNG (default "
+                                       "RUN/explanations/NAME.png). With --model: the folder for NAME.npy and "
+                                       "NAME.png."),
+    model: Optional[str] = typer.Option(None, "--model", help="Your own network: MODULE:FACTORY, a function "
+                                        "returning an nn.Module (MODULE is found in the current directory too)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="With --model: a state_dict (.pth/.pt read with "
+                                           "torch.load(weights_only=True), or .safetensors)."),
+    channel: int = typer.Option(0, "--channel", help="With --model: the explained class of a multi-class network."),
+    output: Optional[str] = typer.Option(None, "--output", help="With --model: the logits of a tuple/list (an index) "
+                                         "or dict (a key) output."),
+    imagenet: bool = typer.Option(False, "--imagenet", help="With --model: normalise the 3 input channels with "
+                                  "ImageNet's mean and std (default: the slice in [0, 1])."),
+    device: str = typer.Option("auto", "--device", help="With --model: auto, cpu, cuda or cuda:N."),
 ) -> None:
-    """Heatmaps for the chosen methods, targets and layers, plus Grad-CAM x GT, in RUN/explanations/."""
-    import json
-
+    """Heatmaps for the chosen methods, targets and layers, plus Grad-CAM x GT, in RUN/explanations/;
+    or, with --model, heatmaps of your own network for each --image, in --out."""
     from tumorcam.errors import TumorcamError
 
-    if image is not None:
+    if model is not None:
+        run_only = {"--data": data, "--split": split, "--patients": patients,
+                    "--slices-per-patient": slices_per_patient, "--limit": limit, "--ids": ids,
+                    "--batch-size": batch_size, "--untrained": untrained or None}
+        for option, value in run_only.items():
+            if value is not None:
+                raise TumorcamError(f"{option}: only with RUN, not with --model")
+        _explain_own_model(run, image, out, model, weights, methods, targets, layers, channel, output, imagenet,
+                           device)
+        return
+    for option, given in (("--weights", weights is not None), ("--channel", channel != 0),
+                          ("--output", output is not None), ("--imagenet", imagenet), ("--device", device != "auto")):
+        if given:
+            raise TumorcamError(f"{option}: only with --model MODULE:FACTORY")
+    if run is None:
+        raise TumorcamError("RUN: give a run folder, or --image FILE --model MODULE:FACTORY --out DIR")
+    if image:
         from tumorcam.explain.image import explain_image
 
-        path = explain_image(run, image, out=out, method=_first(methods), target=_first(targets),
-                             layer=_first(layers), untrained=untrained)
-        typer.echo(f"wrote {path}")
+        if len(image) > 1 and out is not None:
+            raise TumorcamError("--out: one overlay PNG for one --image; leave it out for several")
+        for path in image:
+            written = explain_image(run, path, out=out, method=_first(methods), target=_first(targets),
+                                    layer=_first(layers), untrained=untrained)
+            typer.echo(f"wrote {written}")
         return
     if out is not None:
         raise TumorcamError("--out: only with --image (maps go to RUN/explanations/)")
-    from tumorcam.explain.run import INDEX_FILE, explain_run
+    from tumorcam.explain.index import read_index
+    from tumorcam.explain.run import explain_run
 
     folder = explain_run(run, data=data, split=split, limit=limit, ids=_ids(ids), methods=_names(methods),
                          targets=_names(targets), layers=_names(layers), batch_size=batch_size, untrained=untrained,
                          patients=patients, slices_per_patient=slices_per_patient)
-    index = json.loads((folder / INDEX_FILE).read_text())
-    typer.echo(f"{len(index['entries'])} map file(s) of {index['n_slices']} slice(s) from {index['n_patients']} "
-               f"patient(s) of the {index['split']} split at {index['size']}px, listed in {folder / INDEX_FILE}")
+    index = read_index(folder)
+    typer.echo(f"{len(index.entries)} map file(s) of {index.header['n_slices']} slice(s) from "
+               f"{index.header['n_patients']} patient(s) of the {index.split} split at {index.size}px, "
+               f"listed in {index.path}")
+
+
+def _explain_own_model(run: Optional[Path], images: Optional[list[Path]], out: Optional[Path], spec: str,
+                       weights: Optional[Path], methods: Optional[str], targets: Optional[str],
+                       layers: Optional[str], channel: int, output: Optional[str], imagenet: bool,
+                       device: str) -> None:
+    """`tumorcam explain --image FILE... --model MODULE:FACTORY --out DIR`: one map and overlay per image."""
+    from tumorcam.device import resolve_device
+    from tumorcam.errors import TumorcamError
+    from tumorcam.explain.image import explain_files
+    from tumorcam.user_model import load_user_model
+
+    if run is not None:
+        raise TumorcamError(f"--model: explains your own network, not the run {run}; give RUN or --model")
+    if not images:
+        raise TumorcamError("--image: --model needs at least one --image FILE")
+    if out is None:
+        raise TumorcamError("--out: --model needs a folder for the maps, e.g. --out maps")
+    method = _one("--method", methods, "gradcam")
+    target = _one("--target", targets, "predicted-region")
+    layer = _one("--layer", layers, None)
+    network = load_user_model(spec, weights)
+    written = explain_files(network, images, out, model_name=f"--model {spec}", method=method, target=target,
+                            layer=layer, channel=channel, output=_output(output), imagenet=imagenet,
+                            device=resolve_device(device))
+    typer.echo(f"{method} of {target}, channel {channel}, at layer {written.layer} of {type(network).__name__} "
+               f"({written.channels} input channel(s))")
+    for npy, png in written.files:
+        typer.echo(f"wrote {npy} and {png}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""`tumorcam train --data DIR --out RUN`: fine-tune the U-Net (see `tumorcam.train`)."""
+"""`tumorcam train --data DIR --out RUN`: fine-tune the U-Net (see `tumorcam.training.train`)."""
 
 from __future__ import annotations
 
@@ -34,12 +34,13 @@ def train_command(
 
     Several GPUs: torchrun --standalone --nproc_per_node=N --no-python tumorcam train ...
     """
-    from tumorcam.config import Config, preset as preset_config
+    from tumorcam.config import preset as preset_config
     from tumorcam.errors import TumorcamError
-    from tumorcam.train import train
+    from tumorcam.run_folder import CONFIG_FILE, Run
+    from tumorcam.training import train
 
-    if resume and preset is None and (out / "config.json").is_file():
-        config = Config.load(out / "config.json")
+    if resume and preset is None and (out / CONFIG_FILE).is_file():
+        config = Run.open(out).config
     else:
         config = preset_config(preset or "paper")
     if data is not None:

@@ -37,7 +37,7 @@ BORDER_POINTS = 24
 FOLDS = 5
 
 # Tissue intensities before bias field and noise (tumours are clearly brighter than any tissue).
-SCALP, BONE, MARROW, CSF, GREY, WHITE = 0.72, 0.06, 0.22, 0.10, 0.40, 0.62
+SCALP, BONE, MARROW, CSF, GRAY, WHITE = 0.72, 0.06, 0.22, 0.10, 0.40, 0.62
 ENHANCING, NECROSIS, OEDEMA_FACTOR = 1.0, 0.20, 0.72
 
 
@@ -53,7 +53,7 @@ class Head:
 
 
 @dataclass(frozen=True)
-class Tumour:
+class Tumor:
     """Patient tumour: class, centre in head coordinates (u, v in [-1, 1]), radius in pixels, shape harmonics."""
 
     label: int
@@ -81,12 +81,12 @@ def write_synthetic(out: str | os.PathLike, patients: int = 60, slices_per_patie
         for patient in range(patients):
             rng = np.random.default_rng([seed, patient])
             head = _random_head(rng)
-            tumour = _random_tumour(rng, label=label_of_patient(patient))
+            tumor = _random_tumor(rng, label=label_of_patient(patient))
             pid = f"SYN{seed:03d}{patient:04d}"
             for z in np.linspace(-1.0, 1.0, slices_per_patient) if slices_per_patient > 1 else [0.0]:
                 file_id += 1
-                image, mask = render_slice(head, tumour, float(z), np.random.default_rng([seed, patient, file_id]))
-                write_figshare_mat(tmp / f"{file_id}.mat", image=image, mask=mask, label=tumour.label, pid=pid, border=mask_border(mask))
+                image, mask = render_slice(head, tumor, float(z), np.random.default_rng([seed, patient, file_id]))
+                write_figshare_mat(tmp / f"{file_id}.mat", image=image, mask=mask, label=tumor.label, pid=pid, border=mask_border(mask))
                 file_folds.append(folds[patient])
         write_cvind(tmp / "cvind.mat", np.array(file_folds, dtype=np.float64))
         write_text(
@@ -124,15 +124,15 @@ def _random_head(rng: np.random.Generator) -> Head:
     )
 
 
-def _random_tumour(rng: np.random.Generator, label: int) -> Tumour:
+def _random_tumor(rng: np.random.Generator, label: int) -> Tumor:
     if label == 1:  # meningioma: on the dura, round, homogeneous
         theta = rng.uniform(0, 2 * np.pi)
-        return Tumour(label, np.cos(theta), np.sin(theta), rng.uniform(15, 26), _harmonics(rng, 3, 0.06))
+        return Tumor(label, np.cos(theta), np.sin(theta), rng.uniform(15, 26), _harmonics(rng, 3, 0.06))
     if label == 2:  # glioma: in the hemispheres, irregular
         theta, rho = rng.uniform(0, 2 * np.pi), rng.uniform(0.25, 0.55)
-        return Tumour(label, rho * np.cos(theta), rho * np.sin(theta), rng.uniform(16, 28), _harmonics(rng, 5, 0.14))
+        return Tumor(label, rho * np.cos(theta), rho * np.sin(theta), rng.uniform(16, 28), _harmonics(rng, 5, 0.14))
     # pituitary: small, midline, sellar (anterior to the centre in display orientation)
-    return Tumour(label, rng.uniform(-0.02, 0.02), rng.uniform(-0.40, -0.32), rng.uniform(9, 13), _harmonics(rng, 2, 0.05))
+    return Tumor(label, rng.uniform(-0.02, 0.02), rng.uniform(-0.40, -0.32), rng.uniform(9, 13), _harmonics(rng, 2, 0.05))
 
 
 def _harmonics(rng: np.random.Generator, n: int, amplitude: float) -> np.ndarray:
@@ -145,7 +145,7 @@ def _smooth_noise(rng: np.random.Generator, sigma: float) -> np.ndarray:
     return field / field.std()
 
 
-def render_slice(head: Head, tumour: Tumour, z: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render_slice(head: Head, tumor: Tumor, z: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One slice at height `z` in [-1, 1] through the patient: (image int16, tumour mask bool)."""
     yy, xx = np.mgrid[:SIZE, :SIZE].astype(np.float64)
     cos, sin = np.cos(head.angle), np.sin(head.angle)
@@ -165,7 +165,7 @@ def render_slice(head: Head, tumour: Tumour, z: float, rng: np.random.Generator)
     image[intracranial] = CSF
     brain_depth = depth - 14.5 - 1.2 * coarse
     brain = brain_depth > 0
-    image[brain] = GREY * (1 + 0.05 * texture[brain])
+    image[brain] = GRAY * (1 + 0.05 * texture[brain])
     white = brain_depth > 5 + 2.5 * fine
     image[white] = WHITE * (1 + 0.04 * texture[white])
     sulci = brain & ~white & (np.abs(fine) < 0.12)
@@ -181,7 +181,7 @@ def render_slice(head: Head, tumour: Tumour, z: float, rng: np.random.Generator)
         rv = (-vx * np.sin(a) + vy * np.cos(a)) / (22 * ventricle_scale)
         image[brain & (ru**2 + rv**2 + 0.15 * fine < 1)] = CSF + 0.02
 
-    mask = _add_tumour(image, tumour, head, shrink, z, intracranial, texture, rng)
+    mask = _add_tumor(image, tumor, head, shrink, z, intracranial, texture, rng)
     image = ndimage.gaussian_filter(image, 0.6)  # partial-volume blur
     image *= _bias_field(rng, xx, yy)
     scale = rng.uniform(700, 1100)
@@ -191,9 +191,9 @@ def render_slice(head: Head, tumour: Tumour, z: float, rng: np.random.Generator)
     return np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16), mask
 
 
-def _add_tumour(
+def _add_tumor(
     image: np.ndarray,
-    tumour: Tumour,
+    tumor: Tumor,
     head: Head,
     shrink: float,
     z: float,
@@ -203,23 +203,23 @@ def _add_tumour(
 ) -> np.ndarray:
     """Paint the tumour into `image` in place; return its mask."""
     cos, sin = np.cos(head.angle), np.sin(head.angle)
-    rho_scale = 0.86 if tumour.label == 1 else 1.0  # meningioma centre sits on the dura
-    du, dv = tumour.u * rho_scale * head.rx * shrink, tumour.v * rho_scale * head.ry * shrink
+    rho_scale = 0.86 if tumor.label == 1 else 1.0  # meningioma centre sits on the dura
+    du, dv = tumor.u * rho_scale * head.rx * shrink, tumor.v * rho_scale * head.ry * shrink
     cx = head.cx + du * cos - dv * sin
     cy = head.cy + du * sin + dv * cos
-    radius = tumour.radius * np.sqrt(1 - 0.55 * z**2)  # cross-section of a ball, never vanishing
+    radius = tumor.radius * np.sqrt(1 - 0.55 * z**2)  # cross-section of a ball, never vanishing
     yy, xx = np.mgrid[:SIZE, :SIZE].astype(np.float64)
     theta = np.arctan2(yy - cy, xx - cx)
-    wobble = 1 + sum(a * np.cos((k + 1) * theta + p) for k, (a, p) in enumerate(tumour.harmonics))
+    wobble = 1 + sum(a * np.cos((k + 1) * theta + p) for k, (a, p) in enumerate(tumor.harmonics))
     r = np.hypot(yy - cy, xx - cx) / (radius * wobble)  # < 1 inside the tumour
-    if tumour.label == 1:
+    if tumor.label == 1:
         mask = (r < 1) & intracranial
         cleft = (r < 1.12) & ~mask & intracranial
         image[cleft] = CSF + 0.05
         image[mask] = ENHANCING * (1 + 0.04 * texture[mask])
-    elif tumour.label == 2:
+    elif tumor.label == 2:
         mask = r < 1
-        halo = (r < 1.7 + 0.2 * texture) & ~mask & (image > GREY * 0.8)
+        halo = (r < 1.7 + 0.2 * texture) & ~mask & (image > GRAY * 0.8)
         image[halo] *= OEDEMA_FACTOR
         core = r < 0.62 + 0.08 * texture
         image[mask] = ENHANCING * (1 + 0.08 * texture[mask])

@@ -1,23 +1,18 @@
-"""What the explanation checks read from a run: the maps of RUN/explanations, the slices they
-explain (images, masks and patient ids from the prepared data, matched by file id), and the model;
-the summaries the checks write are built by `tumorcam.evaluate.summary`.
+"""What the explanation checks read from a run: the maps of RUN/explanations (`Run.explanations`,
+entries of `tumorcam.explain.index`), the slices they explain (images, masks and patient ids from
+the prepared data, matched by file id), and the model; the summaries the checks write are built by
+`tumorcam.evaluate.summary`.
 
-`RUN/explanations/index.json` (written by `tumorcam.explain.run.explain_run`) = {"split", "size",
-"weights_sha256", "patients", "slices_per_patient", ..., "entries": [{"file", "method", "target",
-"layer", "model": "trained"|"untrained", "times_gt", "control", "weights_sha256"}]}; each entry's
-`.npz` holds `maps` (N,S,S) and `file_ids` (N,).
-
-`load_inputs` first makes the maps fit the request (`ensure_maps`): it explains the run when there
-are no maps, and again, with a note on stderr, when they are of another split, of other slices than
-`patients`/`slices_per_patient` ask for, or of other weights than the run's now (a model kind whose
-entries' `weights_sha256` differs). Remaking needs the trained model; a run without one gets one
-clear error instead. Maps that carry no weights hash (hand-made, or from before hashes) are taken
-as they are, with a note.
+`load_inputs` reads the maps as they are and never makes them. Maps that do not fit the request
+(`check_maps`: no maps, maps of another split, of other slices than `patients`/`slices_per_patient`
+select, or of other weights than the run's now, per model kind by `weights_sha256`) are one error
+that names the `tumorcam explain` command to run. `tumorcam evaluate` runs that step itself first
+(`explain_again`). Maps that carry no weights hash (hand-made, or from before hashes) are taken as
+they are, with a note.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,44 +22,19 @@ import numpy as np
 import torch
 
 from tumorcam.config import Config
-from tumorcam.data.arrays import PreparedData, load_prepared
 from tumorcam.errors import TumorcamError
-from tumorcam.io import write_json
-from tumorcam.model import WEIGHTS_FILE, load_run_model
+from tumorcam.explain.index import INDEX_FILE, Entry, write_index
+from tumorcam.model import WEIGHTS_FILE
+from tumorcam.run_folder import Run, as_run
 
 RANDOM = "random"
-
-
-@dataclass
-class MapEntry:
-    """One set of maps (N,S,S) float32 of one method, target and layer, aligned to the run's file ids."""
-
-    method: str
-    target: str
-    layer: str
-    model: str
-    times_gt: bool
-    maps: np.ndarray
-    file: str = ""
-    generated: bool = False  # a random map made here because the explanations had none
-    control: bool = False  # a control map (random, predicted mask, ...), not an explanation
-
-    @property
-    def key(self) -> tuple[str, str, str, str, bool]:
-        return (self.method, self.target, self.layer, self.model, self.times_gt)
-
-    def describe(self) -> dict[str, Any]:
-        out = {"method": self.method, "target": self.target, "layer": self.layer, "model": self.model,
-               "times_gt": self.times_gt, "control": self.control, "file": self.file}
-        if self.generated:
-            out["generated"] = True
-        return out
+SAMPLE_RECORD = ("selection", "patients", "slices_per_patient", "limit", "seed")
 
 
 @dataclass
 class RunInputs:
     """The maps of a run with the slices they explain: images and masks (N,1,S,S) on `device`;
-    `patient_ids` (N,) str aligned with `file_ids`."""
+    `patient_ids` (N,) str aligned with `file_ids`; `entries` hold maps (N,S,S) in that order."""
 
     run: Path
     config: Config
@@ -75,216 +45,189 @@ class RunInputs:
     images: torch.Tensor
     masks: torch.Tensor
     labels: np.ndarray
-    entries: list[MapEntry]
+    entries: list[Entry]
     device: torch.device
     model: torch.nn.Module | None = field(default=None)
 
 
-def _device(name: str | torch.device | None, config: Config) -> torch.device:
-    from tumorcam.training.device import resolve_device
+@dataclass
+class MapsCheck:
+    """Whether RUN/explanations fits a request. `reason` says why not (None: it fits) and `message`
+    is the error for it; `remake` holds the `explain_run` calls that make the maps fit (one per model
+    kind) and `record` the sample's settings to keep when the same slices are explained again.
+    `unhashed`: map files that record no weights hash."""
 
-    if isinstance(name, torch.device):
-        return name
-    return resolve_device(name or config.train.device)
+    reason: str | None = None
+    message: str = ""
+    remake: list[dict[str, Any]] = field(default_factory=list)
+    record: dict[str, Any] | None = None
+    unhashed: list[str] = field(default_factory=list)
 
 
 def _note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
 
 
-def _prepared(run: Path, config: Config, data: str | Path | None) -> PreparedData:
-    data_dir = data or config.data
-    if not data_dir:
-        raise TumorcamError(f"--data: {run}/config.json names no prepared folder; pass --data DIR")
-    return load_prepared(data_dir)
-
-
-def load_inputs(run: str | Path, data: str | Path | None = None, split: str | None = None,
+def load_inputs(run: str | Path | Run, data: str | Path | None = None, split: str | None = None,
                 device: str | torch.device | None = None, with_model: bool = True,
                 patients: int | None = None, slices_per_patient: int | None = None) -> RunInputs:
-    """Read RUN/explanations (made or remade first by `ensure_maps`), the matching slices of the
-    prepared data (`data`, default the run's config.data) and, if `with_model`, the trained model."""
-    run = Path(run)
-    ensure_maps(run, data=data, split=split, patients=patients, slices_per_patient=slices_per_patient)
-    index_path = run / "explanations" / "index.json"
-    config = Config.load(run / "config.json")
-    index = _read_index(index_path)
-    entries, file_ids = _read_entries(index_path.parent, index)
-    prepared = _prepared(run, config, data)
+    """Read RUN/explanations (an error when `check_maps` finds they do not fit), the matching slices
+    of the prepared data (`data`, default the run's config.data) and, if `with_model`, the trained
+    model; all on `device` (default the run's, config.train.device)."""
+    run = as_run(run, device)
+    check = check_maps(run, data=data, split=split, patients=patients, slices_per_patient=slices_per_patient)
+    if check.reason is not None:
+        raise TumorcamError(check.message)
+    if check.unhashed:
+        _note(f"{len(check.unhashed)} map file(s) in {run.explanations_folder} record no weights_sha256 (first "
+              f"{check.unhashed[0]}); taken as made by the run's weights")
+    index = run.explanations
+    entries = index.aligned()
+    file_ids = index.file_ids
+    prepared = run.prepared(data)
     row_of = {int(f): i for i, f in enumerate(prepared.file_ids)}
     missing = [int(f) for f in file_ids if int(f) not in row_of]
     if missing:
         raise TumorcamError(f"--data {prepared.root}: has no slice for {len(missing)} file id(s) of the maps "
                             f"(first {missing[0]}); the maps were made from other data")
     rows = np.array([row_of[int(f)] for f in file_ids])
-    dev = _device(device, config)
-    images, masks = prepared.tensors(rows, index["size"])
-    _add_random_entries(entries, file_ids, index["size"], config.evaluate.seed)
-    model = None
-    if with_model:
-        model, _ = load_run_model(run, device=dev)
-    return RunInputs(run=run, config=config, split=index["split"], size=int(index["size"]), file_ids=file_ids,
-                     patient_ids=np.asarray(prepared.pids[rows]).astype(str), images=images.to(dev),
-                     masks=masks.to(dev), labels=np.asarray(prepared.labels[rows]), entries=entries, device=dev,
-                     model=model)
+    images, masks = prepared.tensors(rows, index.size)
+    _add_random_entries(entries, file_ids, index.size, run.config.evaluate.seed)
+    return RunInputs(run=run.path, config=run.config, split=index.split, size=index.size, file_ids=file_ids,
+                     patient_ids=np.asarray(prepared.pids[rows]).astype(str), images=images.to(run.device),
+                     masks=masks.to(run.device), labels=np.asarray(prepared.labels[rows]), entries=entries,
+                     device=run.device, model=run.model() if with_model else None)
 
 
-def ensure_maps(run: str | Path, data: str | Path | None = None, split: str | None = None,
-                patients: int | None = None, slices_per_patient: int | None = None) -> None:
-    """Make RUN/explanations fit the request (see the module docstring); None leaves that part as it is.
+def check_maps(run: str | Path | Run, data: str | Path | None = None, split: str | None = None,
+               patients: int | None = None, slices_per_patient: int | None = None) -> MapsCheck:
+    """Do the maps of RUN/explanations fit the request? None leaves that part as the maps have it.
 
-    `patients` / `slices_per_patient` ask for the slices `explain_run` would sample with them (the
-    other one, and the cap, from config.explain); the maps fit when they explain the same file ids.
-    Remade maps keep the methods, targets and layers of the maps they replace, per model kind.
+    They do not fit when there are none; when `split` is not theirs; when `patients` /
+    `slices_per_patient` ask for other slices than the ones they explain (the slices `explain_run`
+    would sample with them, the other one and the cap from config.explain); or, for a run with
+    trained weights, when a model kind's entries record another `weights_sha256` than its weights
+    now. The remake keeps each model kind's methods, targets and layers; maps of other weights are
+    made again on the same file ids.
     """
-    from tumorcam.explain.run import explain_run, run_weights_sha256, select_rows, untrained_sha256
+    from tumorcam.explain.run import select_rows, untrained_sha256
 
-    run = Path(run)
-    index_path = run / "explanations" / "index.json"
-    has_model = (run / "config.json").is_file() and (run / WEIGHTS_FILE).is_file()
-    if not index_path.is_file():
-        if not has_model:
-            raise TumorcamError(f"{run}: no maps (explanations/index.json) and no trained model ({WEIGHTS_FILE}) "
-                                "to make them; run `tumorcam train` and `tumorcam explain RUN` first")
-        _note(f"{run}: no maps in explanations/ yet; making them (tumorcam explain)")
-        explain_run(run, data=data, split=split, patients=patients, slices_per_patient=slices_per_patient)
-        return
-    if not (run / "config.json").is_file():
-        raise TumorcamError(f"{run}: not a run folder (no config.json)")
-    config = Config.load(run / "config.json")
-    index = _read_index(index_path)
-    items = index["entries"]
-    file_ids = _index_file_ids(index_path.parent, index)
+    run = as_run(run)
+    has_model = run.weights_sha256 is not None
+    folder = run.explanations_folder
+    if not (folder / INDEX_FILE).is_file():
+        selection = {"split": split, "patients": patients, "slices_per_patient": slices_per_patient}
+        return _misfit(run, f"no maps in {folder} (no {INDEX_FILE})", [selection], verb="make")
+    index = run.explanations
+    kinds = sorted({e.model for e in index.entries}, key=lambda kind: kind != "trained")
 
     reason = None
-    if split is not None and split != index["split"]:
-        reason = f"are of the {index['split']} split, not {split}"
+    if split is not None and split != index.split:
+        reason = f"the maps in {folder} are of the {index.split} split, not {split}"
     elif patients is not None or slices_per_patient is not None:
-        settings = config.explain
-        prepared = _prepared(run, config, data)
+        settings = run.config.explain
+        prepared = run.prepared(data)
         wanted = prepared.file_ids[select_rows(
-            prepared, index["split"], patients=settings.patients if patients is None else patients,
+            prepared, index.split, patients=settings.patients if patients is None else patients,
             slices_per_patient=settings.slices_per_patient if slices_per_patient is None else slices_per_patient,
             limit=settings.limit, seed=settings.seed)]
-        if sorted(int(f) for f in wanted) != sorted(int(f) for f in file_ids):
+        if sorted(int(f) for f in wanted) != sorted(int(f) for f in index.file_ids):
             asked = " ".join(f"{option} {value}" for option, value in (("--patients", patients),
                              ("--slices-per-patient", slices_per_patient)) if value is not None)
-            reason = f"explain other slices than {asked} selects"
-    stale: list[str] = []
-    if reason is None and has_model:
-        unhashed = [str(e.get("file")) for e in items if not e.get("weights_sha256")]
-        if unhashed:
-            _note(f"{len(unhashed)} map file(s) in {index_path.parent} record no weights_sha256 (first "
-                  f"{unhashed[0]}); taken as made by the run's weights")
-        for kind in sorted({str(e.get("model", "trained")) for e in items}):
-            recorded = {e["weights_sha256"] for e in items if e.get("weights_sha256")
-                        and str(e.get("model", "trained")) == kind}
-            if not recorded:
-                continue
-            if kind == "untrained":
-                try:
-                    now = untrained_sha256(config)
-                except TumorcamError:  # e.g. ImageNet weights unavailable: cannot tell, keep the maps
-                    continue
-            else:
-                now = run_weights_sha256(run)
-            if recorded != {now}:
-                stale.append(kind)
-        if stale:
-            reason = f"were made by other weights than the run's now ({', '.join(stale)} model)"
-    if reason is None:
-        return
+            reason = f"the maps in {folder} explain other slices than {asked} selects"
+    if reason is not None:
+        selection = {"split": split or index.split, "patients": patients, "slices_per_patient": slices_per_patient}
+        return _misfit(run, reason, [{**_kind_plan(index.entries, kind), **selection} for kind in kinds])
     if not has_model:
-        raise TumorcamError(f"{run}: the maps in explanations/ {reason}, and there is no trained model "
-                            f"({WEIGHTS_FILE}) to remake them")
-    _note(f"the maps in {index_path.parent} {reason}; explaining again")
-    kinds = stale or sorted({str(e.get("model", "trained")) for e in items}, key=lambda k: k != "trained")
+        return MapsCheck()
+
+    unhashed = [e.file for e in index.entries if not e.weights_sha256]
+    stale = []
     for kind in kinds:
-        mine = [e for e in items if str(e.get("model", "trained")) == kind and not e.get("times_gt")]
-        methods = list(dict.fromkeys(str(e["method"]) for e in mine))
-        targets = list(dict.fromkeys(str(e["target"]) for e in mine))
-        layers = list(dict.fromkeys(str(e["layer"]) for e in mine if e["layer"] != "input")) or None
-        if stale:  # the same slices, by file id
-            selection: dict[str, Any] = {"split": index["split"], "ids": [int(f) for f in file_ids]}
+        recorded = {e.weights_sha256 for e in index.entries if e.weights_sha256 and e.model == kind}
+        if not recorded:
+            continue
+        if kind == "untrained":
+            try:
+                now = untrained_sha256(run.config)
+            except TumorcamError:  # e.g. ImageNet weights unavailable: cannot tell, keep the maps
+                continue
         else:
-            selection = {"split": split or index["split"], "patients": patients,
-                         "slices_per_patient": slices_per_patient}
-        explain_run(run, data=data, methods=methods, targets=targets, layers=layers, untrained=kind == "untrained",
-                    **selection)
-    if stale and index.get("selection") == "sample":  # the same slices: the sample's record still holds
-        remade = _read_index(index_path)
-        remade.update({key: index.get(key) for key in ("selection", "patients", "slices_per_patient", "limit", "seed")})
-        write_json(index_path, remade)
+            now = run.weights_sha256
+        if recorded != {now}:
+            stale.append(kind)
+    if not stale:
+        return MapsCheck(unhashed=unhashed)
+    same_slices = {"split": index.split, "ids": [int(f) for f in index.file_ids]}
+    check = _misfit(run, f"the maps in {folder} were made by other weights than the run's now "
+                         f"({', '.join(stale)} model)", [{**_kind_plan(index.entries, kind), **same_slices}
+                                                          for kind in stale])
+    if index.header.get("selection") == "sample":  # the same slices: the sample's record still holds
+        check.record = {key: index.header.get(key) for key in SAMPLE_RECORD}
+    return check
 
 
-def _index_file_ids(folder: Path, index: dict[str, Any]) -> np.ndarray:
-    """The file ids of the index's first entry."""
-    path = folder / str(index["entries"][0].get("file", ""))
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return np.asarray(npz["file_ids"], dtype=np.int64)
-    except (OSError, KeyError, ValueError) as exc:
-        raise TumorcamError(f"{path}: not a readable maps file with `maps` and `file_ids` ({exc})") from None
+def _kind_plan(entries: list[Entry], kind: str) -> dict[str, Any]:
+    """The methods, targets and layers of a model kind's entries (x GT maps come with Grad-CAM)."""
+    mine = [e for e in entries if e.model == kind and not e.times_gt]
+    layers = list(dict.fromkeys(e.layer for e in mine if e.layer != "input"))
+    return {"untrained": kind == "untrained", "methods": list(dict.fromkeys(e.method for e in mine)),
+            "targets": list(dict.fromkeys(e.target for e in mine)), "layers": layers or None}
 
 
-def _read_index(path: Path) -> dict[str, Any]:
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise TumorcamError(f"{path}: not a readable JSON index ({exc})") from None
-    if not isinstance(index, dict) or not {"split", "size", "entries"} <= set(index) or not index["entries"]:
-        raise TumorcamError(f"{path}: not an explanations index (needs split, size and a non-empty entries list)")
-    return index
+def _misfit(run: Run, reason: str, remake: list[dict[str, Any]], verb: str = "remake") -> MapsCheck:
+    """A `MapsCheck` of maps that do not fit, its error naming the commands that make them fit."""
+    if run.weights_sha256 is None:
+        message = (f"{run.path}: {reason}, and there is no trained model ({WEIGHTS_FILE}) to {verb} them; "
+                   "run `tumorcam train` first")
+    else:
+        commands = " and ".join(f"`{_command(run.path, call)}`" for call in remake)
+        message = f"{run.path}: {reason}; run {commands} first (`tumorcam evaluate RUN` does it itself)"
+    return MapsCheck(reason=reason, message=message, remake=remake)
 
 
-def _is_control(method: str) -> bool:
-    from tumorcam.explain import METHODS
-    from tumorcam.explain.methods.controls import is_control
-
-    return method in METHODS and is_control(METHODS[method])
-
-
-def _read_entries(folder: Path, index: dict[str, Any]) -> tuple[list[MapEntry], np.ndarray]:
-    """Every entry's maps, reordered to the first entry's file ids; another set of slices is an error."""
-    entries: list[MapEntry] = []
-    reference: np.ndarray | None = None
-    size = int(index["size"])
-    for item in index["entries"]:
-        path = folder / str(item.get("file", ""))
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                maps = np.asarray(npz["maps"], dtype=np.float32)
-                ids = np.asarray(npz["file_ids"], dtype=np.int64)
-        except (OSError, KeyError, ValueError) as exc:
-            raise TumorcamError(f"{path}: not a readable maps file with `maps` and `file_ids` ({exc})") from None
-        if maps.ndim != 3 or maps.shape[1:] != (size, size) or maps.shape[0] != ids.shape[0]:
-            raise TumorcamError(f"{path}: maps {maps.shape} with {ids.shape[0]} file ids; expected (N,{size},{size})")
-        if reference is None:
-            reference = ids
-        elif not np.array_equal(ids, reference):
-            if sorted(ids.tolist()) != sorted(reference.tolist()):
-                raise TumorcamError(f"{path}: explains other slices than {folder / index['entries'][0]['file']}")
-            order = np.argsort(ids)
-            maps = maps[order[np.searchsorted(ids[order], reference)]]
-        times_gt = bool(item.get("times_gt", False))
-        control = bool(item["control"]) if "control" in item else (not times_gt and _is_control(str(item["method"])))
-        entries.append(MapEntry(method=str(item["method"]), target=str(item["target"]), layer=str(item["layer"]),
-                                model=str(item.get("model", "trained")), times_gt=times_gt,
-                                maps=np.nan_to_num(maps), file=str(item["file"]), control=control))
-    assert reference is not None
-    return entries, reference
+def _command(path: Path, call: dict[str, Any]) -> str:
+    """The `tumorcam explain` command line of one `explain_run` call."""
+    words = ["tumorcam", "explain", str(path)]
+    if call.get("untrained"):
+        words.append("--untrained")
+    for key in ("methods", "targets", "layers", "ids"):
+        if call.get(key):
+            words += [f"--{key}", ",".join(map(str, call[key]))]
+    for key in ("split", "patients", "slices_per_patient"):
+        if call.get(key) is not None:
+            words += [f"--{key.replace('_', '-')}", str(call[key])]
+    return " ".join(words)
 
 
-def _add_random_entries(entries: list[MapEntry], file_ids: np.ndarray, size: int, seed: int) -> None:
+def explain_again(run: str | Path | Run, check: MapsCheck, data: str | Path | None = None) -> None:
+    """Make RUN/explanations fit as `check` (of `check_maps`) says: the `explain_run` calls of
+    `check.remake`, then the sample's record kept when the same slices were explained again."""
+    from tumorcam.explain.run import explain_run
+
+    run = as_run(run)
+    if check.reason is None:
+        return
+    if run.weights_sha256 is None:
+        raise TumorcamError(check.message)
+    for call in check.remake:
+        explain_run(run, data=data, **call)
+    if check.record is not None:
+        index = run.explanations
+        index.header.update(check.record)
+        write_index(index)
+
+
+def _add_random_entries(entries: list[Entry], file_ids: np.ndarray, size: int, seed: int) -> None:
     """A seeded uniform random map for each model kind whose explanations have none."""
     for kind in sorted({e.model for e in entries}):
         if not any(e.method == RANDOM and e.model == kind for e in entries):
             maps = torch.rand((len(file_ids), size, size), generator=torch.Generator().manual_seed(seed)).numpy()
-            entries.append(MapEntry(method=RANDOM, target="none", layer="input", model=kind, times_gt=False,
-                                    maps=maps, generated=True, control=True))
+            entries.append(Entry.in_memory(maps, method=RANDOM, target="none", layer="input", model=kind,
+                                           control=True))
 
 
-def random_reference(entry: MapEntry, entries: list[MapEntry]) -> MapEntry:
+def random_reference(entry: Entry, entries: list[Entry]) -> Entry:
     """The random map an entry is compared with: same model kind, the same target when there is one."""
     candidates = [e for e in entries if e.method == RANDOM and e.model == entry.model and not e.times_gt]
     same_target = [e for e in candidates if e.target == entry.target]

@@ -1,6 +1,13 @@
-"""Localisation of maps against the ground-truth tumour mask, per slice, and its run-folder wrapper.
+"""Localization of maps against the ground-truth tumor mask, per image: the library call
+`localization` and the run folder's `evaluate_localization`.
 
-For a map m >= 0 and a mask G of one slice:
+    import tumorcam
+
+    summary = tumorcam.localization(maps, masks, patient_ids=pids)
+    summary["energy_pointing_game"]["mean"], summary["energy_pointing_game"]["vs_random"]["verdict"]
+
+For a map m >= 0 and a mask G of one image (2-D or 3-D: the metrics treat its P pixels or voxels
+as one flat list):
 
 - pointing game: does the map's maximum lie in G? With several maximal pixels (ties), the share
   of them inside G (the expected hit of a pick among them), so a flat map scores |G|/P.
@@ -13,11 +20,17 @@ For a map m >= 0 and a mask G of one slice:
 
 A slice with an empty mask has no tumour to find: NaN on all three (null in JSON, left out of
 the means); that is the only NaN.
+
+Each metric is summarized as the mean of unit means (patients with `patient_ids`, else images) with
+a cluster-bootstrap CI and compared with a reference map (the seeded random map unless given): the
+pointing game (a hit share per image, often 0 or 1) with the sign test, the other two with the
+Wilcoxon signed-rank test, higher is better, one Holm adjustment over the three comparisons.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +38,9 @@ import numpy as np
 import torch
 
 from tumorcam.errors import TumorcamError
-from tumorcam.evaluate.faithfulness import rank_pixels, references
+from tumorcam.evaluate.ranking import rank_pixels
+from tumorcam.evaluate.reference import Reference, as_maps, reference_maps, units
+from tumorcam.evaluate.summary import adjust_file, finite_list, metric_summary
 
 METRICS = ("pointing_game", "energy_pointing_game", "top_iou")
 TESTS = {"pointing_game": "sign", "energy_pointing_game": "wilcoxon", "top_iou": "wilcoxon"}  # paired test per metric
@@ -37,7 +52,8 @@ def _flat(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.
     if masks.dim() == maps.dim() + 1:
         masks = masks[:, 0]
     if masks.shape != maps.shape:
-        raise ValueError(f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} differ in shape")
+        raise TumorcamError(f"masks: expected masks {tuple(maps.shape)} or with a channel axis like the maps, "
+                            f"got {tuple(masks.shape)}")
     return maps.flatten(1), (masks.flatten(1) > 0.5).to(maps.device)
 
 
@@ -61,8 +77,7 @@ def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
 
 def top_percent_iou(maps: torch.Tensor, masks: torch.Tensor, percent: float, seed: int = 0) -> np.ndarray:
     """Per slice: IoU of the top `percent`% of the map's pixels with the mask (NaN for an empty mask)."""
-    if not 0 < percent <= 100:
-        raise TumorcamError(f"--top-percent: must be in (0, 100], got {percent}")
+    check_top_percent(percent)
     m, g = _flat(maps, masks)
     count = math.ceil(percent / 100 * m.shape[1])
     top = rank_pixels(m, seed) < count
@@ -70,14 +85,50 @@ def top_percent_iou(maps: torch.Tensor, masks: torch.Tensor, percent: float, see
     return torch.where(g.any(1), iou, torch.nan).cpu().numpy().astype(np.float64)
 
 
+def check_top_percent(percent: object, name: str = "top_percent") -> None:
+    """p must be a number in (0, 100]; `name` is the parameter (or option) the caller calls it."""
+    if isinstance(percent, bool) or not isinstance(percent, numbers.Real) or not 0 < percent <= 100:
+        raise TumorcamError(f"{name}: must be in (0, 100], got {percent!r}")
+
+
 def localization_scores(maps: torch.Tensor, masks: torch.Tensor, *, top_percent: float = 5.0,
                         seed: int = 0) -> dict[str, np.ndarray]:
-    """The three metrics per slice of maps (N,H,W) against masks (N,H,W) or (N,1,H,W)."""
+    """The three metrics per image of maps (N, *spatial) against masks (N, *spatial) or (N, 1, *spatial)."""
     return {
         "pointing_game": pointing_game(maps, masks),
         "energy_pointing_game": energy_pointing_game(maps, masks),
         "top_iou": top_percent_iou(maps, masks, top_percent, seed),
     }
+
+
+def localization(maps: torch.Tensor, masks: torch.Tensor, *, patient_ids: Any = None, reference: Reference = "random",
+                 top_percent: float = 5.0, seed: int = 0, bootstrap: int = 1000,
+                 alpha: float = 0.05) -> dict[str, dict[str, Any]]:
+    """The three metrics of `maps` (B, *spatial) against the ground-truth `masks` (B, *spatial) or
+    (B, 1, *spatial), 2-D or 3-D, summarized per metric like a row of localization.json: mean of
+    unit means, `ci_low`/`ci_high` (cluster bootstrap, `bootstrap` resamples, seeded), `unit`
+    ("patient" with `patient_ids`, else "slice": each image its own unit), `n_patients` (units),
+    `n_slices`, and `vs_random`: the paired test against the `reference` maps ("random": seeded
+    U(0, 1) maps; a tensor like `maps`; None: no test), Holm-adjusted at `alpha` over the three
+    metrics. `top_percent` p and `seed` (ties) as in `top_percent_iou`.
+    """
+    maps = as_maps(maps)
+    masks = torch.as_tensor(masks)
+    _flat(maps, masks)  # the shapes fit
+    check_top_percent(top_percent)
+    unit_ids, unit = units(patient_ids, len(maps))
+    compared = reference_maps(reference, maps, seed)
+    scores = localization_scores(maps, masks, top_percent=top_percent, seed=seed)
+    reference_scores = None if compared is None else localization_scores(compared, masks, top_percent=top_percent,
+                                                                          seed=seed)
+    row: dict[str, dict[str, Any]] = {}
+    for metric in METRICS:
+        versus = None if reference_scores is None else reference_scores[metric]
+        row[metric] = metric_summary(scores[metric], {"random": versus}, unit_ids, lower_is_better=False,
+                                     test=TESTS[metric], resamples=bootstrap, seed=seed, alpha=alpha)
+        row[metric]["unit"] = unit
+    adjust_file([row], METRICS, primary=None, alpha=alpha)
+    return row
 
 
 def evaluate_localization(run: str | Path, data: str | Path | None = None, split: str | None = None,
@@ -93,11 +144,13 @@ def evaluate_localization(run: str | Path, data: str | Path | None = None, split
     is exploratory: one Holm adjustment over the file. `patients` and `slices_per_patient` select
     the slices (`load_inputs`).
     """
+    from tumorcam.evaluate.faithfulness import references
     from tumorcam.evaluate.inputs import load_inputs
-    from tumorcam.evaluate.summary import adjust_file, finite_list, metric_summary
     from tumorcam.io import write_json
 
     run = Path(run)
+    if top_percent is not None:
+        check_top_percent(top_percent, "--top-percent")
     inputs = load_inputs(run, data=data, split=split, device="cpu", with_model=False, patients=patients,
                          slices_per_patient=slices_per_patient)
     cfg = inputs.config.evaluate

@@ -1,5 +1,10 @@
-"""Model-parameter randomisation test (Adebayo et al. 2018, "Sanity checks for saliency maps"),
-cascading from the output down, and its run-folder wrapper.
+"""Model-parameter randomization test (Adebayo et al. 2018, "Sanity checks for saliency maps"),
+cascading from the output down: the library call `sanity` and the run folder's `evaluate_sanity`.
+
+    import tumorcam
+
+    result = tumorcam.sanity(model, images, method="gradcam", channel=1)
+    result.stages, result.n_compared, result.passes
 
 The layers are re-initialised one stage at a time from the output towards the input, cumulatively
 (for the U-Net: `segmentation_head`, `decoder.blocks.4` ... `decoder.blocks.0`, `encoder.layer4` ...
@@ -8,8 +13,8 @@ compared with the maps of the intact model, per slice, by
 
 - Spearman rank correlation rho of the pixel values (ties get average ranks), and
 - SSIM (Wang et al. 2004: Gaussian window 11 px, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1,
-  over the window positions that fit in the map). Hand-written in a few lines rather than adding
-  torchmetrics or scikit-image as a dependency for one formula.
+  over the window positions that fit in the map; a 3-D map takes the 11^3 window). Hand-written
+  in a few lines rather than adding torchmetrics or scikit-image as a dependency for one formula.
 
 Flat maps (every pixel equal) are treated alike by both measures: a flat original map has nothing
 to compare and gives NaN (left out of the means; `n_compared` counts the maps that entered); a flat
@@ -36,10 +41,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -49,6 +56,10 @@ from torch import nn
 
 from tumorcam.errors import TumorcamError
 
+if TYPE_CHECKING:
+    from tumorcam.explain.methods.base import Output
+    from tumorcam.explain.targets import TargetFn
+
 MapFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 CRITERION = ("fails when, for the fully randomised model, the mean |Spearman rho| or the mean SSIM between its "
@@ -57,20 +68,26 @@ THRESHOLD_SOURCE = ("Adebayo et al. (2018) judge the similarity curves by eye an
                     "0.5 is this project's convention: at most a moderate similarity may remain")
 
 
-def cascade_stages(model: nn.Module) -> list[str]:
-    """Module paths to randomise, output first: for an smp U-Net the head, the decoder blocks from the
-    last, then the encoder's stages from the deepest; otherwise the top-level children with
-    parameters, last first."""
-    def with_params(parent: nn.Module, prefix: str) -> list[str]:
-        return [f"{prefix}{name}" for name, child in parent.named_children() if any(True for _ in child.parameters())]
+def cascade_stages(model: nn.Module, prefix: str = "") -> list[str]:
+    """Module paths to randomize, output first: for an smp U-Net the head, the decoder blocks from the
+    last, then the encoder's stages from the deepest; otherwise the children with parameters, last
+    first. A wrapper (one child with parameters, e.g. a deep-supervision or normalizing shell
+    around the network) is looked into: its child's stages, under `prefix` + the child's name."""
+    def with_params(parent: nn.Module, path: str) -> list[str]:
+        return [f"{path}{name}" for name, child in parent.named_children() if any(True for _ in child.parameters())]
 
     names = dict(model.named_children())
     if {"encoder", "decoder", "segmentation_head"} <= set(names) and hasattr(model.decoder, "blocks"):
-        decoder = with_params(model.decoder.blocks, "decoder.blocks.")[::-1]
+        decoder = with_params(model.decoder.blocks, f"{prefix}decoder.blocks.")[::-1]
         bottleneck = getattr(model.decoder, "center", None)
-        center = ["decoder.center"] if bottleneck is not None and any(True for _ in bottleneck.parameters()) else []
-        return ["segmentation_head", *decoder, *center, *with_params(model.encoder, "encoder.")[::-1]]
-    return with_params(model, "")[::-1]
+        center = [f"{prefix}decoder.center"] if bottleneck is not None and any(True for _ in bottleneck.parameters()) \
+            else []
+        return [f"{prefix}segmentation_head", *decoder, *center, *with_params(model.encoder, f"{prefix}encoder.")[::-1]]
+    children = with_params(model, prefix)
+    if len(children) == 1:
+        inner = cascade_stages(model.get_submodule(children[0][len(prefix):]), f"{children[0]}.")
+        return inner or children
+    return children[::-1]
 
 
 def randomize_(module: nn.Module, seed: int) -> None:
@@ -103,24 +120,32 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Mean SSIM per map of (N,H,W) maps in [0, 1], `a` the originals and `b` the randomised model's
-    (Wang et al. 2004, constants in the module docstring); a flat map of `a` gives NaN, a flat map
-    of `b` (against a non-flat `a`) 0, as in `spearman_rows`.
+    """Mean SSIM per map of (N, H, W) or (N, D, H, W) maps in [0, 1], `a` the originals and `b` the
+    randomized model's (Wang et al. 2004, constants in the module docstring; the Gaussian window is
+    separable, g x g or g x g x g); a flat map of `a` gives NaN, a flat map of `b` (against a
+    non-flat `a`) 0, as in `spearman_rows`.
 
     SSIM = (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2)), with local
     Gaussian-weighted means, variances and covariance; C1 = (K1 L)^2, C2 = (K2 L)^2, L = 1.
     """
     x = torch.as_tensor(a).float().unsqueeze(1)
     y = torch.as_tensor(b).float().unsqueeze(1).to(x.device)
-    size = min(SSIM_WINDOW, *x.shape[-2:])
+    dims = x.dim() - 2
+    if dims not in (2, 3):
+        raise TumorcamError(f"maps: SSIM compares 2-D or 3-D maps (N, *spatial), got {tuple(a.shape)}")
+    size = min(SSIM_WINDOW, *x.shape[2:])
     size -= 1 - size % 2  # odd
     coords = torch.arange(size, dtype=torch.float32, device=x.device) - (size - 1) / 2
     g = torch.exp(-coords**2 / (2 * SSIM_SIGMA**2))
     g = g / g.sum()
-    window = (g[:, None] * g[None, :]).view(1, 1, size, size)
+    window = g
+    for _ in range(dims - 1):
+        window = window.unsqueeze(-1) * g
+    window = window.view(1, 1, *window.shape)
+    convolve = F.conv2d if dims == 2 else F.conv3d
 
     def local(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window)
+        return convolve(t, window)
 
     mu_x, mu_y = local(x), local(y)
     var_x = local(x * x) - mu_x**2
@@ -128,7 +153,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     cov = local(x * y) - mu_x * mu_y
     c1, c2 = SSIM_K1**2, SSIM_K2**2
     index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    value = index.mean(dim=(1, 2, 3)).cpu().numpy().astype(np.float64)
+    value = index.flatten(1).mean(dim=1).cpu().numpy().astype(np.float64)
     flat_a = _flat_rows(x.flatten(1).cpu().numpy())
     flat_b = _flat_rows(y.flatten(1).cpu().numpy())
     return np.where(flat_a, np.nan, np.where(flat_b, 0.0, value))
@@ -137,11 +162,18 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 @dataclass
 class SanityResult:
     """Similarity of each stage's maps with the original maps: arrays (stages, N), NaN where the
-    original map is flat."""
+    original map is flat; `threshold` is the criterion's (see `passes`)."""
 
     stages: list[str]
     spearman: np.ndarray
     ssim: np.ndarray
+    threshold: float = 0.5
+
+    @property
+    def passes(self) -> bool | None:
+        """Not `fails(threshold)`: the fully randomized model's maps changed enough; None when undetermined."""
+        fails = self.fails(self.threshold)
+        return None if fails is None else not fails
 
     @property
     def n_compared(self) -> list[int]:
@@ -192,18 +224,21 @@ class SanityResult:
 
 def cascading_randomization(model: nn.Module, images: torch.Tensor, map_fn: MapFn, *,
                             stages: list[str] | None = None, seed: int = 0) -> SanityResult:
-    """Maps of `map_fn(model, images)` (N,H,W) after each cumulative stage of randomisation, compared
-    with those of the intact model. `model` itself is left untouched (a deep copy is randomised)."""
+    """Maps of `map_fn(model, images)` (N, *spatial) after each cumulative stage of randomization,
+    compared with those of the intact model. `model` itself is left untouched (a deep copy is
+    randomized). `stages`: module paths, output first (default `cascade_stages`)."""
     stages = cascade_stages(model) if stages is None else list(stages)
     if not stages:
-        raise ValueError("no layers to randomise")
-    original = map_fn(model, images).detach().float()
+        raise TumorcamError(f"stages: {type(model).__name__} has no module with parameters to randomize; "
+                            "name the stages")
     randomized = copy.deepcopy(model).eval()
     modules = dict(randomized.named_modules())
+    unknown = [stage for stage in stages if stage not in modules or not stage]
+    if unknown:
+        raise TumorcamError(f"stages: {type(model).__name__} has no layer {unknown[0]!r}")
+    original = map_fn(model, images).detach().float()
     spearman, similarity = [], []
     for i, stage in enumerate(stages):
-        if stage not in modules:
-            raise TumorcamError(f"sanity stage {stage!r}: {type(model).__name__} has no such layer")
         randomize_(modules[stage], seed + i)
         maps = map_fn(randomized, images).detach().float()
         spearman.append(spearman_rows(original.cpu().numpy(), maps.cpu().numpy()))
@@ -212,40 +247,80 @@ def cascading_randomization(model: nn.Module, images: torch.Tensor, map_fn: MapF
 
 
 def intact_region(model: nn.Module, images: torch.Tensor, target: str, masks: torch.Tensor | None = None,
-                  amp: bool = True) -> torch.Tensor:
-    """The region R (B,1,H,W) float32 {0, 1} of a prediction-dependent `target` as the intact `model`
-    sees `images`: the target's pixel weights on channel 0 from one forward in eval mode without
-    gradients (bf16 autocast on CUDA when `amp`, as `compute_maps`); for `predicted-region`, [z > 0]."""
+                  amp: bool = True, *, channel: int = 0, output: Output = None) -> torch.Tensor:
+    """The region R (B, 1, *spatial) float32 {0, 1} of a prediction-dependent `target` as the intact
+    `model` sees `images`: the target's pixel weights on class `channel` (the logits picked by
+    `output`) from one forward in eval mode without gradients (bf16 autocast on CUDA when `amp`, as
+    `compute_maps`); for `predicted-region`, [z > 0] for one channel, [argmax z = channel] for C > 1."""
     from tumorcam.explain import explaining
     from tumorcam.explain.methods.base import ScalarOutput
     from tumorcam.explain.targets import target_function
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and images.device.type == "cuda"
                 else contextlib.nullcontext())
-    scalar = ScalarOutput(model, target_function(target, 0), None if masks is None else masks.to(images.device))
+    scalar = ScalarOutput(model, target_function(target, channel), None if masks is None else masks.to(images.device),
+                          output=output, channel=channel)
     with explaining(model), autocast:
         weights = scalar.fixed_weights(images)
-    return (weights[:, :1] > 0).float()
+    return (weights[:, channel:channel + 1] > 0).float()
 
 
-def fixed_region_map_fn(model: nn.Module, images: torch.Tensor, *, method: str, target: str, layer: str,
-                        masks: torch.Tensor | None, ig_steps: int = 32, seed: int = 0, amp: bool = True) -> MapFn:
-    """The sanity check's map function of (method, target, layer): `compute_maps` with the target's region
-    fixed from the intact `model`. A target whose region depends on the prediction (`predicted-region`,
-    and `boundary`, `false-positive`, `false-negative`) becomes `gt-region` with the intact model's
-    region of `images` (`intact_region`) as its mask: the same s = sum of the logits over the region;
-    `gt-region` keeps the ground-truth `masks`; other targets are unchanged."""
-    from tumorcam.explain import compute_maps
+def fixed_region_map_fn(model: nn.Module, images: torch.Tensor, *, method: str, target: str | TargetFn,
+                        layer: str | None, masks: torch.Tensor | None, ig_steps: int = 32, seed: int = 0,
+                        amp: bool = True, channel: int = 0, output: Output = None) -> MapFn:
+    """The sanity check's map function of (method, target, layer): `tumorcam.explain` of all the images
+    in one batch with the target's region fixed from the intact `model`. A target whose region depends
+    on the prediction (`predicted-region`, and `boundary`, `false-positive`, `false-negative`)
+    becomes `gt-region` with the intact model's region of `images` (`intact_region`) as its mask: the
+    same s = sum of the logits of class `channel` over the region; `gt-region` keeps the ground-truth
+    `masks`; other targets (and a callable target) are unchanged. `layer` "input" or None: none
+    (layer-free methods) or the default layer of each model."""
+    from tumorcam.explain import INPUT_LAYER, explain
     from tumorcam.explain.targets import get_target
 
-    if get_target(target).uses_prediction:
-        target, masks = "gt-region", intact_region(model, images, target, masks, amp)
+    if isinstance(target, str) and get_target(target).uses_prediction:
+        target, masks = "gt-region", intact_region(model, images, target, masks, amp, channel=channel, output=output)
 
     def map_fn(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return compute_maps(net, x, method=method, target=target, layer=None if layer == "input" else layer,
-                            masks=masks, ig_steps=ig_steps, seed=seed, amp=amp)
+        return explain(net, x, method=method, target=target, layer=None if layer == INPUT_LAYER else layer,
+                       channel=channel, output=output, masks=masks, ig_steps=ig_steps, seed=seed, amp=amp,
+                       batch_size=max(1, len(x)))
 
     return map_fn
+
+
+def sanity(model: nn.Module, images: torch.Tensor, *, method: str = "gradcam",
+           target: str | TargetFn = "predicted-region", layer: str | nn.Module | None = None, channel: int = 0,
+           output: Output = None, masks: torch.Tensor | None = None, threshold: float = 0.5,
+           stages: list[str] | None = None, ig_steps: int = 32, seed: int = 0, amp: bool = False) -> SanityResult:
+    """Cascading randomization of `model` for the maps of `tumorcam.explain(model, images, method=...,
+    target=..., layer=..., channel=..., output=..., masks=...)`, the target's region fixed from the
+    intact model (`fixed_region_map_fn`). `stages`: module paths randomized cumulatively, output
+    first (default `cascade_stages`: the smp U-Net's head, decoder and encoder stages, or any model's
+    children with parameters, last first). `layer=None` is the intact model's default layer, kept for
+    every randomized copy. `threshold`: the criterion of `SanityResult.passes` (mean |rho| and mean
+    SSIM of the fully randomized model below it). `seed` seeds the re-initialization and the random
+    map. `model` itself is left untouched.
+    """
+    from tumorcam.explain import get_method
+    from tumorcam.explain.layers import default_layer
+
+    chosen = get_method(method)
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold <= 1:
+        raise TumorcamError(f"threshold: must be in (0, 1], got {threshold!r}")
+    if isinstance(images, torch.Tensor) and images.dim() not in (4, 5):
+        raise TumorcamError(f"images: expected a tensor (B, C, H, W) or (B, C, D, H, W), got {tuple(images.shape)}")
+    if isinstance(layer, nn.Module):
+        names = [name for name, module in model.named_modules() if module is layer and name]
+        if not names:
+            raise TumorcamError(f"layer: the {type(layer).__name__} given is not a submodule of {type(model).__name__}")
+        layer = names[0]
+    if layer is None and chosen.uses_layer:
+        layer = default_layer(model, images[:1])
+    map_fn = fixed_region_map_fn(model, images, method=method, target=target, layer=layer, masks=masks,
+                                 ig_steps=ig_steps, seed=seed, amp=amp, channel=channel, output=output)
+    result = cascading_randomization(model, images, map_fn, stages=stages, seed=seed)
+    return dataclasses.replace(result, threshold=float(threshold))
 
 
 def region_source(target: str) -> str | None:
@@ -319,7 +394,7 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
     for method, target, layer in tqdm(combos, desc="sanity check", unit="map"):
         map_fn = fixed_region_map_fn(inputs.model, images, method=method, target=target, layer=layer, masks=masks,
                                      ig_steps=explain_cfg.ig_steps, seed=explain_cfg.seed,
-                                     amp=inputs.config.train.amp)
+                                     amp=inputs.config.explain.amp)
         result = cascading_randomization(inputs.model, images, map_fn, stages=stages, seed=cfg.seed)
         fails = result.fails(cfg.sanity_threshold)
         results.append({
@@ -338,7 +413,7 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
     out = {
         "split": inputs.split,
         "size": inputs.size,
-        "n_slices": int(len(rows)),
+        "n_slices": len(rows),
         "file_ids": inputs.file_ids[rows].tolist(),
         "patient_ids": None if patient_ids is None else np.asarray(patient_ids)[rows].astype(str).tolist(),
         "stages": stages,

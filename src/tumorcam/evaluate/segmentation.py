@@ -2,7 +2,7 @@
 
 The model sees each slice at its training size; its logits are resized bilinearly to the
 prepared folder's size and thresholded at 0 (sigmoid 0.5), and Dice/IoU are computed there
-against the prepared masks (`tumorcam.metrics`). Writes `RUN/metrics.json`:
+against the prepared masks (`tumorcam.evaluate.metrics`). Writes `RUN/metrics.json`:
 
     {"split", "data", "checkpoint", "size", "input_size", "threshold", "empty_mask_convention",
      "overall": {"n", "dice": CI, "iou": CI},
@@ -23,37 +23,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
 from tumorcam.io import write_json
-from tumorcam.metrics import EMPTY_MASK_CONVENTION, summarise
-from tumorcam.model import BEST_WEIGHTS_FILE, WEIGHTS_FILE, load_run_model
+from tumorcam.evaluate.metrics import EMPTY_MASK_CONVENTION, summarize
+from tumorcam.model import CHECKPOINTS
+from tumorcam.run_folder import Run, as_run
 from tumorcam.training.data import CHUNK
-from tumorcam.training.device import resolve_device
-from tumorcam.training.predict import score
-
-CHECKPOINTS = {"last": WEIGHTS_FILE, "best": BEST_WEIGHTS_FILE}
+from tumorcam.inference import score
 
 
-def evaluate_segmentation(run: str | Path, data: str | Path | None = None, split: str = "test", *,
+def evaluate_segmentation(run: str | Path | Run, data: str | Path | None = None, split: str = "test", *,
                           checkpoint: str = "last", device: str | torch.device | None = None) -> dict[str, Any]:
     """Dice and IoU of the run's model on `split` of `data` (default: the folder it trained on).
 
-    `checkpoint`: `last` (unet_trained.pth) or `best` (unet_best.pth); `device` defaults to CUDA
-    when present, else CPU. Writes and returns the metrics.json document (module docstring).
+    `checkpoint`: `last` (unet_trained.pth) or `best` (unet_best.pth); `device` defaults to the run's
+    (config.train.device). Writes and returns the metrics.json document (module docstring).
     """
-    run = Path(run)
     if checkpoint not in CHECKPOINTS:
         raise TumorcamError(f"--checkpoint: unknown checkpoint {checkpoint!r} (choose last or best)")
-    model, config = load_run_model(run, which=checkpoint, device="cpu")
-    device = resolve_device("auto") if device is None else torch.device(device)
-    model.to(device)
-    if data is None and not config.data:
-        raise TumorcamError(f"{run}: config.json names no data folder; pass --data DIR")
-    prepared = load_prepared(data if data is not None else config.data)
-    rows = prepared.indices(split)
-    if len(rows) == 0:
-        raise TumorcamError(f"--split {split}: no slices in {prepared.root} (splits.json)")
+    run = as_run(run, device)
+    model, config, device = run.model(checkpoint), run.config, run.device
+    prepared = run.prepared(data)
+    rows = run.split(split, data)
 
     size, tc = config.train.size, config.train
     dice, iou = [], []
@@ -78,9 +69,9 @@ def evaluate_segmentation(run: str | Path, data: str | Path | None = None, split
         "threshold": 0.5,
         "empty_mask_convention": EMPTY_MASK_CONVENTION,
     }
-    doc.update(summarise(dice_np, iou_np, labels, pids, n_resamples=config.evaluate.bootstrap,
+    doc.update(summarize(dice_np, iou_np, labels, pids, n_resamples=config.evaluate.bootstrap,
                          seed=config.evaluate.seed))
     doc["per_slice"] = [{"file_id": int(f), "pid": str(p), "label": int(lab), "dice": float(d), "iou": float(i)}
                         for f, p, lab, d, i in zip(file_ids, pids, labels, dice_np, iou_np)]
-    write_json(run / "metrics.json", doc)
+    write_json(run.path / "metrics.json", doc)
     return doc

@@ -13,7 +13,7 @@ slice values (NaN slices dropped; a patient with none drops out), and each patie
 - `verdict`: "better" / "worse" when p < alpha, in the direction of the test's own estimate;
   "not shown to differ" otherwise; "undetermined" with fewer than 2 usable pairs.
 
-`bootstrap_ci` (slices as the unit) remains for the segmentation metrics of `tumorcam.metrics`.
+`bootstrap_ci` (slices as the unit) remains for the segmentation metrics of `tumorcam.evaluate.metrics`.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from torch import nn
 
 from tumorcam.errors import TumorcamError, unknown_name
 from tumorcam.explain.layers import INPUT_LAYER, default_layer, resolve_layer
-from tumorcam.explain.maps import normalise, rectify, times_mask, upsample
+from tumorcam.explain.maps import normalize, rectify, times_mask, upsample
 from tumorcam.explain.methods import METHODS, Method, Options, ScalarOutput
 from tumorcam.explain.methods.base import Logits, Output
 from tumorcam.explain.targets import (
@@ -162,8 +162,15 @@ def _maps(model: nn.Module, images: torch.Tensor, chosen: Method, weights: Targe
                                   channel=channel)
             options = Options(ig_steps=ig_steps, seed=generator if generator is not None else seed[part])
             with _autocast(images.device, amp):
-                raw = chosen.attribute(scalar, images[part], module, options)
-            out.append(normalise(upsample(rectify(raw.detach().float(), chosen.rectify), spatial)))
+                try:
+                    raw = chosen.attribute(scalar, images[part], module, options)
+                except RuntimeError as exc:
+                    if module is None or "does not require grad" not in str(exc):
+                        raise
+                    raise TumorcamError(f"layer: {type(module).__name__} is not on the path from the input to the "
+                                        "chosen output (another head of the model?); name a layer that the output "
+                                        "depends on") from None
+            out.append(normalize(upsample(rectify(raw.detach().float(), chosen.rectify), spatial)))
     return torch.cat(out)
 
 

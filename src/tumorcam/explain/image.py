@@ -1,4 +1,6 @@
-"""`explain_image`: one slice from outside the dataset -> an overlay PNG of slice, predicted mask and heatmap.
+"""Slices from outside the dataset: `explain_image` explains one with a run's model (an overlay PNG of
+slice, predicted mask and heatmap); `explain_files` explains several with any network (a map
+.npy and an overlay PNG each), the `tumorcam explain --image FILE --model MODULE:FACTORY` path.
 
 Readers: PNG/JPEG/BMP/TIFF through Pillow; DICOM (`.dcm`) through pydicom and NIfTI (`.nii`,
 `.nii.gz`) through nibabel, the optional extras `pip install tumorcam[medical]`, imported only when
@@ -9,16 +11,22 @@ maximum, resized bilinear to config.train.size).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
-from tumorcam.config import Config
 from tumorcam.errors import TumorcamError
 from tumorcam.explain.layers import INPUT_LAYER
+from tumorcam.explain.methods.base import Output
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -83,15 +91,13 @@ def explain_image(
     """Explain one slice with the run's model; write the overlay PNG to `out`
     (default RUN/explanations/<image name>.png) and return its path. Method, target and layer
     default to the first of config.explain's."""
-    from tumorcam.data.prepare import normalise
+    from tumorcam.data.slices import normalize
     from tumorcam.explain import compute_maps, get_method, get_target
-    from tumorcam.explain.run import load_explain_model
-    from tumorcam.training.device import resolve_device
+    from tumorcam.explain.run import explain_model
+    from tumorcam.run_folder import as_run
 
-    run, image = Path(run), Path(image)
-    if not (run / "config.json").is_file():
-        raise TumorcamError(f"{run}: not a run folder (no config.json); train one with `tumorcam train`")
-    config = Config.load(run / "config.json")
+    run, image = as_run(run), Path(image)
+    config = run.config
     method = method or config.explain.methods[0]
     target = target or config.explain.targets[0]
     layer = layer or config.explain.layers[0]
@@ -100,16 +106,16 @@ def explain_image(
         raise TumorcamError(f"--targets {target}: needs a ground-truth mask, and --image gives none")
     pixels = read_slice(image)
     size = config.train.size
-    slice_ = normalise(pixels, size, f"--image {image}").astype(np.float32)
+    slice_ = normalize(pixels, size, f"--image {image}").astype(np.float32)
 
-    device = resolve_device(config.train.device)
-    model = load_explain_model(run, config, device, untrained)
+    device = run.device
+    model = explain_model(run, untrained)
     x = torch.from_numpy(slice_)[None, None].to(device)
     with torch.no_grad():
         predicted = (model(x) > 0)[0, 0].cpu().numpy()
-    heatmap = compute_maps(model, x, method=method, target=target, layer=layer, amp=config.train.amp)[0].cpu().numpy()
+    heatmap = compute_maps(model, x, method=method, target=target, layer=layer, amp=config.explain.amp)[0].cpu().numpy()
     shown_layer = layer if get_method(method).uses_layer else INPUT_LAYER
-    out = Path(out) if out else run / "explanations" / f"{image.name.split('.')[0]}.png"
+    out = Path(out) if out else run.explanations_folder / f"{image_stem(image)}.png"
     write_overlay(out, slice_, predicted, heatmap, title=f"{image.name}: {method}, {target}, {shown_layer}")
     return out
 
@@ -138,3 +144,144 @@ def write_overlay(out: Path, slice_: np.ndarray, predicted: np.ndarray, heatmap:
     fig.suptitle(title, fontsize=10)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
+
+
+def image_stem(path: Path) -> str:
+    """The file name without its image suffix (`.nii.gz` counts as one): the name of the files written for it."""
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+def unit_range(pixels: np.ndarray, option: str) -> np.ndarray:
+    """x = max(pixels, 0) / max(pixels), float32 in [0, 1], at the image's own size."""
+    x = np.clip(np.asarray(pixels, dtype=np.float32), 0, None)
+    peak = float(x.max()) if x.size else 0.0
+    if not np.isfinite(peak) or peak <= 0:
+        raise TumorcamError(f"{option}: the image has no positive values to scale by")
+    return x / peak
+
+
+def input_channels(model: nn.Module) -> int:
+    """C_in of the model's first convolution (in `model.modules()` order); 1 for a model without one."""
+    return next((m.in_channels for m in model.modules() if isinstance(m, _ConvNd)), 1)
+
+
+def model_input(slice_: np.ndarray, channels: int, imagenet: bool = False) -> torch.Tensor:
+    """The slice x in [0, 1] (H, W) as a batch of one (1, C_in, H, W): x repeated to the C_in channels;
+    with `imagenet`, each channel c then becomes (x - mean_c) / std_c with ImageNet's mean and std."""
+    from tumorcam.model import IMAGENET_MEAN, IMAGENET_STD
+
+    x = torch.from_numpy(np.ascontiguousarray(slice_, dtype=np.float32))[None, None].repeat(1, channels, 1, 1)
+    if imagenet:
+        if channels != 3:
+            raise TumorcamError(f"--imagenet: ImageNet's mean and std are for 3 input channels; "
+                                f"the model takes {channels}")
+        x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return x
+
+
+_OPTIONS = {"method": "--method", "target": "--target", "layer": "--layer", "channel": "--channel",
+            "output": "--output"}
+
+
+@contextlib.contextmanager
+def _as_options() -> Iterator[None]:
+    """Library errors (`layer: ...`) named by their command-line option (`--layer: ...`)."""
+    try:
+        yield
+    except TumorcamError as exc:
+        name, _, rest = str(exc).partition(": ")
+        if name not in _OPTIONS:
+            raise
+        raise TumorcamError(f"{_OPTIONS[name]}: {rest}") from None
+
+
+@dataclass(frozen=True)
+class WrittenMaps:
+    """What `explain_files` explained and wrote: the layer (`input` for layer-free methods), the
+    model's input channels, and per image its map .npy and overlay .png."""
+
+    layer: str
+    channels: int
+    files: list[tuple[Path, Path]]
+
+
+def explain_files(
+    model: nn.Module,
+    images: Sequence[str | Path],
+    out: str | Path,
+    *,
+    model_name: str,
+    method: str = "gradcam",
+    target: str = "predicted-region",
+    layer: str | None = None,
+    channel: int = 0,
+    output: Output = None,
+    imagenet: bool = False,
+    device: torch.device | str = "cpu",
+) -> WrittenMaps:
+    """Explain each image file with `model` (named `model_name` in errors, e.g. `--model pkg:make`)
+    and write `out`/<name>.npy, the heatmap (H, W) float32 in [0, 1] at the image's size, and
+    `out`/<name>.png, the overlay.
+
+    Each image is read by `read_slice`, scaled by `unit_range` (no resizing) and made the model's
+    input by `model_input` with C_in = `input_channels(model)`. The overlay's predicted mask is
+    where the model predicts class `channel` (targets.predicted), resized (nearest) to the image.
+    Targets that need ground-truth masks, and `component` (one map per lesion), are refused.
+    """
+    from tumorcam.explain import explain, explaining, get_method, get_target
+    from tumorcam.explain.layers import default_layer
+    from tumorcam.explain.methods.base import Logits
+    from tumorcam.explain.targets import predicted
+    from tumorcam.io import save_npy
+
+    paths = [Path(image) for image in images]
+    if not paths:
+        raise TumorcamError("--image: give at least one image file")
+    by_stem: dict[str, Path] = {}
+    for path in paths:
+        other = by_stem.setdefault(image_stem(path), path)
+        if other != path:
+            raise TumorcamError(f"--image: {other} and {path} would both write {image_stem(path)}.npy in --out")
+    with _as_options():
+        chosen = get_method(method)
+        spec = get_target(target)
+    if spec.needs_masks:
+        raise TumorcamError(f"--target {target}: needs a ground-truth mask, and --image gives none")
+    if spec.per_lesion:
+        raise TumorcamError(f"--target {target}: gives one map per lesion; use tumorcam.explain_components "
+                            "in Python")
+    device = torch.device(device)
+    model = model.to(device)
+    channels = input_channels(model)
+    out = Path(out)
+    files = []
+    name = layer if chosen.uses_layer else INPUT_LAYER
+    for path in paths:
+        slice_ = unit_range(read_slice(path), f"--image {path}")
+        x = model_input(slice_, channels, imagenet).to(device)
+        with _as_options(), explaining(model):
+            try:
+                with torch.no_grad():
+                    logits = Logits(model, output)(x)
+            except TumorcamError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the user's network failed on this input
+                lines = str(exc).strip().splitlines()
+                raise TumorcamError(f"{model_name}: the network failed on --image {path} given as a tensor "
+                                    f"{tuple(x.shape)} ({type(exc).__name__}: {lines[0] if lines else ''})") from None
+            region = predicted(logits.float(), channel)
+            if name is None:
+                name = default_layer(model, x)
+        with _as_options():
+            heatmap = explain(model, x, method=method, target=target, layer=name if chosen.uses_layer else None,
+                              channel=channel, output=output, batch_size=1)[0].cpu().numpy()
+        if tuple(region.shape[1:]) != slice_.shape:
+            region = F.interpolate(region[:, None].float(), size=slice_.shape, mode="nearest")[:, 0] > 0.5
+        stem = image_stem(path)
+        npy, png = out / f"{stem}.npy", out / f"{stem}.png"
+        save_npy(npy, heatmap)
+        write_overlay(png, slice_, region[0].cpu().numpy(), heatmap,
+                      title=f"{path.name}: {method}, {target}, channel {channel}, {name}")
+        files.append((npy, png))
+    return WrittenMaps(layer=str(name), channels=channels, files=files)

@@ -40,7 +40,7 @@ def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return maps[:, 0]
 
 
-def normalise(maps: torch.Tensor) -> torch.Tensor:
+def normalize(maps: torch.Tensor) -> torch.Tensor:
     """Per-map min-max to [0, 1] of (B, *spatial) float32; a flat map is all 0."""
     maps = torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0)
     flat = maps.flatten(1)

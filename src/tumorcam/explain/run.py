@@ -7,23 +7,22 @@ Outputs (atomic writes): one `.npz` per (method, target, layer, model) with `map
 in [0, 1] and `file_ids` int64 (N,); for Grad-CAM also the Grad-CAM x GT maps (`times_gt`); and
 `index.json` = {"split", "size", "weights_sha256", "selection" ("sample" | "ids"), "patients",
 "slices_per_patient", "limit", "seed" (the sample's settings; null with ids), "n_patients", "n_slices",
-"entries": [{"file", "method", "target", "layer", "model", "times_gt", "control", "weights_sha256"}]}.
+"entries": [{"file", "method", "target", "layer", "model", "times_gt", "control", "weights_sha256"}]}
+(read and written by `tumorcam.explain.index`).
 
 `weights_sha256` names the weights that made the maps: for the trained model the sha256 of
-RUN/unet_trained.pth, for the untrained one `model_sha256` of its state_dict (`untrained_sha256`).
-An entry has the hash of its own model; the top level has the trained model's (null when the run has
-no weights file). Entries of an earlier call are kept unless recomputed when the split, size, slices
-(file ids, in order) and the weights of their model are all the same; others are dropped, so maps of
-weights since retrained never outlive them.
+RUN/unet_trained.pth (`Run.weights_sha256`), for the untrained one `model_sha256` of its state_dict
+(`untrained_sha256`). An entry has the hash of its own model; the top level has the trained model's
+(null when the run has no weights file). Entries of an earlier call are kept unless recomputed when
+the split, size, slices (file ids, in order) and the weights of their model are all the same; others
+are dropped, so maps of weights since retrained never outlive them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,46 +30,14 @@ import torch
 from tqdm import tqdm
 
 from tumorcam.config import Config
-from tumorcam.data.arrays import PreparedData, load_prepared
+from tumorcam.data.arrays import PreparedData
 from tumorcam.errors import TumorcamError
 from tumorcam.explain import compute_maps, get_method, get_target
+from tumorcam.explain.index import Entry, Index, read_index, write_index
 from tumorcam.explain.layers import INPUT_LAYER, resolve_layer
 from tumorcam.explain.maps import times_mask
-from tumorcam.explain.methods.controls import is_control
-from tumorcam.io import save_npz, write_json
-
-EXPLANATIONS_DIR = "explanations"
-INDEX_FILE = "index.json"
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One map file of the index."""
-
-    method: str
-    target: str
-    layer: str
-    model: str
-    times_gt: bool = False
-
-    @property
-    def file(self) -> str:
-        method = self.method.replace("+", "plus") + ("-x-gt" if self.times_gt else "")
-        return f"{self.model}__{method}__{self.target}__{self.layer}.npz"
-
-    def as_json(self, weights_sha256: str) -> dict:
-        control = not self.times_gt and is_control(get_method(self.method))
-        return {"file": self.file, "method": self.method, "target": self.target, "layer": self.layer,
-                "model": self.model, "times_gt": self.times_gt, "control": control, "weights_sha256": weights_sha256}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from tumorcam.io import save_npz
+from tumorcam.run_folder import Run, as_run
 
 
 def model_sha256(model: torch.nn.Module) -> str:
@@ -85,16 +52,8 @@ def model_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def run_weights_sha256(run: Path) -> str | None:
-    """sha256 of the run's trained weights (RUN/unet_trained.pth), None when it has none."""
-    from tumorcam.model import WEIGHTS_FILE
-
-    path = Path(run) / WEIGHTS_FILE
-    return file_sha256(path) if path.is_file() else None
-
-
 def untrained_sha256(config: Config) -> str:
-    """`model_sha256` of the untrained network `load_explain_model` builds (the global RNG is left as it was)."""
+    """`model_sha256` of the untrained network `explain_model` builds (the global RNG is left as it was)."""
     from tumorcam.model import build_model
 
     with torch.random.fork_rng(devices=[]):
@@ -102,15 +61,15 @@ def untrained_sha256(config: Config) -> str:
         return model_sha256(build_model(config.model))
 
 
-def load_explain_model(run: Path, config: Config, device: torch.device, untrained: bool) -> torch.nn.Module:
-    """The run's trained model, or (`untrained`) `build_model(config.model)` seeded with config.train.seed."""
-    from tumorcam.model import build_model, load_run_model
+def explain_model(run: Run, untrained: bool) -> torch.nn.Module:
+    """The run's trained model (`run.model()`), or (`untrained`) `build_model(config.model)` seeded with
+    config.train.seed, on `run.device` in eval mode."""
+    from tumorcam.model import build_model
 
     if untrained:
-        torch.manual_seed(config.train.seed)
-        return build_model(config.model).to(device).eval()
-    model, _ = load_run_model(run, "last", device)
-    return model
+        torch.manual_seed(run.config.train.seed)
+        return build_model(run.config.model).to(run.device).eval()
+    return run.model()
 
 
 def _as_option(option: str, check: Callable[[str], object], name: str) -> None:
@@ -212,7 +171,7 @@ def plan_entries(methods: Sequence[str], targets: Sequence[str], layers: Sequenc
 
 
 def explain_run(
-    run: str | Path,
+    run: str | Path | Run,
     data: str | Path | None = None,
     split: str | None = None,
     limit: int | None = None,
@@ -230,14 +189,10 @@ def explain_run(
     The slices are the file `ids` given, else `sample_rows(patients, slices_per_patient, limit)` seeded
     with config.explain.seed. Settings left as None come from the run's config.explain; the input size
     is config.train.size and the data config.data unless `data` is given. `untrained` explains the
-    network before fine-tuning (entries with model "untrained").
+    network before fine-tuning (entries with model "untrained"). The model runs on `run.device`.
     """
-    from tumorcam.training.device import resolve_device
-
-    run = Path(run)
-    if not (run / "config.json").is_file():
-        raise TumorcamError(f"{run}: not a run folder (no config.json); train one with `tumorcam train`")
-    config = Config.load(run / "config.json")
+    run = as_run(run)
+    config = run.config
     settings = config.explain
     if ids:
         given = (("--limit", limit), ("--patients", patients), ("--slices-per-patient", slices_per_patient))
@@ -260,20 +215,17 @@ def explain_run(
     for name in targets:
         _as_option("--targets", get_target, name)
 
-    device = resolve_device(config.train.device)
-    model = load_explain_model(run, config, device, untrained)
+    device = run.device
+    model = explain_model(run, untrained)
     for layer in layers:
         _as_option("--layers", lambda path: resolve_layer(model, path), layer)
-    trained_sha256 = run_weights_sha256(run)
+    trained_sha256 = run.weights_sha256
     model_hash = model_sha256(model) if untrained else trained_sha256
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
 
-    data_dir = data or config.data
-    if not data_dir:
-        raise TumorcamError(f"{run}/config.json has no data folder; pass --data DIR")
-    prepared = load_prepared(data_dir)
+    prepared = run.prepared(data)
     rows = select_rows(prepared, split, ids, patients=patients, slices_per_patient=slices_per_patient, limit=limit,
                        seed=settings.seed)
     file_ids = np.asarray(prepared.file_ids[rows], dtype=np.int64)
@@ -287,7 +239,7 @@ def explain_run(
     plan = plan_entries(methods, targets, layers, model_name)
     seeds = random_seeds(settings.seed, file_ids)
     batches = [slice(i, i + batch_size) for i in range(0, len(rows), batch_size)]
-    out_dir = run / EXPLANATIONS_DIR
+    out_dir = run.explanations_folder
     written: list[Entry] = []
     with tqdm(total=len(plan) * len(batches), desc="explain", unit="batch", disable=None) as progress:
         for entry in plan:
@@ -300,13 +252,15 @@ def explain_run(
                     model, x, method=entry.method, target=entry.target,
                     layer=None if entry.layer == INPUT_LAYER else entry.layer,
                     masks=masks[part].to(device), ig_steps=settings.ig_steps, seed=seeds[part],
-                    amp=config.train.amp,
+                    amp=config.explain.amp,
                 ).half().cpu()
                 progress.update()
             save_npz(out_dir / entry.file, maps=maps.numpy(), file_ids=file_ids)
-            written.append(entry)
+            written.append(Entry(entry.method, entry.target, entry.layer, entry.model, weights_sha256=model_hash,
+                                 folder=out_dir))
             if entry.method == "gradcam":
-                gt_entry = Entry(entry.method, entry.target, entry.layer, entry.model, times_gt=True)
+                gt_entry = Entry(entry.method, entry.target, entry.layer, entry.model, times_gt=True,
+                                 weights_sha256=model_hash, folder=out_dir)
                 gt_maps = times_mask(maps.float(), masks).half()
                 save_npz(out_dir / gt_entry.file, maps=gt_maps.numpy(), file_ids=file_ids)
                 written.append(gt_entry)
@@ -329,34 +283,29 @@ def explain_run(
                 current[kind] = None
         return current[kind]
 
-    write_index(out_dir, header, file_ids, [e.as_json(model_hash) for e in written], weights_now)
+    kept = _kept_entries(out_dir, header, file_ids, written, weights_now)
+    write_index(Index(folder=out_dir, header=header, entries=kept + written))
     return out_dir
 
 
-def write_index(out_dir: Path, header: dict, file_ids: np.ndarray, new: list[dict],
-                weights_now: Callable[[str], str | None]) -> None:
-    """index.json: `header`, and as entries those just written plus the earlier ones of the same split,
-    size and slices whose `weights_sha256` is `weights_now(their model)`."""
-    files = {e["file"] for e in new}
-    kept = [e for e in _earlier_entries(out_dir, header["split"], header["size"], file_ids)
-            if e["file"] not in files and e.get("weights_sha256") is not None
-            and e.get("weights_sha256") == weights_now(str(e.get("model", "trained")))]
-    write_json(out_dir / INDEX_FILE, {**header, "entries": kept + new})
-
-
-def _earlier_entries(out_dir: Path, split: str, size: int, file_ids: np.ndarray) -> list[dict]:
+def _kept_entries(folder: Path, header: dict, file_ids: np.ndarray, new: list[Entry],
+                  weights_now: Callable[[str], str | None]) -> list[Entry]:
+    """The entries of the index already in `folder` to list beside `new`: those not recomputed, of the
+    same split, size and slices (file ids, in order), whose `weights_sha256` is `weights_now(their model)`."""
     try:
-        index = json.loads((out_dir / INDEX_FILE).read_text())
-    except (OSError, ValueError):
+        earlier = read_index(folder)
+    except TumorcamError:
         return []
-    if not isinstance(index, dict) or index.get("split") != split or index.get("size") != size:
+    if earlier.split != header["split"] or earlier.size != header["size"]:
         return []
+    files = {entry.file for entry in new}
     kept = []
-    for entry in index.get("entries", []):
+    for entry in earlier.entries:
+        if entry.file in files or entry.weights_sha256 is None or entry.weights_sha256 != weights_now(entry.model):
+            continue
         try:
-            with np.load(out_dir / str(entry["file"]), allow_pickle=False) as npz:
-                same_slices = np.array_equal(npz["file_ids"], file_ids)
-        except (OSError, ValueError, KeyError, TypeError):
+            same_slices = np.array_equal(entry.stored_file_ids(), file_ids)
+        except TumorcamError:
             continue
         if same_slices:
             kept.append(entry)

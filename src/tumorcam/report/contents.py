@@ -2,7 +2,8 @@
 
 The report never fails because a stage has not run: each JSON file, the explanations index and
 the prepared data are loaded into a `Section` that is either present (`value`) or missing
-(`reason`, a sentence naming the file and the command that writes it).
+(`reason`, a sentence naming the file and the command that writes it). The run folder is opened
+as a `tumorcam.Run` on the CPU; only a folder that is not a run is an error.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from tumorcam.data.arrays import PreparedData, load_prepared
+from tumorcam.data.arrays import PreparedData
 from tumorcam.errors import TumorcamError
+from tumorcam.explain.index import INDEX_FILE, Entry
+from tumorcam.run_folder import Run
 
 
 @dataclass
@@ -31,37 +34,20 @@ class Section:
 
 
 @dataclass
-class ExplanationEntry:
-    """One `.npz` of RUN/explanations: maps (N,S,S) float32 and their file ids."""
-
-    file: str
-    method: str
-    target: str
-    layer: str
-    model: str
-    times_gt: bool
-    path: Path
-
-    def load(self) -> tuple[np.ndarray, np.ndarray]:
-        with np.load(self.path, allow_pickle=False) as npz:
-            return npz["maps"].astype(np.float32), npz["file_ids"].astype(np.int64)
-
-
-@dataclass
 class RunContents:
     """Everything the report shows, loaded once."""
 
-    run: Path
-    config: Section = field(default_factory=Section)
+    run: Run
+    config: Section = field(default_factory=Section)  # the config as a dict
     history: Section = field(default_factory=Section)
     metrics: Section = field(default_factory=Section)
     faithfulness: Section = field(default_factory=Section)
     localization: Section = field(default_factory=Section)
     sanity: Section = field(default_factory=Section)
-    explanations: Section = field(default_factory=Section)  # list[ExplanationEntry]
+    explanations: Section = field(default_factory=Section)  # list[Entry] whose map file exists
     prepared: Section = field(default_factory=Section)  # PreparedData
 
-    def entries(self, *, model: str | None = None, times_gt: bool | None = None) -> list[ExplanationEntry]:
+    def entries(self, *, model: str | None = None, times_gt: bool | None = None) -> list[Entry]:
         """Explanation entries filtered by model ("trained"/"untrained") and Grad-CAM x GT flag."""
         if not self.explanations.present:
             return []
@@ -79,19 +65,13 @@ JSON_SECTIONS = {
 
 
 def load_run_contents(run: str | Path) -> RunContents:
-    """Read a run folder for the report; only a folder without config.json is an error."""
-    run = Path(run)
-    if not run.is_dir():
-        raise TumorcamError(f"{run}: no such run folder")
-    if not (run / "config.json").is_file():
-        raise TumorcamError(f"{run}: not a run folder (no config.json); run `tumorcam train` or `tumorcam run` first")
-    contents = RunContents(run=run, config=_read_json(run / "config.json", "tumorcam train"))
-    if not contents.config.present:
-        raise TumorcamError(f"{run / 'config.json'}: {contents.config.reason}")
+    """Read a run folder for the report; only a folder that is not a run (no config.json) is an error."""
+    folder = Run.open(run, device="cpu")
+    contents = RunContents(run=folder, config=Section(value=folder.config.to_dict()))
     for name, (filename, command) in JSON_SECTIONS.items():
-        setattr(contents, name, _read_json(run / filename, command))
-    contents.explanations = _read_explanations(run / "explanations")
-    contents.prepared = _open_prepared(run, contents.config.value)
+        setattr(contents, name, _read_json(folder.path / filename, command))
+    contents.explanations = _read_explanations(folder)
+    contents.prepared = _open_prepared(folder)
     return contents
 
 
@@ -104,38 +84,24 @@ def _read_json(path: Path, command: str) -> Section:
         return Section(reason=f"{path.name} could not be read ({exc})")
 
 
-def _read_explanations(folder: Path) -> Section:
-    index = _read_json(folder / "index.json", "tumorcam explain RUN")
-    if not index.present:
-        return Section(reason=f"explanations/{index.reason}")
+def _read_explanations(run: Run) -> Section:
+    if not (run.explanations_folder / INDEX_FILE).is_file():
+        return Section(reason=f"{run.explanations_folder.name}/{INDEX_FILE} is missing (written by `tumorcam explain RUN`)")
     try:
-        entries = [
-            ExplanationEntry(file=str(e["file"]), method=str(e["method"]), target=str(e["target"]),
-                             layer=str(e["layer"]), model=str(e.get("model", "trained")),
-                             times_gt=bool(e.get("times_gt", False)), path=folder / str(e["file"]))
-            for e in index.value["entries"]
-        ]
-    except (KeyError, TypeError) as exc:
-        return Section(reason=f"explanations/index.json does not list entries as documented ({exc!r})")
+        entries = run.explanations.entries
+    except TumorcamError as exc:
+        return Section(reason=str(exc))
     present = [e for e in entries if e.path.is_file()]
     if not present:
-        return Section(reason="explanations/index.json lists no map file that exists")
+        return Section(reason=f"{run.explanations_folder.name}/{INDEX_FILE} lists no map file that exists")
     return Section(value=present)
 
 
-def _open_prepared(run: Path, config: dict[str, Any]) -> Section:
-    data = str(config.get("data") or "")
-    if not data:
-        return Section(reason="config.json names no prepared data folder")
-    path = Path(data)
-    candidates = [path] if path.is_absolute() else [path, run / path]
-    for candidate in candidates:
-        if candidate.is_dir():
-            try:
-                return Section(value=load_prepared(candidate))
-            except TumorcamError as exc:
-                return Section(reason=str(exc))
-    return Section(reason=f"the prepared data folder {data} named in config.json is not there")
+def _open_prepared(run: Run) -> Section:
+    try:
+        return Section(value=run.prepared())
+    except TumorcamError as exc:
+        return Section(reason=str(exc))
 
 
 def rows_of_file_ids(prepared: PreparedData, file_ids: np.ndarray) -> np.ndarray:

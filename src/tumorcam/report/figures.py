@@ -20,9 +20,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tumorcam.data.arrays import CLASS_NAMES
+from tumorcam.explain.index import Entry
 from tumorcam.io import atomic_path
 from tumorcam.report import results
-from tumorcam.report.contents import ExplanationEntry, RunContents, Section, rows_of_file_ids
+from tumorcam.report.contents import RunContents, Section, rows_of_file_ids
 
 HEATMAP_CMAP = "inferno"
 DPI = 110
@@ -109,25 +110,25 @@ def _label_name(label: int) -> str:
     return CLASS_NAMES.get(int(label), f"class {int(label)}")
 
 
-def _entry_title(entry: ExplanationEntry) -> str:
+def _entry_title(entry: Entry) -> str:
     return f"{entry.method}, {entry.target}, {entry.layer}"
 
 
-def _pick_entry(entries: list[ExplanationEntry]) -> ExplanationEntry:
+def _pick_entry(entries: list[Entry]) -> Entry:
     """The entry to show: Grad-CAM first (the paper's method), never the random map unless alone."""
     if not entries:
         raise MissingInput("no explanation entries of this kind")
     return sorted(entries, key=lambda e: (e.method != "gradcam", e.method == "random"))[0]
 
 
-def _matching(entries: list[ExplanationEntry], like: ExplanationEntry) -> ExplanationEntry | None:
+def _matching(entries: list[Entry], like: Entry) -> Entry | None:
     for entry in entries:
         if (entry.method, entry.target, entry.layer) == (like.method, like.target, like.layer):
             return entry
     return None
 
 
-def _shared_maps(*entries: ExplanationEntry) -> tuple[np.ndarray, list[np.ndarray]]:
+def _shared_maps(*entries: Entry) -> tuple[np.ndarray, list[np.ndarray]]:
     """File ids present in every entry (in the first's order) and each entry's maps for them."""
     loaded = [entry.load() for entry in entries]
     others = [set(ids.tolist()) for _, ids in loaded[1:]]
@@ -259,7 +260,7 @@ def draw_deletion_insertion(contents: RunContents) -> Figure:
 def draw_predicted_mask(contents: RunContents) -> Figure:
     """(5) Slices and the predicted mask, with the ground truth for comparison and the Dice."""
     from tumorcam.errors import TumorcamError
-    from tumorcam.metrics import dice_iou
+    from tumorcam.evaluate.metrics import dice_iou
 
     prepared = _need(contents.prepared)
     try:

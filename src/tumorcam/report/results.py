@@ -7,12 +7,14 @@ plain Python data; a value that is absent becomes "n/a" in a table rather than a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tumorcam.data.arrays import PreparedData
+
+if TYPE_CHECKING:
+    from tumorcam.run_folder import Run
 
 
 @dataclass
@@ -116,18 +118,14 @@ def one_per_class_first(labels: np.ndarray, limit: int) -> np.ndarray:
     return np.array((firsts + rest)[:limit], dtype=np.int64)
 
 
-def predict_examples(run: Path, prepared: PreparedData, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def predict_examples(run: Run, prepared: PreparedData, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Images (N,S,S), ground-truth and predicted masks (N,S,S) bool and rows of a few test slices,
-    predicted by the run's last checkpoint at its training size, on the CPU."""
-    import torch
+    predicted by the run's last checkpoint at its training size, on `run.device`."""
+    from tumorcam.inference import predict_masks
 
-    from tumorcam.model import load_run_model
-    from tumorcam.training.predict import predict_masks
-
-    model, config = load_run_model(run, "last", "cpu")
     rows = example_rows(prepared, limit)
-    images, masks = prepared.tensors(rows, config.train.size)
-    predicted = predict_masks(model, images, len(rows), torch.device("cpu"), amp=False)
+    images, masks = prepared.tensors(rows, run.config.train.size)
+    predicted = predict_masks(run.model("last"), images, len(rows), run.device, amp=False).cpu()
     return images[:, 0].numpy(), masks[:, 0].numpy() > 0.5, predicted[:, 0].numpy(), rows
 
 
@@ -153,11 +151,9 @@ def is_control(row: dict[str, Any]) -> bool:
     `control` flag, or, where a file has none (sanity.json), the method registry's."""
     if "control" in row:
         return bool(row["control"])
-    from tumorcam.explain.methods import METHODS
-    from tumorcam.explain.methods.controls import is_control as method_is_control
+    from tumorcam.explain.index import method_is_control
 
-    method = METHODS.get(str(row.get("method")))
-    return method is not None and method_is_control(method)
+    return method_is_control(str(row.get("method")))
 
 
 def _method_label(row: dict[str, Any], with_layer: bool) -> str:

@@ -1,1 +1,6 @@
-"""The parts of `tumorcam.train`: device, on-device data and augmentation, loss, step, state, DDP."""
+"""Training: `train(config, out, resume=False)` (the loop, `loop`) and its parts: on-device data
+and augmentation, loss, step, state, DDP (`distributed`)."""
+
+from tumorcam.training.loop import train
+
+__all__ = ["train"]

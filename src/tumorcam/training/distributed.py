@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tumorcam.training.device import resolve_device
+from tumorcam.device import resolve_device
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tumorcam.training.augment import augment
-from tumorcam.training.device import autocast
+from tumorcam.device import autocast
 
 
 def make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:

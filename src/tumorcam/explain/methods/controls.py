@@ -14,7 +14,7 @@ image when the sizes differ) or the image, and ignores the target and every grad
   along axis a: [-1, 0, 1] along a, smoothed by [1, 2, 1] along every other axis (the 3x3 Sobel
   pair in 2-D), replicate padding, float32.
 
-Like every map they are then min-max normalised per slice (maps.normalise): an empty mask, or one
+Like every map they are then min-max normalised per slice (maps.normalize): an empty mask, or one
 covering the whole slice, gives an all-zero map.
 """
 
@@ -71,11 +71,11 @@ def sobel_magnitude(images: torch.Tensor) -> torch.Tensor:
     """|G| (B, 1, *spatial) float32 of images (B, C, *spatial), 1 to 3 spatial axes (module docstring)."""
     dims = _spatial_dims(images, "edges")
     with torch.autocast(images.device.type, enabled=False):
-        grey = images.detach().float().mean(dim=1, keepdim=True)
-        padded = F.pad(grey, (1, 1) * dims, mode="replicate")
+        gray = images.detach().float().mean(dim=1, keepdim=True)
+        padded = F.pad(gray, (1, 1) * dims, mode="replicate")
         derivative = torch.tensor(SOBEL_DERIVATIVE, device=images.device)
         smoothing = torch.tensor(SOBEL_SMOOTHING, device=images.device)
-        total = torch.zeros_like(grey)
+        total = torch.zeros_like(gray)
         for axis in range(dims):
             kernel = torch.ones((1,) * dims, device=images.device)
             for other in range(dims):

@@ -46,7 +46,7 @@ def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, to
     return dice, iou
 
 
-def summarise(dice: np.ndarray, iou: np.ndarray, labels: np.ndarray, pids: np.ndarray,
+def summarize(dice: np.ndarray, iou: np.ndarray, labels: np.ndarray, pids: np.ndarray,
               n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Overall, per-class and per-patient Dice/IoU summaries of per-slice scores.
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tumorcam.metrics import dice_iou
-from tumorcam.training.device import autocast
+from tumorcam.evaluate.metrics import dice_iou
+from tumorcam.device import autocast
 
 
 @torch.no_grad()

@@ -1,0 +1,142 @@
+"""`Run`: a run folder as one object, the way every stage and the report read it.
+
+    import tumorcam
+
+    run = tumorcam.Run.open("runs/demo")            # RUN/config.json, read once
+    model = run.model("best")                       # unet_best.pth on run.device, in eval mode
+    rows = run.split("test")                        # rows of the prepared data (config.data)
+    index = run.explanations                        # RUN/explanations/index.json (`tumorcam.explain.index`)
+
+`run.device` is resolved once, from config.train.device unless `Run.open(path, device=...)` gives
+one; models, prepared folders and the weights hash are read once per `Run`. The explanations index
+is read anew at each access (a stage may have rewritten it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from tumorcam.config import Config
+from tumorcam.errors import TumorcamError
+
+if TYPE_CHECKING:
+    from tumorcam.data.arrays import PreparedData
+    from tumorcam.explain.index import Index
+    from tumorcam.model import GrayUnet
+
+CONFIG_FILE = "config.json"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Run:
+    """A run folder: `path`, `config`, `device`, and its model, prepared data and explanations on demand."""
+
+    def __init__(self, path: Path, config: Config, device: str | torch.device | None = None) -> None:
+        self.path = path
+        self.config = config
+        if device is not None:
+            self.device = _resolve(device)
+        self._models: dict[str, GrayUnet] = {}
+        self._prepared: dict[Path, PreparedData] = {}
+
+    @classmethod
+    def open(cls, path: str | Path, *, device: str | torch.device | None = None) -> Run:
+        """The run folder at `path` (one that holds config.json); `device` (auto, cpu, cuda, cuda:N or a
+        torch.device) replaces config.train.device."""
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise TumorcamError(f"{path}: not a run folder (no {CONFIG_FILE}); train one with `tumorcam train`")
+        return cls(path, Config.load(path / CONFIG_FILE), device)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @cached_property
+    def device(self) -> torch.device:
+        """Where the run's models run: config.train.device resolved (`tumorcam.device.resolve_device`)."""
+        return _resolve(self.config.train.device)
+
+    def model(self, checkpoint: str = "last") -> GrayUnet:
+        """The trained network, in eval mode on `device`: `last` (unet_trained.pth) or `best` (unet_best.pth)."""
+        from tumorcam.model import CHECKPOINTS, load_run_model
+
+        if checkpoint not in CHECKPOINTS:
+            raise TumorcamError(f"checkpoint: unknown checkpoint {checkpoint!r} (choose {' or '.join(CHECKPOINTS)})")
+        if checkpoint not in self._models:
+            self._models[checkpoint], _ = load_run_model(self.path, checkpoint, self.device, config=self.config)
+        return self._models[checkpoint]
+
+    def prepared(self, data: str | Path | None = None) -> PreparedData:
+        """The prepared data of the folder `data`, else of config.data (a relative config.data is looked
+        for from the working directory, then from the run folder)."""
+        from tumorcam.data.arrays import load_prepared
+
+        if data is None:
+            if not self.config.data:
+                raise TumorcamError(f"data: {self.path / CONFIG_FILE} names no prepared data folder; "
+                                    "give one (--data DIR)")
+            data = Path(self.config.data)
+            if not data.is_absolute() and not data.is_dir() and (self.path / data).is_dir():
+                data = self.path / data
+        root = Path(data)
+        if root not in self._prepared:
+            self._prepared[root] = load_prepared(root)
+        return self._prepared[root]
+
+    def split(self, name: str, data: str | Path | None = None) -> np.ndarray:
+        """Rows of the prepared data (`prepared(data)`) in the split `name` (train, val, test or all)."""
+        prepared = self.prepared(data)
+        rows = prepared.indices(name)
+        if len(rows) == 0:
+            raise TumorcamError(f"split: no slices of the {name} split in {prepared.root} (splits.json)")
+        return rows
+
+    @property
+    def explanations_folder(self) -> Path:
+        from tumorcam.explain.index import EXPLANATIONS_DIR
+
+        return self.path / EXPLANATIONS_DIR
+
+    @property
+    def explanations(self) -> Index:
+        """RUN/explanations/index.json (read at each access); no index is an error naming `tumorcam explain`."""
+        from tumorcam.explain.index import read_index
+
+        return read_index(self.explanations_folder)
+
+    @cached_property
+    def weights_sha256(self) -> str | None:
+        """sha256 of the trained weights (unet_trained.pth), None when the run has none."""
+        from tumorcam.model import WEIGHTS_FILE
+
+        path = self.path / WEIGHTS_FILE
+        return file_sha256(path) if path.is_file() else None
+
+
+def _resolve(device: str | torch.device) -> torch.device:
+    from tumorcam.device import resolve_device
+
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+def as_run(run: str | Path | Run, device: str | torch.device | None = None) -> Run:
+    """`run` itself when it is a `Run` (on `device` when one is given), else `Run.open(run, device=device)`."""
+    if not isinstance(run, Run):
+        return Run.open(run, device=device)
+    if device is None:
+        return run
+    return Run(run.path, run.config, device)
