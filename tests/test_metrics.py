@@ -75,3 +75,16 @@ def test_summarize_groups_by_class_and_patient():
     # patient mean weighs each patient once: (0.5 + 0.5 + 0.9 + 0.3) / 4, not the slice mean
     assert s["per_patient"]["summary"]["n"] == 4
     assert s["per_patient"]["summary"]["dice"]["mean"] == pytest.approx(2.2 / 4)
+
+
+def test_overall_ci_resamples_patients_not_slices():
+    """Two patients, one all 1.0 (10 slices), one all 0.0 (10 slices): a slice bootstrap gives a narrow
+    CI around 0.5; resampling patients draws {both, only A, only B}, so the CI reaches 0 and 1."""
+    dice = np.r_[np.ones(10), np.zeros(10)]
+    pids = np.array(["A"] * 10 + ["B"] * 10)
+    labels = np.ones(20, dtype=np.int8)
+    s = summarize(dice, dice, labels, pids, n_resamples=400, seed=0)
+    overall = s["overall"]["dice"]
+    assert overall["mean"] == pytest.approx(0.5) and overall["n"] == 20 and overall["n_patients"] == 2
+    assert overall["unit"] == "patient" and overall["ci_low"] == 0.0 and overall["ci_high"] == 1.0
+    assert s["overall"]["n_patients"] == 2

@@ -7,11 +7,13 @@ Per slice, with P the predicted and G the ground-truth tumour pixels:
 Empty-mask convention: when P and G are both empty the slice scores 1.0 on both (nothing to
 find, nothing found); when exactly one is empty it scores 0.0. Slices are never dropped.
 
-Aggregation: a group's mean is the plain mean of its slice scores. Per patient, each patient's
-score is the mean over that patient's slices and the summary is the mean over patients, so a
-patient with many slices does not weigh more. Each summary is
-`tumorcam.evaluate.stats.bootstrap_ci`: {"mean", "ci_low", "ci_high", "n"}, a seeded percentile
-bootstrap of the mean (95%), the same form as the other stages' JSON files.
+Aggregation: a group's mean (overall, per class) is the plain mean of its slice scores, and its
+95% CI comes from a cluster bootstrap over patients (`stats.pooled_cluster_bootstrap_ci`: the
+patients are resampled, each with all its slices), since slices of one patient are not
+independent: {"mean", "ci_low", "ci_high", "n" (slices), "n_patients", "unit": "patient"}. Per
+patient, each patient's score is the mean over its slices and the summary is the mean over
+patients (a patient with many slices does not weigh more), with a percentile bootstrap over the
+patients (`stats.bootstrap_ci`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from tumorcam.data.arrays import CLASS_NAMES
-from tumorcam.evaluate.stats import bootstrap_ci
+from tumorcam.evaluate.stats import bootstrap_ci, pooled_cluster_bootstrap_ci
 
 EMPTY_MASK_CONVENTION = "both prediction and ground truth empty: Dice = IoU = 1; exactly one empty: 0"
 
@@ -52,7 +54,7 @@ def summarize(dice: np.ndarray, iou: np.ndarray, labels: np.ndarray, pids: np.nd
 
     Returns {"overall": {"n", "dice", "iou"}, "per_class": {name: {"n", "dice", "iou"}},
     "per_patient": {"summary": {"n", "dice", "iou"}, "patients": [{"pid", "label", "n", "dice", "iou"}]}}
-    where each "dice"/"iou" of a summary is a `bootstrap_ci` dict.
+    (the CIs as in the module docstring).
     """
     dice, iou = np.asarray(dice, np.float64), np.asarray(iou, np.float64)
     labels, pids = np.asarray(labels), np.asarray(pids).astype(str)
@@ -61,7 +63,11 @@ def summarize(dice: np.ndarray, iou: np.ndarray, labels: np.ndarray, pids: np.nd
         return bootstrap_ci(np.asarray(values, np.float64), resamples=n_resamples, seed=seed)
 
     def stats(rows: np.ndarray) -> dict[str, Any]:
-        return {"n": int(rows.sum()), "dice": _ci(dice[rows]), "iou": _ci(iou[rows])}
+        def clustered(values: np.ndarray) -> dict[str, Any]:
+            return pooled_cluster_bootstrap_ci(values[rows], pids[rows], resamples=n_resamples, seed=seed)
+
+        return {"n": int(rows.sum()), "n_patients": len(np.unique(pids[rows])), "dice": clustered(dice),
+                "iou": clustered(iou)}
 
     per_class = {CLASS_NAMES.get(int(c), str(int(c))): stats(labels == c) for c in np.unique(labels)}
     patients = []
@@ -74,6 +80,6 @@ def summarize(dice: np.ndarray, iou: np.ndarray, labels: np.ndarray, pids: np.nd
         "dice": _ci([p["dice"] for p in patients]),
         "iou": _ci([p["iou"] for p in patients]),
     }
-    overall = {"n": int(dice.size), "dice": _ci(dice), "iou": _ci(iou)}
+    overall = stats(np.ones(dice.size, dtype=bool))
     return {"overall": overall, "per_class": per_class,
             "per_patient": {"summary": per_patient_summary, "patients": patients}}

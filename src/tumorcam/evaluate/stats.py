@@ -73,6 +73,35 @@ def cluster_bootstrap_ci(values: np.ndarray, patient_ids: np.ndarray, *, resampl
     return out
 
 
+def pooled_cluster_bootstrap_ci(values: np.ndarray, patient_ids: np.ndarray, *, resamples: int = 1000,
+                                level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Mean over slices of `values` with a percentile CI from a cluster bootstrap over patients.
+
+    Each draw takes P patients with replacement and computes the pooled mean of their slices,
+    sum_p S_p / sum_p n_p (S_p, n_p: a drawn patient's sum and count of finite values), so slices
+    of one patient are resampled together. Returns {"mean", "ci_low", "ci_high", "n" (slices),
+    "n_patients", "unit": "patient"}; nulls when no value is finite.
+    """
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    x, ids = _per_slice(values, patient_ids)
+    keep = np.isfinite(x)
+    x, ids = x[keep], ids[keep]
+    out: dict[str, Any] = {"mean": None, "ci_low": None, "ci_high": None, "n": int(x.size), "n_patients": 0,
+                           "unit": "patient"}
+    if x.size == 0:
+        return out
+    unique, inverse = np.unique(ids, return_inverse=True)
+    sums = np.bincount(inverse, weights=x, minlength=unique.size)
+    counts = np.bincount(inverse, minlength=unique.size).astype(np.float64)
+    draws = np.random.default_rng(seed).integers(0, unique.size, size=(resamples, unique.size))
+    pooled = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(pooled, [tail, 1.0 - tail])
+    out.update(mean=float(x.mean()), ci_low=float(low), ci_high=float(high), n_patients=int(unique.size))
+    return out
+
+
 def wilcoxon_test(differences: np.ndarray) -> dict[str, Any]:
     """Two-sided Wilcoxon signed-rank test of `differences` (one per patient) against 0.
 
