@@ -214,7 +214,7 @@ def test_the_demo_explains_every_test_patient_of_the_synthetic_default() -> None
     assert sum(f == 5 for f in folds) == 12 and sum(f in (1, 2, 3) for f in folds) == 36
     assert sorted(p % 3 for p, f in enumerate(folds) if f == 5) == [0] * 4 + [1] * 4 + [2] * 4
     assert (cfg.explain.split, cfg.explain.patients, cfg.explain.slices_per_patient, cfg.explain.limit) == ("test", None, 2, None)
-    assert (cfg.evaluate.schedule, cfg.evaluate.baselines, cfg.evaluate.steps) == ("log", ["zero", "blur"], 8)
+    assert (cfg.evaluate.schedule, cfg.evaluate.baselines, cfg.evaluate.steps) == ("log", ["zero"], 8)
     primary = cfg.evaluate.primary
     assert primary.target in cfg.explain.targets and primary.method in cfg.explain.methods
     assert primary.layer in cfg.explain.layers and primary.baseline in cfg.evaluate.baselines
