@@ -59,7 +59,7 @@ class Stage:
 
 
 def is_prepared(path: Path) -> bool:
-    """A folder that already holds the prepared arrays (DESIGN.md section 2)."""
+    """A folder that already holds the prepared arrays (the layout of `tumorcam.data.arrays`)."""
     return path.is_dir() and all((path / name).is_file() for name in PREPARED_FILES)
 
 

@@ -1,6 +1,6 @@
 """Read a PNG image/mask pair and the optional `metadata.csv` of a PNG dataset folder.
 
-Layout (as ../shared/data/figshare-png256): `images/N.png` (8- or 16-bit grey), `masks/N.png`
+Layout: `images/N.png` (8- or 16-bit grey), `masks/N.png`
 (0/255 or 0/1) and optionally `metadata.csv` with a `file_id` column and any of `pid`,
 `label`, `fold`. Images are already in display orientation.
 """
