@@ -23,6 +23,7 @@ import torch
 
 from tumorcam.config import Config
 from tumorcam.errors import TumorcamError
+from tumorcam.evaluate.reference import random_maps
 from tumorcam.explain.index import INDEX_FILE, Entry, write_index
 from tumorcam.model import WEIGHTS_FILE
 from tumorcam.run_folder import Run, as_run
@@ -222,7 +223,7 @@ def _add_random_entries(entries: list[Entry], file_ids: np.ndarray, size: int, s
     """A seeded uniform random map for each model kind whose explanations have none."""
     for kind in sorted({e.model for e in entries}):
         if not any(e.method == RANDOM and e.model == kind for e in entries):
-            maps = torch.rand((len(file_ids), size, size), generator=torch.Generator().manual_seed(seed)).numpy()
+            maps = random_maps(len(file_ids), (size, size), seed).numpy()
             entries.append(Entry.in_memory(maps, method=RANDOM, target="none", layer="input", model=kind,
                                            control=True))
 
