@@ -27,7 +27,7 @@ def reference_curves(model_fn: ModelFn, images: torch.Tensor, maps: torch.Tensor
                      masks: torch.Tensor | None = None, channel: int = 0, seed: int = 0, road_noise: float = 0.0,
                      amp: bool = False) -> Curves:
     """Curves of maps (N, *spatial) for images (N, C, *spatial), one forward of batch 1 per step."""
-    check_game(steps, baseline, score, schedule, images.dim() - 2)
+    check_game(steps, baseline, score, schedule)
     n, spatial = len(images), tuple(images.shape[2:])
     ranks = rank_pixels(maps, seed).view(n, 1, *spatial)
     counts = step_counts(steps, int(np.prod(spatial)), schedule)

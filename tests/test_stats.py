@@ -3,6 +3,8 @@ checked against scipy and hand-worked cases."""
 
 from __future__ import annotations
 
+import itertools
+
 import copy
 
 import numpy as np
@@ -100,7 +102,7 @@ def test_wilcoxon_exact_small_n_by_hand_and_scipy() -> None:
         assert (ours["statistic"], ours["p_value"]) == (pytest.approx(theirs.statistic), pytest.approx(theirs.pvalue))
 
 
-def test_wilcoxon_drops_zeros_and_goes_asymptotic_past_50_or_with_ties() -> None:
+def test_wilcoxon_drops_zeros_and_goes_asymptotic_past_50_or_with_many_ties() -> None:
     d = np.array([0.0, 0.3, -0.2, 0.0, 0.9, 1.4, 0.5, np.nan])
     result = wilcoxon_test(d)
     assert (result["n"], result["n_zero"], result["method"]) == (5, 2, "exact")
@@ -109,7 +111,7 @@ def test_wilcoxon_drops_zeros_and_goes_asymptotic_past_50_or_with_ties() -> None
     result = wilcoxon_test(large)
     assert result["method"] == "asymptotic"
     assert result["p_value"] == pytest.approx(sps.wilcoxon(large, method="asymptotic", correction=False).pvalue)
-    tied = np.array([1.0, 1.0, -1.0, 2.0, 2.0, 3.0, 0.5])
+    tied = np.tile([1.0, 1.0, -1.0, 2.0, 2.0, 3.0, 0.5], 2)  # 14 differences with ties
     result = wilcoxon_test(tied)
     assert result["method"] == "asymptotic"
     assert result["p_value"] == pytest.approx(sps.wilcoxon(tied, method="asymptotic", correction=False).pvalue)
@@ -117,6 +119,23 @@ def test_wilcoxon_drops_zeros_and_goes_asymptotic_past_50_or_with_ties() -> None
         result = wilcoxon_test(too_few)
         assert result["p_value"] is None and result["method"] is None
         assert result["n"] == too_few.size - (too_few == 0).sum()
+
+
+def test_wilcoxon_with_ties_and_small_n_enumerates_every_sign_pattern() -> None:
+    """Tied |d| with n <= 13: the p-value of all 2^n sign flips of the mid-ranks, by hand; the normal
+    approximation would be anti-conservative (six equal differences: 0.014, exactly 2/64)."""
+    tied = np.array([1.0, 1.0, -1.0, 2.0, 2.0, 3.0, 0.5])
+    ranks = sps.rankdata(np.abs(tied))
+    observed = min(ranks[tied > 0].sum(), ranks[tied < 0].sum())
+    signs = np.array(list(itertools.product([1, -1], repeat=tied.size)))
+    positive = (signs > 0) @ ranks
+    extreme = np.minimum(positive, ranks.sum() - positive) <= observed + 1e-9
+    result = wilcoxon_test(tied)
+    assert result["method"] == "permutation"
+    assert result["p_value"] == pytest.approx(extreme.mean())
+    equal = wilcoxon_test(np.ones(6))
+    assert equal["p_value"] == pytest.approx(2 / 2**6)
+    assert sps.wilcoxon(np.ones(6), method="asymptotic", correction=False).pvalue < 0.015
 
 
 def test_hodges_lehmann_is_the_median_of_walsh_averages() -> None:

@@ -7,11 +7,13 @@
     result.summary()["deletion"]["vs_random"]["verdict"]
     tumorcam.localization(maps, masks)  # pointing game, energy, top-p% IoU vs a random map
     tumorcam.sanity(model, images, channel=1).passes  # cascading randomization of the weights
+    tumorcam.channels(model, volumes, channel_names=["T1", "T1CE", "T2", "FLAIR"]).summary()  # per sequence
 
 `tumorcam.explain` (the function and its package), `tumorcam.explain_components`, `tumorcam.METHODS`,
 `tumorcam.TARGETS`, `tumorcam.faithfulness` (with `FaithfulnessResult`), `tumorcam.localization`,
-`tumorcam.sanity` (with `SanityResult`) and `tumorcam.Run` (a run folder) are imported on first use,
-so `import tumorcam` stays light.
+`tumorcam.sanity` (with `SanityResult`), `tumorcam.channels` (with `ChannelResult`: each input channel's
+share of the attribution and the Dice drop of ablating it) and `tumorcam.Run` (a run folder) are
+imported on first use, so `import tumorcam` stays light.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ _EXPORTS = {
     "localization": "tumorcam.evaluate.localization",
     "sanity": "tumorcam.evaluate.sanity",
     "SanityResult": "tumorcam.evaluate.sanity",
+    "channels": "tumorcam.evaluate.channels",
+    "ChannelResult": "tumorcam.evaluate.channels",
 }
 
-__all__ = ["METHODS", "TARGETS", "FaithfulnessResult", "Run", "SanityResult", "__version__", "explain",
-           "explain_components", "faithfulness", "localization", "sanity"]
+__all__ = ["METHODS", "TARGETS", "ChannelResult", "FaithfulnessResult", "Run", "SanityResult", "__version__",
+           "channels", "explain", "explain_components", "faithfulness", "localization", "sanity"]
 
 
 def __getattr__(name: str) -> Any:

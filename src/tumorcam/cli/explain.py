@@ -1,6 +1,7 @@
 """`tumorcam explain`: heatmaps of a run's model (`RUN`, see `tumorcam.explain.run`; `RUN --image FILE`
 for one slice), or of your own network (`--image FILE --model MODULE:FACTORY --out DIR`, see
-`tumorcam.explain.image.explain_files` and `tumorcam.user_model`)."""
+`tumorcam.explain.image.explain_files` and `tumorcam.user_model`; for a 3-D network the --image
+files are the NIfTI channels of one case, see `tumorcam.explain.volume_files`)."""
 
 from __future__ import annotations
 
@@ -78,10 +79,12 @@ def explain_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Slices per forward/backward."),
     untrained: bool = typer.Option(False, "--untrained", help="Explain the network before fine-tuning (seeded build)."),
     image: Optional[list[Path]] = typer.Option(None, "--image", help="A slice: PNG/JPEG, or DICOM/NIfTI with "
-                                               "the medical extra (repeat for several with --model)."),
+                                               "the medical extra (repeat for several with --model). With a "
+                                               "3-D --model: the NIfTI volumes of one case, one per input "
+                                               "channel, in order (CASE_0000.nii.gz, CASE_0001.nii.gz, ...)."),
     out: Optional[Path] = typer.Option(None, "--out", help="With RUN --image: the overlay PNG (default "
                                        "RUN/explanations/NAME.png). With --model: the folder for NAME.npy and "
-                                       "NAME.png."),
+                                       "NAME.png (a 3-D network: CASE_METHOD.nii.gz and CASE_METHOD.png)."),
     model: Optional[str] = typer.Option(None, "--model", help="Your own network: MODULE:FACTORY, a function "
                                         "returning an nn.Module (MODULE is found in the current directory too)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="With --model: a state_dict (.pth/.pt read with "
@@ -91,6 +94,9 @@ def explain_command(
                                          "or dict (a key) output."),
     imagenet: bool = typer.Option(False, "--imagenet", help="With --model: normalise the 3 input channels with "
                                   "ImageNet's mean and std (default: the slice in [0, 1])."),
+    size: Optional[int] = typer.Option(None, "--size", help="With a 3-D --model: resample the case to a "
+                                       "SIZE^3 cube for the network (trilinear; the map comes back at the "
+                                       "case's shape). Default: the case's own shape."),
     device: str = typer.Option("auto", "--device", help="With --model: auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Heatmaps for the chosen methods, targets and layers, plus Grad-CAM x GT, in RUN/explanations/;
@@ -105,10 +111,11 @@ def explain_command(
             if value is not None:
                 raise TumorcamError(f"{option}: only with RUN, not with --model")
         _explain_own_model(run, image, out, model, weights, methods, targets, layers, channel, output, imagenet,
-                           device)
+                           size, device)
         return
     for option, given in (("--weights", weights is not None), ("--channel", channel != 0),
-                          ("--output", output is not None), ("--imagenet", imagenet), ("--device", device != "auto")):
+                          ("--output", output is not None), ("--imagenet", imagenet), ("--size", size is not None),
+                          ("--device", device != "auto")):
         if given:
             raise TumorcamError(f"{option}: only with --model MODULE:FACTORY")
     if run is None:
@@ -140,11 +147,13 @@ def explain_command(
 def _explain_own_model(run: Optional[Path], images: Optional[list[Path]], out: Optional[Path], spec: str,
                        weights: Optional[Path], methods: Optional[str], targets: Optional[str],
                        layers: Optional[str], channel: int, output: Optional[str], imagenet: bool,
-                       device: str) -> None:
-    """`tumorcam explain --image FILE... --model MODULE:FACTORY --out DIR`: one map and overlay per image."""
+                       size: Optional[int], device: str) -> None:
+    """`tumorcam explain --image FILE... --model MODULE:FACTORY --out DIR`: one map and overlay per image;
+    for a 3-D network, one of the case whose channels the images are."""
     from tumorcam.device import resolve_device
     from tumorcam.errors import TumorcamError
-    from tumorcam.explain.image import explain_files
+    from tumorcam.explain.image import explain_files, spatial_dims
+    from tumorcam.explain.volume_files import explain_volume_files
     from tumorcam.user_model import load_user_model
 
     if run is not None:
@@ -157,13 +166,21 @@ def _explain_own_model(run: Optional[Path], images: Optional[list[Path]], out: O
     target = _one("--target", targets, "predicted-region")
     layer = _one("--layer", layers, None)
     network = load_user_model(spec, weights)
-    written = explain_files(network, images, out, model_name=f"--model {spec}", method=method, target=target,
-                            layer=layer, channel=channel, output=_output(output), imagenet=imagenet,
-                            device=resolve_device(device))
+    options = {"model_name": f"--model {spec}", "method": method, "target": target, "layer": layer,
+               "channel": channel, "output": _output(output), "device": resolve_device(device)}
+    if spatial_dims(network) == 3:
+        if imagenet:
+            raise TumorcamError(f"--imagenet: for a 2-D network's RGB slices; --model {spec} is a 3-D network")
+        written = explain_volume_files(network, images, out, size=size, **options)
+    else:
+        if size is not None:
+            raise TumorcamError(f"--size: resamples a 3-D network's NIfTI volumes; --model {spec} is a 2-D "
+                                "network (slices go to it at their own size)")
+        written = explain_files(network, images, out, imagenet=imagenet, **options)
     typer.echo(f"{method} of {target}, channel {channel}, at layer {written.layer} of {type(network).__name__} "
                f"({written.channels} input channel(s))")
-    for npy, png in written.files:
-        typer.echo(f"wrote {npy} and {png}")
+    for heatmap, png in written.files:
+        typer.echo(f"wrote {heatmap} and {png}")
 
 
 def register(app: typer.Typer) -> None:

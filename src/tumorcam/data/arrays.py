@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tumorcam.errors import TumorcamError
+
+if TYPE_CHECKING:
+    import torch
 
 ARRAY_FILES = ("images.npy", "masks.npy", "labels.npy", "pids.npy", "file_ids.npy")
 CLASS_NAMES = {1: "meningioma", 2: "glioma", 3: "pituitary"}
@@ -72,19 +75,17 @@ class PreparedData:
         return images, masks
 
 
-def load_prepared(root: str | Path) -> PreparedData:
-    """Open a prepared folder; a folder that is not one fails with a message naming what is missing."""
-    root = Path(root)
-    if not root.is_dir():
-        raise TumorcamError(f"--data {root}: no such folder")
-    missing = [name for name in (*ARRAY_FILES, "manifest.json", "splits.json") if not (root / name).is_file()]
+def read_folder(root: Path, names: tuple[str, ...], kind: str,
+                source: str) -> tuple[dict[str, np.ndarray], Any, Any]:
+    """The memory-mapped arrays `names` (never unpickled), manifest.json and splits.json of a prepared
+    folder; what is missing or unreadable is one error naming it and the `data prepare` command
+    (`kind` says what the folder should be, `source` what prepare reads)."""
+    missing = [name for name in (*names, "manifest.json", "splits.json") if not (root / name).is_file()]
     if missing:
-        raise TumorcamError(
-            f"--data {root}: not a prepared folder (missing {', '.join(missing)}); "
-            "run `tumorcam data prepare SRC --out DIR` first"
-        )
+        raise TumorcamError(f"--data {root}: not a {kind} (missing {', '.join(missing)}); "
+                            f"run `tumorcam data prepare {source} --out DIR` first")
     arrays = {}
-    for name in ARRAY_FILES:
+    for name in names:
         try:
             arrays[name] = np.load(root / name, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as exc:
@@ -94,6 +95,15 @@ def load_prepared(root: str | Path) -> PreparedData:
         splits = json.loads((root / "splits.json").read_text())
     except ValueError as exc:
         raise TumorcamError(f"{root}: manifest.json or splits.json is not valid JSON ({exc})") from None
+    return arrays, manifest, splits
+
+
+def load_prepared(root: str | Path) -> PreparedData:
+    """Open a prepared folder; a folder that is not one fails with a message naming what is missing."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TumorcamError(f"--data {root}: no such folder")
+    arrays, manifest, splits = read_folder(root, ARRAY_FILES, "prepared folder", "SRC")
     n = arrays["images.npy"].shape[0]
     for name, array in arrays.items():
         if array.shape[0] != n:

@@ -9,7 +9,6 @@ keeps the bytes received so far in `NAME.part` and continues them with an HTTP R
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import warnings

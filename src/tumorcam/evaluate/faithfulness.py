@@ -134,7 +134,7 @@ def faithfulness(
     (mean probability of the class over its predicted region), `gt-region` (over `masks`, the
     ground truth (B, 1, *spatial) of the class), `dice` (of the prediction with the unperturbed
     one) or `mean-sigmoid` (mean probability over the image). `baseline`: zero, mean, blur, road or
-    rise (3-D images: zero or mean). `steps` K and `schedule` (log or uniform): the game's steps.
+    rise, for images and volumes alike. `steps` K and `schedule` (log or uniform): the game's steps.
     `reference`: "random" (seeded maps of U(0, 1) noise), a tensor of reference maps like `maps`,
     or None. `patient_ids` (B,): the unit of the statistics (else each image). `seed` seeds the
     random reference, the ties of the ranking and ROAD's noise. The model runs in eval mode on the

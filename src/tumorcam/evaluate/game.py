@@ -2,7 +2,8 @@
 
 For k = 0..K the top n_k pixels of a map (`ranking`) are replaced by a baseline (deletion), or the
 baseline gets them back from the image (insertion) (`baselines`), and the model scores each
-perturbed image. A faithful map has a low deletion AUC and a high insertion AUC.
+perturbed image. A faithful map has a low deletion AUC and a high insertion AUC. Images
+(N, C, H, W) and volumes (N, C, D, H, W) play alike, with every baseline.
 
 Scores of a perturbed image from the model's logits z (B, C, *spatial): p = the probability of the
 class c = `channel`, sigmoid(z) for one output channel, softmax(z)_c for C > 1; the class is
@@ -60,10 +61,11 @@ def check_score(score: object, name: str = "score") -> None:
         raise TumorcamError(f"{name}: unknown score {score!r} (choose from {', '.join(GAME_SCORES)})")
 
 
-def check_game(steps: int, baseline: str, score: str, schedule: str, spatial_dims: int = 2) -> None:
-    """One clear error, naming the parameter, for K < 1 or an unknown baseline, score or schedule."""
+def check_game(steps: int, baseline: str, score: str, schedule: str) -> None:
+    """One clear error, naming the parameter, for K < 1 or an unknown baseline, score or schedule
+    (every baseline plays images and volumes)."""
     check_steps(steps)
-    check_baseline(baseline, spatial_dims)
+    check_baseline(baseline)
     check_score(score)
     check_schedule(schedule)
 
@@ -171,7 +173,7 @@ class PerturbationGame:
         if not isinstance(images, torch.Tensor) or images.dim() not in (4, 5):
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise TumorcamError(f"images: expected a tensor (N, C, H, W) or (N, C, D, H, W), got {shape}")
-        check_game(steps, baseline, score, schedule, images.dim() - 2)
+        check_game(steps, baseline, score, schedule)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
         self.model_fn, self.steps, self.baseline, self.score = model_fn, steps, baseline, score

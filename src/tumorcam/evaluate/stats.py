@@ -25,6 +25,7 @@ import numpy as np
 from scipy import stats
 
 EXACT_MAX_N = 50  # the Wilcoxon test is exact up to this many non-zero differences without ties
+PERMUTATION_MAX_N = 13  # with tied |d|: all 2^n sign patterns up to this many (8192)
 BETTER, WORSE, NOT_SHOWN, UNDETERMINED = "better", "worse", "not shown to differ", "undetermined"
 TESTS = ("wilcoxon", "sign")
 
@@ -106,7 +107,10 @@ def wilcoxon_test(differences: np.ndarray) -> dict[str, Any]:
     """Two-sided Wilcoxon signed-rank test of `differences` (one per patient) against 0.
 
     NaN and zero differences are dropped (Wilcoxon's "wilcox" zero method); n is what remains.
-    With n <= 50 and no tied |d| the p-value is exact (scipy.stats.wilcoxon, method "exact");
+    With n <= 50 and no tied |d| the p-value is exact (scipy.stats.wilcoxon, method "exact"); with
+    tied |d| and n <= 13 it is the exact sign-flip permutation p-value of the mid-rank statistic
+    (all 2^n sign patterns, scipy's PermutationMethod; method "permutation"), since the normal
+    approximation is anti-conservative there (6 equal differences: 0.014 instead of 2/64);
     otherwise it is the normal approximation with tie correction (method "asymptotic"). The method
     is chosen here, not by scipy's "auto" (whose choice differs between scipy versions), and reported.
     The estimate is the Hodges-Lehmann location of the tested differences: the median of the
@@ -121,10 +125,15 @@ def wilcoxon_test(differences: np.ndarray) -> dict[str, Any]:
     if d.size < 2:
         return out
     ties = np.unique(np.abs(d)).size < d.size
-    method = "exact" if d.size <= EXACT_MAX_N and not ties else "asymptotic"
+    if not ties and d.size <= EXACT_MAX_N:
+        method, how = "exact", "exact"
+    elif ties and d.size <= PERMUTATION_MAX_N:
+        method, how = "permutation", stats.PermutationMethod(n_resamples=2**PERMUTATION_MAX_N)
+    else:
+        method, how = "asymptotic", "asymptotic"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # scipy's small-sample notes
-        result = stats.wilcoxon(d, zero_method="wilcox", correction=False, alternative="two-sided", method=method)
+        result = stats.wilcoxon(d, zero_method="wilcox", correction=False, alternative="two-sided", method=how)
     out.update(method=method, statistic=float(result.statistic), p_value=float(result.pvalue))
     return out
 

@@ -6,7 +6,8 @@ Readers: PNG/JPEG/BMP/TIFF through Pillow; DICOM (`.dcm`) through pydicom and NI
 `.nii.gz`) through nibabel, the optional extras `pip install tumorcam[medical]`, imported only when
 needed. A 3-D NIfTI volume gives its middle slice along the last axis, rotated to display
 orientation. The slice is normalised as `data prepare` does (negatives clipped, divided by its
-maximum, resized bilinear to config.train.size).
+maximum, resized bilinear to config.train.size). A 3-D network's input, the NIfTI volumes of one
+case, is read by `tumorcam.explain.volume_files`.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from torch.nn.modules.conv import _ConvNd
 
 from tumorcam.errors import TumorcamError
 from tumorcam.explain.layers import INPUT_LAYER
+from tumorcam.explain.methods import Method
 from tumorcam.explain.methods.base import Output
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def _optional(module: str, what: str, option: str) -> ModuleType:
+def optional_import(module: str, what: str, option: str) -> ModuleType:
+    """`module` imported; a missing one is an error naming `option` and the `medical` extra."""
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -48,7 +51,7 @@ def read_slice(path: str | Path) -> np.ndarray:
     name = path.name.lower()
     try:
         if name.endswith(".dcm"):
-            pydicom = _optional("pydicom", "DICOM", option)
+            pydicom = optional_import("pydicom", "DICOM", option)
             try:
                 from pydicom.pixels import apply_modality_lut
             except ImportError:  # pydicom 2.x
@@ -56,7 +59,7 @@ def read_slice(path: str | Path) -> np.ndarray:
             ds = pydicom.dcmread(path)
             pixels = apply_modality_lut(ds.pixel_array, ds)
         elif name.endswith((".nii", ".nii.gz")):
-            nibabel = _optional("nibabel", "NIfTI", option)
+            nibabel = optional_import("nibabel", "NIfTI", option)
             volume = np.asanyarray(nibabel.load(path).dataobj)
             volume = np.squeeze(volume)
             if volume.ndim == 3:
@@ -196,10 +199,80 @@ def _as_options() -> Iterator[None]:
         raise TumorcamError(f"{_OPTIONS[name]}: {rest}") from None
 
 
+def spatial_dims(model: nn.Module) -> int:
+    """The spatial dimensions of the model's first convolution (in `model.modules()` order): 3 for a
+    Conv3d, 2 for a Conv2d; 2 for a model without one."""
+    return next((len(m.kernel_size) for m in model.modules() if isinstance(m, _ConvNd)), 2)
+
+
+def checked_method(method: str, target: str) -> Method:
+    """The method `method`, once `method` and `target` are known names and the target is one an image
+    file can serve: not one that needs a ground-truth mask, not `component` (one map per lesion)."""
+    from tumorcam.explain import get_method, get_target
+
+    with _as_options():
+        chosen = get_method(method)
+        spec = get_target(target)
+    if spec.needs_masks:
+        raise TumorcamError(f"--target {target}: needs a ground-truth mask, and --image gives none")
+    if spec.per_lesion:
+        raise TumorcamError(f"--target {target}: gives one map per lesion; use tumorcam.explain_components "
+                            "in Python")
+    return chosen
+
+
+def explain_input(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    method: str,
+    target: str,
+    layer: str | None,
+    channel: int,
+    output: Output,
+    model_name: str,
+    source: str,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """One model input x (1, C_in, *spatial) on the model's device: its heatmap (*spatial) float32 in
+    [0, 1]; where the model predicts class `channel` (targets.predicted), (*spatial) bool, resized
+    (nearest) from the logits' grid to x's; and the layer explained (`input` for a layer-free method,
+    `default_layer`'s choice for `layer=None`).
+
+    A failure of the network is one TumorcamError naming `model_name`, `source` (the files x was
+    made of) and x's shape; the library's errors are named by their command-line options.
+    """
+    from tumorcam.explain import explain, explaining, get_method
+    from tumorcam.explain.layers import default_layer
+    from tumorcam.explain.methods.base import Logits
+    from tumorcam.explain.targets import predicted
+
+    uses_layer = get_method(method).uses_layer
+    with _as_options(), explaining(model):
+        try:
+            with torch.no_grad():
+                logits = Logits(model, output)(x)
+        except TumorcamError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's network failed on this input
+            lines = str(exc).strip().splitlines()
+            raise TumorcamError(f"{model_name}: the network failed on {source} given as a tensor "
+                                f"{tuple(x.shape)} ({type(exc).__name__}: {lines[0] if lines else ''})") from None
+        region = predicted(logits.float(), channel)
+        name = (layer or default_layer(model, x)) if uses_layer else INPUT_LAYER
+    with _as_options():
+        heatmap = explain(model, x, method=method, target=target, layer=name if uses_layer else None,
+                          channel=channel, output=output, batch_size=1)[0]
+    spatial = tuple(x.shape[2:])
+    if tuple(region.shape[1:]) != spatial:
+        region = F.interpolate(region[:, None].float(), size=spatial, mode="nearest")[:, 0] > 0.5
+    return heatmap.cpu().numpy(), region[0].cpu().numpy(), name
+
+
 @dataclass(frozen=True)
 class WrittenMaps:
-    """What `explain_files` explained and wrote: the layer (`input` for layer-free methods), the
-    model's input channels, and per image its map .npy and overlay .png."""
+    """What was explained and written: the layer (`input` for layer-free methods), the model's input
+    channels, and per image (`explain_files`: its map .npy) or case (`explain_volume_files`: its map
+    .nii.gz) the map and the overlay .png."""
 
     layer: str
     channels: int
@@ -229,10 +302,6 @@ def explain_files(
     where the model predicts class `channel` (targets.predicted), resized (nearest) to the image.
     Targets that need ground-truth masks, and `component` (one map per lesion), are refused.
     """
-    from tumorcam.explain import explain, explaining, get_method, get_target
-    from tumorcam.explain.layers import default_layer
-    from tumorcam.explain.methods.base import Logits
-    from tumorcam.explain.targets import predicted
     from tumorcam.io import save_npy
 
     paths = [Path(image) for image in images]
@@ -243,45 +312,21 @@ def explain_files(
         other = by_stem.setdefault(image_stem(path), path)
         if other != path:
             raise TumorcamError(f"--image: {other} and {path} would both write {image_stem(path)}.npy in --out")
-    with _as_options():
-        chosen = get_method(method)
-        spec = get_target(target)
-    if spec.needs_masks:
-        raise TumorcamError(f"--target {target}: needs a ground-truth mask, and --image gives none")
-    if spec.per_lesion:
-        raise TumorcamError(f"--target {target}: gives one map per lesion; use tumorcam.explain_components "
-                            "in Python")
+    checked_method(method, target)
     device = torch.device(device)
     model = model.to(device)
     channels = input_channels(model)
     out = Path(out)
     files = []
-    name = layer if chosen.uses_layer else INPUT_LAYER
     for path in paths:
         slice_ = unit_range(read_slice(path), f"--image {path}")
         x = model_input(slice_, channels, imagenet).to(device)
-        with _as_options(), explaining(model):
-            try:
-                with torch.no_grad():
-                    logits = Logits(model, output)(x)
-            except TumorcamError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the user's network failed on this input
-                lines = str(exc).strip().splitlines()
-                raise TumorcamError(f"{model_name}: the network failed on --image {path} given as a tensor "
-                                    f"{tuple(x.shape)} ({type(exc).__name__}: {lines[0] if lines else ''})") from None
-            region = predicted(logits.float(), channel)
-            if name is None:
-                name = default_layer(model, x)
-        with _as_options():
-            heatmap = explain(model, x, method=method, target=target, layer=name if chosen.uses_layer else None,
-                              channel=channel, output=output, batch_size=1)[0].cpu().numpy()
-        if tuple(region.shape[1:]) != slice_.shape:
-            region = F.interpolate(region[:, None].float(), size=slice_.shape, mode="nearest")[:, 0] > 0.5
+        heatmap, region, layer = explain_input(model, x, method=method, target=target, layer=layer,
+                                               channel=channel, output=output, model_name=model_name,
+                                               source=f"--image {path}")
         stem = image_stem(path)
         npy, png = out / f"{stem}.npy", out / f"{stem}.png"
         save_npy(npy, heatmap)
-        write_overlay(png, slice_, region[0].cpu().numpy(), heatmap,
-                      title=f"{path.name}: {method}, {target}, channel {channel}, {name}")
+        write_overlay(png, slice_, region, heatmap, title=f"{path.name}: {method}, {target}, channel {channel}, {layer}")
         files.append((npy, png))
-    return WrittenMaps(layer=str(name), channels=channels, files=files)
+    return WrittenMaps(layer=str(layer), channels=channels, files=files)

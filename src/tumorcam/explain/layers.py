@@ -5,12 +5,15 @@ in which one forward pass runs the modules (`default_layer`):
 
 1. the head is the last convolution to run (in a model without convolutions: the last module
    with parameters of its own);
-2. the last layer is the last module of the same kind to run before the head;
+2. the last layer is the last module of the same kind to run before the head whose output has more
+   channels than the head's (a convolution that already outputs the classes, such as the
+   transposed convolution that opens the top up-block of MONAI's `UNet`, only redraws the logits);
 3. the block is its innermost enclosing module that ran, holds at least two modules of that kind
    and is neither the model itself nor a module holding the head; without one, the last layer.
 
 For an smp U-Net this is `decoder.blocks.4` (two 3x3 convolutions at full resolution, just before
-`segmentation_head`). The choice is logged at INFO on the `tumorcam.explain` logger. A CAM taken
+`segmentation_head`); for MONAI's `UNet` (two or more levels) the up-block of the level below the
+top, `model.1.submodule.2`. The choice is logged at INFO on the `tumorcam.explain` logger. A CAM taken
 at the last convolution (`segmentation_head.0` of a one-channel U-Net) only redraws the logits:
 with `mean-logits` its one channel weight is the constant 1/(H*W), so the map is the min-max
 normalised ReLU(logits). Layer-free methods (saliency, integrated gradients, random) are recorded
@@ -63,7 +66,14 @@ def default_layer(model: nn.Module, example: torch.Tensor) -> str:
     """The last convolution block before the head (rule in the module docstring), from one forward of `example`."""
     modules = dict(model.named_modules())
     order: list[str] = []
-    handles = [module.register_forward_hook(lambda m, args, out, name=name: order.append(name))
+    widths: dict[str, int] = {}  # output channels of each module that returned a tensor
+
+    def record(name: str, out: object) -> None:
+        order.append(name)
+        if isinstance(out, torch.Tensor) and out.dim() >= 2:
+            widths[name] = int(out.shape[1])
+
+    handles = [module.register_forward_hook(lambda m, args, out, name=name: record(name, out))
                for name, module in modules.items() if name]
     try:
         with torch.no_grad():
@@ -82,7 +92,7 @@ def default_layer(model: nn.Module, example: torch.Tensor) -> str:
     if not runs:
         raise TumorcamError(f"layer: {type(model).__name__} runs no submodule with parameters; name a layer")
     head = order[runs[-1]]
-    before = [order[i] for i in runs if order[i] != head]
+    before = [order[i] for i in runs if order[i] != head and widths.get(order[i], 2) > widths.get(head, 1)]
     if not before:
         raise TumorcamError(f"layer: {type(model).__name__} has no layer before its head {head}; name a layer")
     chosen = before[-1]

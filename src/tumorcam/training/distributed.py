@@ -77,3 +77,19 @@ def broadcast_flag(flag: bool, info: Distributed, device: torch.device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.broadcast(t, 0)
     return bool(t.item())
+
+
+def barrier(info: Distributed) -> None:
+    """Wait for every rank (nothing when not distributed)."""
+    if info.enabled:
+        dist.barrier()
+
+
+def gather_to_main(items: list, info: Distributed) -> list | None:
+    """Every rank's list of picklable `items`, concatenated in rank order on rank 0; None on the
+    other ranks. Not distributed: the list itself."""
+    if not info.enabled:
+        return list(items)
+    gathered: list | None = [None] * info.world_size if info.is_main else None
+    dist.gather_object(list(items), gathered, dst=0)
+    return None if gathered is None else [item for part in gathered for item in part]

@@ -1,0 +1,367 @@
+"""The prepared volume folder: `prepare_volumes` turns an nnU-Net raw folder into it, `load_volumes` reads it.
+
+Layout (every array `np.load`-able without pickle, memory-mapped on load)::
+
+    volumes.npy   (N, C, S, S, S) float16 in [0, 1]
+    masks.npy     (N, S, S, S) bool: the explained region
+    case_ids.npy  (N,) unicode: the case (= the patient)
+    affines.npy   (N, 4, 4) float64: each case's original affine (channel 0's)
+    shapes.npy    (N, 3) int64: each case's original spatial shape
+    manifest.json {"kind": "volumes", "format": "nnunet-raw", "source", "channels", "labels", "region",
+                   "size", "count", "cases", "skipped", "normalization", "resampling", "splits", "seconds", ...}
+    splits.json   {"train": [case ids], "val": [...], "test": [...]}
+
+Per case (rows in sorted case-id order):
+
+1. read and check it (`tumorcam.data.nnunet.read_case`: geometry, NaN, label values);
+2. normalize each channel: lo, hi = its 0.5th and 99.5th percentiles over the case's nonzero voxels;
+   x -> (clip(x, lo, hi) - lo) / (hi - lo), so the zero background stays 0 (when lo >= 0) and the
+   brightest 0.5 % saturate at 1;
+3. resample to the cube S x S x S with `torch.nn.functional.interpolate`: images trilinear
+   (align_corners=False), masks nearest-exact (the source voxel whose centre is nearest, consistent
+   with the images' half-voxel-centred grid). Each axis is stretched independently: the cube is in
+   voxel space, the physical geometry stays in affines.npy and shapes.npy;
+4. region: mask = label > 0 (the whole tumor) by default, or label in `region_labels` (values that
+   dataset.json declares). A dataset.json "ignore" label (nnU-Net's unannotated voxels) is left out
+   of the default region. Cases whose mask is empty after resampling are listed in the manifest's
+   "empty_region".
+
+Splits: the cases shuffled with `seed`, then cut 70/15/15 (val and test at least one case each
+when there are 3 or more cases; with 2 cases, train 1 and test 1; with 1, train only).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm import tqdm
+
+from tumorcam.data.arrays import SPLITS, read_folder
+from tumorcam.data.nnunet import Case, DatasetInfo, read_case, read_dataset
+from tumorcam.data.slices import _worker_count
+from tumorcam.data.splits import STRATIFIED_FRACTIONS, software_versions
+from tumorcam.errors import TumorcamError
+from tumorcam.io import atomic_dir, save_npy, write_json
+
+if TYPE_CHECKING:
+    import torch
+
+ARRAY_FILES = ("volumes.npy", "masks.npy", "case_ids.npy", "affines.npy", "shapes.npy")
+NORMALIZATION = (
+    "per case and channel: clip to the 0.5th..99.5th percentile of the nonzero voxels, "
+    "then (x - lo) / (hi - lo) into [0, 1]"
+)
+RESAMPLING = {"images": "trilinear (align_corners=False)", "masks": "nearest-exact"}
+PERCENTILES = (0.5, 99.5)
+MIN_SIZE = 8
+SERIAL_BELOW_BYTES = 100 * 2**20  # imagesTr/ smaller than this is read in-process unless `workers` is given
+
+
+@dataclass
+class PreparedVolumes:
+    """The arrays of a prepared volume folder (memory-mapped) with its manifest and splits."""
+
+    root: Path
+    images: np.ndarray
+    masks: np.ndarray
+    case_ids: np.ndarray
+    affines: np.ndarray
+    shapes: np.ndarray
+    manifest: dict[str, Any]
+    splits: dict[str, list[str]]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.manifest["channels"])
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of a split (`train`, `val`, `test`) or of every case (`all`)."""
+        if split == "all":
+            return np.arange(len(self))
+        if split not in self.splits:
+            raise TumorcamError(f"--split: unknown split {split!r} (choose {', '.join(SPLITS)} or all)")
+        wanted = set(self.splits[split])
+        return np.flatnonzero([str(c) in wanted for c in self.case_ids])
+
+    def tensors(self, rows: np.ndarray | Sequence[int]) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Images (n, C, S, S, S) float32 in [0, 1] and masks (n, 1, S, S, S) float32 {0, 1} of `rows`."""
+        import torch
+
+        rows = np.asarray(rows, dtype=np.int64)
+        images = torch.from_numpy(np.asarray(self.images[rows], dtype=np.float32))
+        masks = torch.from_numpy(np.asarray(self.masks[rows], dtype=np.float32)).unsqueeze(1)
+        return images, masks
+
+
+def is_volume_folder(path: str | Path) -> bool:
+    """True for a folder that is (or claims to be) a prepared volume folder: volumes.npy, or a manifest of kind "volumes"."""
+    path = Path(path)
+    if (path / "volumes.npy").is_file():
+        return True
+    try:
+        return json.loads((path / "manifest.json").read_text()).get("kind") == "volumes"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_volumes(root: str | Path) -> PreparedVolumes:
+    """Open a prepared volume folder; a folder that is not one fails with a message naming what is missing."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TumorcamError(f"--data {root}: no such folder")
+    arrays, manifest, splits = read_folder(root, ARRAY_FILES, "prepared volume folder", "NNUNET_RAW")
+    if not isinstance(manifest, dict) or manifest.get("kind") != "volumes":
+        raise TumorcamError(f"{root / 'manifest.json'}: not a volume manifest (kind is not \"volumes\")")
+    images = arrays["volumes.npy"]
+    n = images.shape[0]
+    if images.ndim != 5 or images.shape[2:] != (images.shape[-1],) * 3 or images.shape[1] != len(manifest.get("channels", [])):
+        raise TumorcamError(f"{root / 'volumes.npy'}: shape {images.shape} is not (N, C, S, S, S) with C = the manifest's channels")
+    expected = {"masks.npy": (n, *images.shape[2:]), "case_ids.npy": (n,), "affines.npy": (n, 4, 4), "shapes.npy": (n, 3)}
+    for name, shape in expected.items():
+        if arrays[name].shape != shape:
+            raise TumorcamError(f"{root / name}: shape {arrays[name].shape}, expected {shape} (volumes.npy has {n} cases)")
+    return PreparedVolumes(
+        root=root,
+        images=images,
+        masks=arrays["masks.npy"],
+        case_ids=arrays["case_ids.npy"],
+        affines=arrays["affines.npy"],
+        shapes=arrays["shapes.npy"],
+        manifest=manifest,
+        splits={k: [str(c) for c in v] for k, v in splits.items()},
+    )
+
+
+def prepare_volumes(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    size: int = 64,
+    skip_bad: bool = False,
+    seed: int = 0,
+    region_labels: Sequence[int] | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Prepare the nnU-Net raw folder `src` into the new (or empty) folder `out`; return the manifest.
+
+    `out` is built under a temporary name and renamed, so a failure leaves nothing. A bad case fails
+    the run with one line naming the file, unless `skip_bad`, which skips it and lists it (case and
+    reason) in the manifest. Cases are read by `workers` processes (default: the CPUs available,
+    at most 16, or in-process when imagesTr/ holds less than 100 MiB or there is one case).
+    """
+    started = time.perf_counter()
+    src, out = Path(src), Path(out)
+    if size < MIN_SIZE:
+        raise TumorcamError(f"--size {size}: must be at least {MIN_SIZE}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TumorcamError(f"--out {out}: exists and is not empty; prepare never overwrites, choose a new folder or remove it")
+    if not src.exists():
+        raise TumorcamError(f"SRC {src}: no such file or folder")
+    info = read_dataset(src)
+    region = _region(info, region_labels)
+    if workers is None and sum(p.stat().st_size for p in (src / "imagesTr").iterdir() if p.is_file()) < SERIAL_BELOW_BYTES:
+        workers = 1  # a pool's start-up (each worker imports torch) costs more than it saves
+    workers = _worker_count(workers)
+    n_all, channels = len(info.cases), len(info.channels)
+    kept: list[str] = []
+    affines: list[np.ndarray] = []
+    shapes: list[tuple[int, int, int]] = []
+    skipped: list[dict[str, str]] = []
+    empty: list[str] = []
+    with atomic_dir(out) as tmp:
+        staging = np.lib.format.open_memmap(tmp / ".volumes.staging.npy", mode="w+", dtype=np.float16, shape=(n_all, channels, size, size, size))
+        masks = np.zeros((n_all, size, size, size), dtype=bool)
+        with ExitStack() as stack:
+            jobs = [(info, case, size, region["labels"]) for case in info.cases]
+            if workers > 1 and len(jobs) > 1:
+                methods = multiprocessing.get_all_start_methods()
+                context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+                pool = stack.enter_context(ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_single_thread))
+                stack.callback(pool.shutdown, wait=True, cancel_futures=True)  # a failure does not wait for the remaining cases
+                results = pool.map(_prepare_one, jobs)
+            else:
+                results = map(_prepare_one, jobs)
+            progress = stack.enter_context(tqdm(total=len(jobs), desc="prepare", unit="case", dynamic_ncols=True, disable=None))
+            for case, result in zip(info.cases, results):
+                progress.update()
+                if isinstance(result, str):
+                    if not skip_bad:
+                        raise TumorcamError(result)
+                    skipped.append({"case": case, "reason": result})
+                    continue
+                row = len(kept)
+                staging[row], masks[row] = result.images, result.mask
+                kept.append(case)
+                affines.append(result.affine)
+                shapes.append(result.shape)
+                if not result.mask.any():
+                    empty.append(case)
+        if not kept:
+            raise TumorcamError(f"SRC {src}: every case was bad; nothing to prepare")
+        if len(kept) == n_all:
+            staging.flush()
+            del staging
+            os.replace(tmp / ".volumes.staging.npy", tmp / "volumes.npy")
+        else:
+            _write_rows(tmp / "volumes.npy", staging, len(kept))
+            del staging
+            (tmp / ".volumes.staging.npy").unlink()
+        save_npy(tmp / "masks.npy", masks[: len(kept)])
+        save_npy(tmp / "case_ids.npy", np.array(kept, dtype=str))
+        save_npy(tmp / "affines.npy", np.stack(affines).astype(np.float64))
+        save_npy(tmp / "shapes.npy", np.array(shapes, dtype=np.int64))
+        splits = split_cases(kept, seed)
+        write_json(tmp / "splits.json", splits)
+        manifest = _manifest(src, info, region, size, kept, skipped, empty, splits, seed)
+        manifest["seconds"] = round(time.perf_counter() - started, 2)
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def split_cases(cases: Sequence[str], seed: int) -> dict[str, list[str]]:
+    """{"train", "val", "test"}: the cases shuffled with `seed` and cut 70/15/15 (each list sorted).
+    val and test get round(0.15 N) cases, at least one each when N >= 3 (test one when N == 2)."""
+    n = len(cases)
+    order = np.random.default_rng(seed).permutation(sorted(cases))
+    n_val = max(1, round(STRATIFIED_FRACTIONS[1] * n)) if n >= 3 else 0
+    n_test = max(1, round(STRATIFIED_FRACTIONS[2] * n)) if n >= 2 else 0
+    n_train = n - n_val - n_test
+    return {
+        "train": sorted(str(c) for c in order[:n_train]),
+        "val": sorted(str(c) for c in order[n_train : n_train + n_val]),
+        "test": sorted(str(c) for c in order[n_train + n_val :]),
+    }
+
+
+def normalize_channel(channel: np.ndarray, path: Path) -> np.ndarray:
+    """Clip to the 0.5th..99.5th percentile of the nonzero voxels and scale to [0, 1] (float32)."""
+    nonzero = channel[channel != 0]
+    if nonzero.size == 0:
+        raise TumorcamError(f"{path}: every voxel is 0; nothing to normalize")
+    lo, hi = np.percentile(nonzero, PERCENTILES)
+    if hi <= lo:
+        raise TumorcamError(f"{path}: constant intensity {float(lo):.6g} over its nonzero voxels; nothing to normalize")
+    return ((np.clip(channel, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def resample(images: np.ndarray, label_mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (C, D, H, W) trilinear and a bool mask (D, H, W) nearest-exact to the cube `size`:
+    ((C, S, S, S) float16 in [0, 1], (S, S, S) bool)."""
+    import torch
+    import torch.nn.functional as F
+
+    cube = (size, size, size)
+    with torch.no_grad():
+        resized = F.interpolate(torch.from_numpy(images)[None], size=cube, mode="trilinear", align_corners=False)[0]
+        mask = F.interpolate(torch.from_numpy(label_mask.astype(np.float32))[None, None], size=cube, mode="nearest-exact")[0, 0]
+    return resized.clamp_(0, 1).numpy().astype(np.float16), mask.numpy() > 0.5
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    images: np.ndarray  # (C, S, S, S) float16
+    mask: np.ndarray  # (S, S, S) bool
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+
+
+def _prepare_one(job: tuple[DatasetInfo, str, int, list[int]]) -> _Prepared | str:
+    """Read, check, normalize, resample one case; a bad case comes back as its one-line reason."""
+    info, case_id, size, region_labels = job
+    try:
+        case: Case = read_case(info.root, case_id, info)
+        images = np.stack([normalize_channel(c, info.image_path(case_id, i)) for i, c in enumerate(case.images)])
+        assert case.label is not None
+        images, mask = resample(images, np.isin(case.label, region_labels), size)
+    except TumorcamError as exc:
+        return str(exc)
+    return _Prepared(images, mask, case.affine, tuple(int(n) for n in case.images.shape[1:]))
+
+
+def _single_thread() -> None:
+    """Pool workers: one torch thread each, so that the workers do not compete for the cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _region(info: DatasetInfo, region_labels: Sequence[int] | None) -> dict[str, Any]:
+    """The manifest's "region": its rule and the label values it covers (checked against dataset.json)."""
+    known = info.label_values
+    if region_labels is None:
+        ignore = info.labels.get("ignore")
+        if isinstance(ignore, int):  # nnU-Net's "ignore" label marks unannotated voxels, not tumor
+            return {"rule": f"label > 0, except ignore = {ignore}", "labels": [v for v in known if v > 0 and v != ignore]}
+        return {"rule": "label > 0", "labels": [v for v in known if v > 0]}
+    wanted = sorted({int(v) for v in region_labels})
+    if not wanted:
+        raise TumorcamError("--region-labels: give at least one label value")
+    if 0 in wanted:
+        raise TumorcamError("--region-labels: 0 is the background, not a region")
+    unknown = [v for v in wanted if v not in known]
+    if unknown:
+        names = ", ".join(f"{name}={value}" for name, value in info.labels.items())
+        raise TumorcamError(f"--region-labels: {unknown} not in {info.root / 'dataset.json'} labels ({names})")
+    return {"rule": f"label in {wanted}", "labels": wanted}
+
+
+def _write_rows(path: Path, staging: np.ndarray, rows: int) -> None:
+    """Copy the first `rows` rows of `staging` into a new .npy file, one row at a time."""
+    target = np.lib.format.open_memmap(path, mode="w+", dtype=staging.dtype, shape=(rows, *staging.shape[1:]))
+    for row in range(rows):
+        target[row] = staging[row]
+    target.flush()
+    del target
+
+
+def _manifest(
+    src: Path,
+    info: DatasetInfo,
+    region: dict[str, Any],
+    size: int,
+    kept: list[str],
+    skipped: list[dict[str, str]],
+    empty: list[str],
+    splits: dict[str, list[str]],
+    seed: int,
+) -> dict[str, Any]:
+    import nibabel
+    import torch
+
+    return {
+        "kind": "volumes",
+        "format": "nnunet-raw",
+        "source": str(src.absolute()),
+        "channels": info.channels,
+        "labels": info.labels,
+        "region": region,
+        "size": size,
+        "count": len(kept),
+        "cases": len(kept),
+        "skipped": skipped,
+        "empty_region": empty,
+        "normalization": NORMALIZATION,
+        "resampling": RESAMPLING,
+        "splits": {
+            "method": f"seeded shuffle of the cases, seed {seed}, 70/15/15",
+            "seed": seed,
+            "counts": {name: len(ids) for name, ids in splits.items()},
+        },
+        "software": {**software_versions(), "nibabel": nibabel.__version__, "torch": torch.__version__},
+    }

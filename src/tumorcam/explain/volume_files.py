@@ -1,0 +1,193 @@
+"""A 3-D network's map of one case given as NIfTI files, one per input channel: the
+`tumorcam explain --image CASE_0000.nii.gz --image CASE_0001.nii.gz ... --model MODULE:FACTORY` path.
+
+The files are the channels of one case in order, as nnU-Net names them (CASE_XXXX.nii.gz, XXXX the
+channel index), read by `tumorcam.data.nnunet.read_nifti`. They must hold 3-D arrays with more than
+one voxel on each axis, share the shape and the affine (np.allclose within nnU-Net's tolerance,
+`data.nnunet.AFFINE_TOLERANCE`), and be as many as the network's input channels. Each channel v is
+scaled to [0, 1] as `data.volumes.prepare_volumes` scales it (`normalize_channel`), by the 0.5th and
+99.5th percentiles (lo, hi) of its nonzero voxels: x = (clip(v, lo, hi) - lo) / (hi - lo). The volume
+goes to the network at its own shape, or resampled (trilinear, align_corners=False) to a cube
+`size`^3; the map is then upsampled back to the case's shape (trilinear) and min-max normalised
+again, and the predicted region resized (nearest).
+
+Written in `out`: CASE_<method>.nii.gz, the map (D, H, W) float32 in [0, 1] with the case's shape
+and affine, and CASE_<method>.png, axial, coronal and sagittal planes (`report.volumes`) through the
+centre of mass of the predicted region (the map's maximum when nothing is predicted), the map over
+channel 0 and the prediction outlined. CASE is the first file's name without `_XXXX` and `.nii.gz`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tumorcam.data.nnunet import AFFINE_TOLERANCE, read_nifti
+from tumorcam.data.volumes import normalize_channel
+from tumorcam.errors import TumorcamError
+from tumorcam.explain.image import (
+    WrittenMaps,
+    checked_method,
+    explain_input,
+    image_stem,
+    input_channels,
+    optional_import,
+    spatial_dims,
+)
+from tumorcam.explain.maps import normalize, upsample
+from tumorcam.explain.methods.base import Output
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+CHANNEL_FILE = re.compile(r"(?P<case>.+)_(?P<index>\d{4})")
+
+
+def is_volume(array: np.ndarray) -> bool:
+    """A 3-D array with more than one voxel on each axis; anything else is a slice or not an image."""
+    return array.ndim == 3 and min(array.shape) > 1
+
+
+def case_name(path: str | Path) -> str:
+    """The case of a channel file: its name without `.nii.gz` (or `.nii`) and without nnU-Net's `_XXXX`."""
+    stem = image_stem(Path(path))
+    found = CHANNEL_FILE.fullmatch(stem)
+    return found["case"] if found else stem
+
+
+def read_channels(paths: Sequence[Path], channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The case (C, D, H, W) float32 in [0, 1] and its affine (4, 4): the files checked to be `channels`
+    NIfTI volumes of one shape and affine (`data.nnunet`'s tolerance), in nnU-Net's channel order when
+    they are named CASE_XXXX, and each scaled by `data.volumes.normalize_channel`, as
+    `prepare_volumes` scales them."""
+    if len(paths) != channels:
+        raise TumorcamError(f"--image: {len(paths)} file(s) given as the channels of one case; the network "
+                            f"takes {channels} input channel(s) (give one NIfTI volume per channel, in order)")
+    for path in paths:
+        if not path.name.lower().endswith(NIFTI_SUFFIXES):
+            raise TumorcamError(f"--image {path}: a 3-D network needs NIfTI volumes (.nii or .nii.gz), one "
+                                "file per input channel")
+        if not path.is_file():
+            raise TumorcamError(f"--image {path}: no such file")
+    _check_names(paths)
+    optional_import("nibabel", "NIfTI", f"--image {paths[0]}")
+    volumes, affine = [], None
+    first = paths[0]
+    for path in paths:
+        with _as_image_option():
+            array, file_affine, _ = read_nifti(path)
+        if not is_volume(array):
+            raise TumorcamError(f"--image {path}: a 3-D network needs a volume (a 3-D array with more than one "
+                                f"voxel on each axis), the file holds an array of shape {array.shape}")
+        if volumes and array.shape != volumes[0].shape:
+            raise TumorcamError(f"--image {path}: shape {array.shape} differs from {first.name}'s "
+                                f"{volumes[0].shape}; the files are the channels of one case")
+        if affine is not None and not np.allclose(file_affine, affine, **AFFINE_TOLERANCE):
+            raise TumorcamError(f"--image {path}: its affine differs from {first.name}'s; the files are the "
+                                "channels of one case, on one voxel grid")
+        if not np.isfinite(array).all():
+            raise TumorcamError(f"--image {path}: {int((~np.isfinite(array)).sum())} NaN or infinite values")
+        with _as_image_option():
+            volumes.append(normalize_channel(array, path))
+        affine = file_affine if affine is None else affine
+    return np.stack(volumes), affine
+
+
+@contextlib.contextmanager
+def _as_image_option() -> Iterator[None]:
+    """The reader's errors (`FILE: ...`) named by the option that gave the file (`--image FILE: ...`)."""
+    try:
+        yield
+    except TumorcamError as exc:
+        raise TumorcamError(f"--image {exc}") from None
+
+
+def _check_names(paths: Sequence[Path]) -> None:
+    """Files named CASE_XXXX (all of them) must be of one case, with XXXX = 0000, 0001, ... in order."""
+    found = [CHANNEL_FILE.fullmatch(image_stem(path)) for path in paths]
+    if not all(found):
+        return
+    for position, (path, match) in enumerate(zip(paths, found)):
+        if match["case"] != found[0]["case"]:
+            raise TumorcamError(f"--image {path}: of case {match['case']}, not {found[0]['case']} as "
+                                f"{paths[0].name}; the files are the channels of one case")
+        if int(match["index"]) != position:
+            raise TumorcamError(f"--image {path}: channel {match['index']} given as channel {position}; give the "
+                                "files in channel order (_0000, _0001, ...)")
+
+
+def _write_nifti(path: Path, volume: np.ndarray, affine: np.ndarray) -> None:
+    """`volume` as float32 NIfTI-1 with `affine` (sform), gzip-compressed, written atomically."""
+    import nibabel
+
+    from tumorcam.io import write_bytes
+
+    image = nibabel.Nifti1Image(np.asarray(volume, dtype=np.float32), affine)
+    image.header.set_xyzt_units("mm")
+    write_bytes(path, gzip.compress(image.to_bytes(), mtime=0))
+
+
+def explain_volume_files(
+    model: nn.Module,
+    channel_paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    model_name: str = "--model",
+    method: str = "gradcam",
+    target: str = "predicted-region",
+    layer: str | None = None,
+    channel: int = 0,
+    output: Output = None,
+    size: int | None = None,
+    device: torch.device | str = "cpu",
+) -> WrittenMaps:
+    """Explain one case, the NIfTI files `channel_paths` (its input channels in order), with the 3-D
+    network `model` (named `model_name` in errors) and write `out`/CASE_<method>.nii.gz and .png (the
+    rules in the module docstring). `size`: resample the case to size^3 for the network (None: its
+    own shape). Nothing is written when a check or the network fails. Returns the layer, the input
+    channels and [(the .nii.gz, the .png)].
+    """
+    from tumorcam.io import atomic_path
+    from tumorcam.report.figures import DPI
+    from tumorcam.report.volumes import draw_orthogonal_views
+
+    paths = [Path(p) for p in channel_paths]
+    checked_method(method, target)
+    if size is not None and (not isinstance(size, int) or size < 2):
+        raise TumorcamError(f"--size {size}: the cube's side in voxels, an integer >= 2")
+    device = torch.device(device)
+    if spatial_dims(model) != 3:
+        raise TumorcamError(f"{model_name}: not a 3-D network (its first convolution is not a Conv3d); NIfTI "
+                            "volumes are for 3-D networks")
+    model = model.to(device)
+    channels = input_channels(model)
+    case, affine = read_channels(paths, channels)
+    shape = case.shape[1:]
+    x = torch.from_numpy(case)[None].to(device)
+    if size is not None:
+        x = F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=False)
+    names = ", ".join(str(p) for p in paths)
+    heatmap, region, name = explain_input(model, x, method=method, target=target, layer=layer, channel=channel,
+                                          output=output, model_name=model_name, source=f"--image {names}")
+    if heatmap.shape != shape:
+        heatmap = normalize(upsample(torch.from_numpy(heatmap)[None], shape))[0].numpy()
+        region = F.interpolate(torch.from_numpy(region)[None, None].float(), size=shape,
+                               mode="nearest")[0, 0].numpy() > 0.5
+    centre = None
+    if not region.any() and heatmap.max() > 0:
+        centre = tuple(int(i) for i in np.unravel_index(int(np.argmax(heatmap)), shape))
+    stem = f"{case_name(paths[0])}_{method}"
+    nifti, png = Path(out) / f"{stem}.nii.gz", Path(out) / f"{stem}.png"
+    figure = draw_orthogonal_views(case, {method: heatmap}, predicted=region, centre=centre,
+                                   title=f"{case_name(paths[0])}: {method} of {target}, channel {channel}\n"
+                                         f"layer {name}; image: {paths[0].name}")
+    _write_nifti(nifti, heatmap, affine)
+    with atomic_path(png) as tmp:
+        figure.savefig(tmp, format="png", dpi=DPI, facecolor="white")
+    return WrittenMaps(layer=name, channels=channels, files=[(nifti, png)])

@@ -1,0 +1,101 @@
+"""Everything a run on volumes measures on one case, in one place: `evaluate_case`.
+
+A case is one volume (1, C_in, D, H, W) with its ground-truth region (1, 1, D, H, W). Every number
+of a case depends only on the case, the model, the settings and the case's index in the split
+(the seed of its random draws is `settings.seed + index`), never on the other cases or on which
+process computes it: this is what lets `torchrun` shard the cases and still write the same files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from tumorcam.errors import TumorcamError
+from tumorcam.volumes.settings import VolumeSettings
+
+
+@dataclass
+class CaseResult:
+    """The measurements of one case: `maps` per method (D, H, W) float16; the game's `deletion` and
+    `insertion` curves (K+1,) per (baseline, method); `localization` per method (metric -> value);
+    `shares` and `dice_drop` (C_in,) per sequence; `dice` of the prediction with the ground truth;
+    `predicted_voxels`."""
+
+    index: int
+    maps: dict[str, np.ndarray]
+    deletion: dict[tuple[str, str], np.ndarray]
+    insertion: dict[tuple[str, str], np.ndarray]
+    localization: dict[str, dict[str, float]]
+    shares: np.ndarray
+    dice_drop: np.ndarray
+    dice: float
+    predicted_voxels: int
+
+    def without_maps(self) -> CaseResult:
+        """The same result without its maps (what travels between processes)."""
+        return CaseResult(self.index, {}, self.deletion, self.insertion, self.localization, self.shares,
+                          self.dice_drop, self.dice, self.predicted_voxels)
+
+
+def dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Dice 2|A n B| / (|A| + |B|) of two boolean volumes; 1 when both are empty."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, index: int,
+                  settings: VolumeSettings) -> CaseResult:
+    """Explain one case with every method, play the Deletion/Insertion game with every map under
+    every baseline, score the maps' localisation of the ground truth, attribute the prediction to
+    the input sequences and ablate each in turn. `image` (1, C_in, D, H, W) and `mask`
+    (1, 1, D, H, W) are on the model's device; `model` is in eval mode."""
+    from tumorcam.evaluate.channels import channel_ablation, channel_shares
+    from tumorcam.evaluate.game import PerturbationGame
+    from tumorcam.evaluate.localization import localization_scores
+    from tumorcam.explain import explain, explaining
+    from tumorcam.explain.methods.base import Logits
+    from tumorcam.explain.targets import predicted
+
+    seed = settings.seed + index
+    try:
+        maps = {method: explain(model, image, method=method, target=settings.target, layer=settings.layer,
+                                channel=settings.channel, output=settings.output, ig_steps=settings.ig_steps,
+                                seed=seed, batch_size=1)
+                for method in settings.all_methods}
+        deletion, insertion = {}, {}
+        logits_of = Logits(model, settings.output)
+        with explaining(model):
+            for baseline in settings.baselines:
+                game = PerturbationGame(logits_of, image, steps=settings.steps, baseline=baseline,
+                                        score=settings.score, schedule=settings.schedule, channel=settings.channel,
+                                        batch_size=settings.batch_size, seed=seed)
+                for method, heatmap in maps.items():
+                    curves = game.curves(heatmap)
+                    deletion[baseline, method] = curves.deletion[0]
+                    insertion[baseline, method] = curves.insertion[0]
+            with torch.no_grad():
+                region = predicted(logits_of(image), settings.channel)[0].bool()
+        truth = mask[0, 0] > 0.5
+        localization = {method: {metric: float(values[0]) for metric, values in
+                                 localization_scores(heatmap, mask[:, 0], top_percent=settings.top_percent,
+                                                     seed=seed).items()}
+                        for method, heatmap in maps.items()}
+        shares = channel_shares(model, image, target=settings.target, channel=settings.channel,
+                                output=settings.output, method=settings.channel_method, ig_steps=settings.ig_steps)
+        dice_drop = channel_ablation(model, image, baseline=settings.ablation_baseline, channel=settings.channel,
+                                     output=settings.output)
+    except torch.cuda.OutOfMemoryError:
+        raise TumorcamError(f"case {index}: a volume of {tuple(image.shape[1:])} (C, D, H, W) does not fit in the "
+                            f"memory of {image.device}; prepare the volumes at a smaller --size, or lower "
+                            "--batch-size") from None
+    if tuple(region.shape) != tuple(truth.shape):
+        region = torch.nn.functional.interpolate(region[None, None].float(), size=tuple(truth.shape),
+                                                 mode="nearest")[0, 0] > 0.5
+    return CaseResult(index=index, maps={m: h[0].cpu().numpy().astype(np.float16) for m, h in maps.items()},
+                      deletion=deletion, insertion=insertion, localization=localization,
+                      shares=np.asarray(shares[0], dtype=np.float64), dice_drop=np.asarray(dice_drop[0], np.float64),
+                      dice=dice(region.cpu(), truth.cpu()), predicted_voxels=int(region.sum()))

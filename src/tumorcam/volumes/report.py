@@ -1,0 +1,216 @@
+"""RUN/report.html of a run on volumes: the primary verdict first, orthogonal views of the maps
+through the tumour centre, each sequence's share of the attribution, then the verdict tables.
+
+It reads only the run folder (`tumorcam.volumes.run` documents it) and draws with
+`tumorcam.report.volumes`; the page's look is the slices' report's (`tumorcam.report.html`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tumorcam.io import atomic_path, write_text
+from tumorcam.report.figures import FigureResult
+from tumorcam.report.html import Glance, Section, render_page
+from tumorcam.report.results import Table, fmt, fmt_ci, fmt_p, method_name
+
+REPORT_FILE = "report.html"
+FIGURES_DIR = "figures"
+VIEWED_CASES = 3  # orthogonal views of the first cases of the split
+DPI = 110
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
+    plt.close(fig)
+    return path
+
+
+def _test_phrase(test: dict[str, Any] | None, reference: str) -> str:
+    if not isinstance(test, dict):
+        return "not tested"
+    words = test.get("verdict") or "undetermined"
+    if words in ("better", "worse"):
+        words = f"{words} than {reference}"
+    elif words == "not shown to differ":
+        words = f"not shown to differ from {reference}"
+    return (f"{words} ({test.get('test', 'wilcoxon')} on {test.get('n_pairs')} cases, "
+            f"p = {fmt_p(test.get('p_value'))}, Holm-adjusted over the {test.get('family')} family "
+            f"p = {fmt_p(test.get('p_adjusted'))})")
+
+
+def _primary_lead(faith: dict[str, Any]) -> list[str]:
+    primary = faith["primary"]
+    rows = [r for r in faith["results"] if all(r.get(k) == v for k, v in primary.items())]
+    if not rows:
+        return ["No primary comparison in faithfulness.json."]
+    row = rows[0]
+    lines = []
+    for name in ("deletion", "insertion"):
+        summary = row[name]
+        lines.append(f"Primary: {method_name(row['method'])} of the {row['target']} at {row['layer']}, "
+                     f"{row['baseline']} baseline, {name} AUC {fmt_ci(summary)} (mean over "
+                     f"{summary.get('n_patients')} cases, 95% bootstrap CI over cases): "
+                     f"{_test_phrase(summary.get('vs_random'), 'random')}.")
+    for name in ("deletion", "insertion"):
+        lines.append(f"Against the predicted-mask control, {name}: "
+                     f"{_test_phrase(row[name].get('vs_mask'), 'the predicted mask')}.")
+    return lines
+
+
+def _faithfulness_table(faith: dict[str, Any]) -> Table:
+    rows = []
+    for r in faith["results"]:
+        cells = [method_name(r["method"]), r["baseline"]]
+        for name in ("deletion", "insertion"):
+            summary = r[name]
+            cells += [fmt_ci(summary), _verdict_cell(summary.get("vs_random")), _verdict_cell(summary.get("vs_mask"))]
+        rows.append(cells)
+    return Table("Deletion (lower is better) and insertion (higher is better) AUC per case",
+                 ["method", "baseline", "AUC [95% CI]", "vs random", "vs mask", "AUC [95% CI]", "vs random",
+                  "vs mask"], rows,
+                 note=f"Wilcoxon signed-rank on cases (each case one patient), n = {faith['n_cases']}; p adjusted "
+                      "by Holm (primary pair; every other test one exploratory family).",
+                 groups=[("", 2), ("deletion", 3), ("insertion", 3)])
+
+
+def _verdict_cell(test: dict[str, Any] | None) -> str:
+    if not isinstance(test, dict):
+        return "-"
+    return f"{test.get('verdict')} (p_adj {fmt_p(test.get('p_adjusted'))})"
+
+
+def _localization_table(loc: dict[str, Any]) -> Table:
+    from tumorcam.evaluate.localization import METRICS
+
+    rows = [[method_name(r["method"])] + [f"{fmt_ci(r[m])}; vs random {_verdict_cell(r[m].get('vs_random'))}"
+                                          for m in METRICS] for r in loc["results"]]
+    return Table("Localisation of the ground truth", ["method", *METRICS], rows,
+                 note=f"Per case, then mean over {loc['n_cases']} cases with a 95% bootstrap CI; sign test "
+                      "(pointing game) or Wilcoxon on cases; Holm over the file, exploratory.")
+
+
+def _channels_lead(channels: dict[str, Any]) -> str:
+    summary = channels["summary"]
+    per_channel = summary.get("channels", {})
+    if not per_channel:
+        return "No per-sequence attribution."
+    top = max(per_channel, key=lambda c: per_channel[c]["share"].get("mean") or -1)
+    drop = per_channel[top]["dice_drop"]
+    return (f"Sequences: {top} carries the largest share of the attribution, {fmt_ci(per_channel[top]['share'])}; "
+            f"replacing it by its {channels['ablation_baseline']} baseline lowers the Dice of the prediction by "
+            f"{fmt_ci(drop)} (means over cases, 95% bootstrap CIs over cases).")
+
+
+def _channels_table(channels: dict[str, Any]) -> Table:
+    per_channel = channels["summary"].get("channels", {})
+    rows = []
+    tests = {t["channel"]: t for t in channels["summary"].get("tests", []) if t.get("kind") == "dice_drop_vs_zero"}
+    for name, values in per_channel.items():
+        test = tests.get(name)
+        rows.append([name, fmt_ci(values["share"]), fmt_ci(values["dice_drop"]),
+                     "-" if not isinstance(test, dict) else f"{test.get('verdict')} (p_adj {fmt_p(test.get('p_adjusted'))})"])
+    return Table("Per-sequence attribution and channel ablation", ["sequence", "share of |attribution|",
+                                                                     "Dice drop when ablated", "drop vs 0"], rows,
+                 note=f"Shares from {channels['method']}; ablation replaces one sequence by its "
+                      f"{channels['ablation_baseline']} baseline. Wilcoxon on cases, Holm over the file's tests.")
+
+
+def _sanity_table(sanity: dict[str, Any]) -> Table:
+    if "stages" not in sanity:
+        return Table("Sanity check", ["note"], [[sanity.get("skipped", "not run")]])
+    rows = [[stage, fmt(rho), fmt(s), str(n)] for stage, rho, s, n in
+            zip(sanity["stages"], sanity["mean_abs_spearman"], sanity["mean_ssim"], sanity["n_compared"])]
+    verdict = {True: "passes", False: "fails", None: "undetermined"}[sanity["passes"]]
+    return Table(f"Sanity check of {method_name(sanity['method'])}: {verdict}",
+                 ["randomized up to", "mean |Spearman|", "mean SSIM", "cases"], rows,
+                 note=f"Cascading randomization on {sanity['n_cases']} case(s); fails when the fully randomized "
+                      f"model's maps keep mean |rho| or mean SSIM >= {sanity['threshold']}.")
+
+
+def _view_figures(run: Path, index: dict[str, Any], folder: Path) -> list[FigureResult]:
+    from tumorcam.data.volumes import load_volumes
+    from tumorcam.report.volumes import draw_orthogonal_views
+    from tumorcam.volumes.run import data_folder
+
+    prepared = load_volumes(data_folder(run, index["data"]))
+    row_of = {str(c): i for i, c in enumerate(prepared.case_ids)}
+    methods = [e for e in index["entries"] if e["method"] != "random"]
+    maps = {e["method"]: np.load(run / "explanations" / e["file"], mmap_mode="r") for e in methods}
+    figures = []
+    for i, case in enumerate(index["case_ids"][:VIEWED_CASES]):
+        row = row_of[case]
+        volume = np.asarray(prepared.images[row], dtype=np.float32)
+        mask = np.asarray(prepared.masks[row], dtype=bool)
+        predicted = np.asarray(maps["predicted-mask"][i], dtype=np.float32) > 0.5 if "predicted-mask" in maps else None
+        shown = {method_name(m): np.asarray(v[i], dtype=np.float32) for m, v in maps.items()
+                 if m != "predicted-mask"}
+        fig = draw_orthogonal_views(volume, shown, mask, predicted, channel_index=_view_channel(index),
+                                    title=f"case {case}")
+        path = _save(fig, folder / f"views_{case}.png")
+        figures.append(FigureResult(key=f"views_{case}", title=f"Case {case}: axial, coronal and sagittal planes",
+                                    caption="Planes through the centre of the ground-truth tumour (array order, "
+                                            "not RAS); outline: ground truth and prediction; colours: the map.",
+                                    path=path))
+    return figures
+
+
+def _view_channel(index: dict[str, Any]) -> int:
+    """The sequence shown under the maps: FLAIR when the dataset has one, else the first."""
+    names = [str(c).upper() for c in index.get("channels", [])]
+    return names.index("FLAIR") if "FLAIR" in names else 0
+
+
+def build_volume_report(run: str | Path) -> Path:
+    """Write RUN/figures/*.png and RUN/report.html of a run on volumes; return the page's path."""
+    from tumorcam.report.volumes import draw_channel_shares
+
+    run = Path(run)
+    folder = run / FIGURES_DIR
+    folder.mkdir(exist_ok=True)
+    index = _read(run / "explanations" / "index.json") or {}
+    faith = _read(run / "faithfulness.json")
+    loc = _read(run / "localization.json")
+    channels = _read(run / "channels.json")
+    sanity = _read(run / "sanity.json")
+    segmentation = _read(run / "segmentation.json")
+    lead = _primary_lead(faith) if faith else ["No faithfulness.json."]
+    if channels:
+        lead.append(_channels_lead(channels))
+    if segmentation:
+        lead.append(f"Segmentation: Dice {fmt_ci(segmentation['dice'])} over {segmentation['n_cases']} cases "
+                    "(95% bootstrap CI over cases).")
+    sections = [Section("views", "Maps in three planes", _view_figures(run, index, folder) if index else [], [],
+                        [] if index else ["no explanations/index.json"])]
+    if channels:
+        fig = _save(draw_channel_shares(channels["summary"], title="Share of attribution and Dice drop per sequence"),
+                    folder / "channels.png")
+        sections.append(Section("channels", "Which sequence the model relies on",
+                                [FigureResult("channels", "Per-sequence attribution", "Means over cases with 95% "
+                                              "bootstrap CIs over cases.", path=fig)], [_channels_table(channels)], []))
+    tables = []
+    if faith:
+        tables.append(_faithfulness_table(faith))
+    if loc:
+        tables.append(_localization_table(loc))
+    if sanity:
+        tables.append(_sanity_table(sanity))
+    sections.append(Section("verdicts", "Is the explanation true?", [], tables, []))
+    settings = _read(run / "volume_config.json") or {}
+    page = render_page(run_name=run.name, subtitle=f"{index.get('n_cases', '?')} volumes of {index.get('data', '?')}, "
+                       f"model {settings.get('model', '?')}", glance=Glance(lead=lead, tables=[], notes=[]),
+                       sections=sections, config=settings, provenance=None)
+    path = run / REPORT_FILE
+    write_text(path, page)
+    return path

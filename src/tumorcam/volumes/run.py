@@ -1,0 +1,395 @@
+"""`run_volumes`: explain and evaluate a segmentation network on 3-D volumes, without training it.
+
+    tumorcam run --data DATASET --model MODULE:FACTORY --weights W --out RUN
+    torchrun --standalone --nproc_per_node=N --no-python tumorcam run --data DATASET --model ... --out RUN
+
+DATASET is nnU-Net's raw layout (prepared first into RUN/prepared, see `tumorcam.data.volumes`) or
+a prepared volume folder. Every case of the split is streamed through `evaluate_case` on its own
+(memory stays that of one case), then the statistics are made with the case as the patient:
+
+    volume_config.json   the settings, the data, the model and its weights' sha256
+    explanations/        METHOD.npy (N, S, S, S) float16 maps, index.json, nifti/CASE_METHOD.nii.gz
+                         (each map resampled to its case's original grid, with its affine)
+    faithfulness.json    Deletion/Insertion AUCs per baseline and method vs the random map and the
+                         predicted-mask control (Wilcoxon on cases, Holm; one primary comparison)
+    localization.json    pointing game, energy pointing game, top-p% IoU vs the same references
+    channels.json        per-sequence attribution shares and channel-ablation Dice drops
+    segmentation.json    Dice of the prediction with the ground truth, per case and mean with its CI
+    sanity.json          cascading randomization of the primary method on `sanity_cases` cases
+    timings.json         seconds per stage, processes, device (the only file that differs between runs)
+    report.html          orthogonal views, channel shares, verdict tables
+
+Under `torchrun` the cases are dealt to the ranks (case i to rank i mod N); each rank writes its
+cases' rows of the map files, rank 0 gathers the measurements and writes everything else. The
+JSON files are the same as those of one process (the numbers of a case never depend on the others).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tumorcam.errors import TumorcamError
+from tumorcam.io import write_json
+from tumorcam.volumes.cases import CaseResult, evaluate_case
+from tumorcam.volumes.settings import SETTINGS_FILE, VolumeSettings
+
+EXPLANATIONS_DIR = "explanations"
+PREPARED_DIR = "prepared"
+CURVES = ("deletion", "insertion")
+
+
+def resolve_data(data: str | Path, out: Path, size: int, info: Any, log: Callable[[str], None]) -> Path:
+    """The prepared volume folder of `data`: itself, or RUN/prepared made from nnU-Net's raw layout
+    (by rank 0; the others wait)."""
+    from tumorcam.data.nnunet import is_nnunet_raw
+    from tumorcam.data.volumes import is_volume_folder, prepare_volumes
+    from tumorcam.training.distributed import barrier
+
+    data = Path(data)
+    if is_volume_folder(data):
+        return data
+    if not is_nnunet_raw(data):
+        raise TumorcamError(f"--data {data}: neither nnU-Net's raw layout (dataset.json, imagesTr/) nor a prepared "
+                            "volume folder")
+    prepared = out / PREPARED_DIR
+    if info.is_main and not is_volume_folder(prepared):
+        began = time.perf_counter()
+        manifest = prepare_volumes(data, prepared, size=size)
+        log(f"prepared {manifest['count']} case(s) of {data} at {size}^3 into {prepared} "
+            f"in {time.perf_counter() - began:.1f} s")
+    barrier(info)
+    return prepared
+
+
+def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str | Path | None,
+                settings: VolumeSettings | None = None, device: str = "auto", size: int = 64,
+                log: Callable[[str], None] = print) -> Path:
+    """Explain and evaluate the network of `model` (MODULE:FACTORY) with `weights` on the cases of
+    `data`; write the run folder `out` (see the module docstring) and return its report's path
+    (rank 0; the other ranks return the folder)."""
+    from tumorcam.data.volumes import load_volumes
+    from tumorcam.explain.layers import default_layer
+    from tumorcam.run_folder import file_sha256
+    from tumorcam.training.distributed import barrier, gather_to_main, start, stop
+    from tumorcam.user_model import load_user_model
+
+    settings = settings or VolumeSettings()
+    settings.check()
+    out = Path(out)
+    info, dev = start(device)
+    try:
+        timings: dict[str, float] = {}
+        began = time.perf_counter()
+        root = resolve_data(data, out, size, info, log)
+        prepared = load_volumes(root)
+        rows = prepared.indices(settings.split)
+        if settings.cases is not None:
+            rows = rows[:settings.cases]
+        if len(rows) == 0:
+            raise TumorcamError(f"--split {settings.split}: no case in {root}")
+        network = load_user_model(model, weights).to(dev).eval()
+        images, masks = prepared.tensors(rows[:1])
+        if settings.layer is None and any(_uses_layer(m) for m in settings.methods):
+            settings.layer = default_layer(network, images.to(dev))
+            log(f"layer: {settings.layer} (the last convolution block before the head)")
+        timings["load"] = time.perf_counter() - began
+
+        began = time.perf_counter()
+        mine = list(range(info.rank, len(rows), info.world_size))
+        folder = out / EXPLANATIONS_DIR
+        partial = {m: folder / f".{m}.npy.partial" for m in settings.all_methods}
+        if info.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in partial.values():
+                np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
+                                          shape=(len(rows), *prepared.images.shape[2:])).flush()
+        barrier(info)
+        files = {m: np.lib.format.open_memmap(path, mode="r+") for m, path in partial.items()}
+        results: list[CaseResult] = []
+        for i in _progress(mine, info.is_main, len(rows) // max(1, info.world_size)):
+            image, mask = prepared.tensors(rows[i:i + 1])
+            result = evaluate_case(network, image.to(dev), mask.to(dev), i, settings)
+            for method, heatmap in result.maps.items():
+                files[method][i] = heatmap
+            results.append(result.without_maps())
+        for array in files.values():
+            array.flush()
+        del files
+        gathered = gather_to_main(results, info)
+        timings["explain_and_evaluate"] = time.perf_counter() - began
+        if not info.is_main:
+            barrier(info)
+            return out
+        assert gathered is not None
+        gathered.sort(key=lambda r: r.index)
+        for method, path in partial.items():
+            os.replace(path, folder / f"{method}.npy")
+        case_ids = np.asarray(prepared.case_ids[rows]).astype(str)
+        header = {"data": _data_label(root, out), "split": settings.split, "n_cases": len(rows), "case_ids": case_ids.tolist(),
+                  "size": prepared.size, "channels": list(prepared.channels)}
+        weights_sha256 = None if weights is None else file_sha256(Path(weights))
+        write_json(out / SETTINGS_FILE, {**settings.to_dict(), "model": model,
+                                          "weights": None if weights is None else str(weights),
+                                          "weights_sha256": weights_sha256, "data": header["data"]})
+        _write_index(folder, settings, header, weights_sha256)
+        began = time.perf_counter()
+        _write_nifti_maps(folder, prepared, rows, settings)
+        timings["nifti"] = time.perf_counter() - began
+
+        began = time.perf_counter()
+        write_json(out / "faithfulness.json", faithfulness_file(gathered, settings, header))
+        write_json(out / "localization.json", localization_file(gathered, settings, header))
+        write_json(out / "channels.json", channels_file(gathered, settings, header))
+        write_json(out / "segmentation.json", segmentation_file(gathered, settings, header))
+        timings["statistics"] = time.perf_counter() - began
+
+        began = time.perf_counter()
+        write_json(out / "sanity.json", sanity_file(network, prepared, rows, settings, header, dev))
+        timings["sanity"] = time.perf_counter() - began
+
+        began = time.perf_counter()
+        from tumorcam.volumes.report import build_volume_report
+
+        report = build_volume_report(out)
+        timings["report"] = time.perf_counter() - began
+        write_json(out / "timings.json", {"seconds": {k: round(v, 3) for k, v in timings.items()},
+                                          "processes": info.world_size, "device": str(dev)})
+        barrier(info)
+        return report
+    finally:
+        stop(info)
+
+
+def _data_label(root: Path, out: Path) -> str:
+    """The prepared folder as the run's files name it: relative to the run folder when inside it (so a
+    run's files do not depend on where the run folder is), else as given."""
+    try:
+        return str(root.resolve().relative_to(out.resolve()))
+    except ValueError:
+        return str(root)
+
+
+def data_folder(run: str | Path, label: str) -> Path:
+    """The prepared folder of a run's `data` label (`_data_label`)."""
+    path = Path(label)
+    return path if path.is_absolute() or not (Path(run) / path).is_dir() else Path(run) / path
+
+
+def _uses_layer(method: str) -> bool:
+    from tumorcam.explain import METHODS
+
+    return METHODS[method].uses_layer
+
+
+def _progress(items: list[int], show: bool, total: int) -> Any:
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="cases (explain, game, channels)", unit="case", total=len(items))
+
+
+def _row_layer(method: str, settings: VolumeSettings) -> str:
+    from tumorcam.explain import INPUT_LAYER
+
+    return str(settings.layer) if _uses_layer(method) else INPUT_LAYER
+
+
+def _describe(method: str, settings: VolumeSettings) -> dict[str, Any]:
+    from tumorcam.volumes.settings import CONTROLS
+
+    return {"method": method, "target": "none" if method == "random" else settings.target,
+            "layer": _row_layer(method, settings), "model": "trained",
+            "control": method in CONTROLS or _is_control(method)}
+
+
+def _is_control(method: str) -> bool:
+    from tumorcam.explain import METHODS
+
+    return bool(getattr(METHODS[method], "control", False))
+
+
+def _write_index(folder: Path, settings: VolumeSettings, header: dict[str, Any],
+                 weights_sha256: str | None) -> None:
+    entries = [{**_describe(m, settings), "file": f"{m}.npy", "channel": settings.channel}
+               for m in settings.all_methods]
+    write_json(folder / "index.json", {**header, "weights_sha256": weights_sha256, "entries": entries})
+
+
+def _write_nifti_maps(folder: Path, prepared: Any, rows: np.ndarray, settings: VolumeSettings) -> None:
+    """Each method's map of each case, resampled (trilinear) to the case's original shape, written
+    with the case's affine as explanations/nifti/CASE_METHOD.nii.gz (controls left out)."""
+    import nibabel as nib
+    import torch.nn.functional as F
+
+    from tumorcam.io import write_bytes
+
+    methods = [m for m in settings.methods if not _is_control(m)]
+    target = folder / "nifti"
+    target.mkdir(exist_ok=True)
+    for method in methods:
+        maps = np.load(folder / f"{method}.npy", mmap_mode="r")
+        for i, row in enumerate(rows):
+            shape = tuple(int(s) for s in prepared.shapes[row])
+            volume = torch.from_numpy(np.asarray(maps[i], dtype=np.float32))[None, None]
+            if tuple(volume.shape[2:]) != shape:
+                volume = F.interpolate(volume, size=shape, mode="trilinear", align_corners=False)
+            image = nib.Nifti1Image(volume[0, 0].clamp(0, 1).numpy(), np.asarray(prepared.affines[row]))
+            write_bytes(target / f"{prepared.case_ids[row]}_{method}.nii.gz", gzip.compress(image.to_bytes(), mtime=0))
+
+
+def _stack(results: list[CaseResult], field: str, key: Any) -> np.ndarray:
+    return np.stack([getattr(r, field)[key] for r in results])
+
+
+def faithfulness_file(results: list[CaseResult], settings: VolumeSettings, header: dict[str, Any]) -> dict[str, Any]:
+    """faithfulness.json of a run on volumes: one row per (baseline, method) like the slices' file,
+    the case as the patient; Holm over the primary pair and over the rest of the file."""
+    from tumorcam.evaluate.ranking import auc, step_fractions
+    from tumorcam.evaluate.summary import adjust_file, finite_list, metric_summary
+
+    case_ids = np.asarray(header["case_ids"])
+    rows = []
+    for baseline in settings.baselines:
+        for method in settings.all_methods:
+            row: dict[str, Any] = {**_describe(method, settings), "baseline": baseline, "score": settings.score}
+            for name in CURVES:
+                raw = _stack(results, name, (baseline, method))
+                references = {
+                    "random": None if method == "random" else auc(_stack(results, name, (baseline, "random")),
+                                                                  settings.steps),
+                    "mask": None if method in ("random", "predicted-mask") else
+                    auc(_stack(results, name, (baseline, "predicted-mask")), settings.steps)}
+                row[name] = metric_summary(auc(raw, settings.steps), references, case_ids,
+                                           lower_is_better=name == "deletion", test="wilcoxon",
+                                           resamples=settings.bootstrap, seed=settings.seed, curves=raw,
+                                           alpha=settings.alpha)
+                row[name]["unit"] = "patient"
+            row["per_case"] = {name: finite_list(auc(_stack(results, name, (baseline, method)), settings.steps))
+                               for name in CURVES}
+            rows.append(row)
+    primary = {"method": settings.primary_method, "target": settings.target,
+               "layer": _row_layer(settings.primary_method, settings), "baseline": settings.baselines[0]}
+    adjust_file(rows, CURVES, primary=primary, alpha=settings.alpha)
+    return {**header, "unit": "patient (one case = one patient)", "primary": primary, "alpha": settings.alpha,
+            "steps": settings.steps, "schedule": settings.schedule,
+            "fractions": step_fractions(settings.steps, settings.schedule).tolist(), "score": settings.score,
+            "baselines": settings.baselines, "seed": settings.seed, "bootstrap": settings.bootstrap,
+            "results": rows}
+
+
+def localization_file(results: list[CaseResult], settings: VolumeSettings, header: dict[str, Any]) -> dict[str, Any]:
+    """localization.json of a run on volumes: per method the three metrics against the ground truth,
+    vs the random map and the predicted-mask control, Holm over the file (all exploratory)."""
+    from tumorcam.evaluate.localization import METRICS, TESTS
+    from tumorcam.evaluate.summary import adjust_file, metric_summary
+
+    case_ids = np.asarray(header["case_ids"])
+
+    def values(method: str, metric: str) -> np.ndarray:
+        return np.array([r.localization[method][metric] for r in results], dtype=np.float64)
+
+    rows = []
+    for method in settings.all_methods:
+        row: dict[str, Any] = _describe(method, settings)
+        for metric in METRICS:
+            references = {"random": None if method == "random" else values("random", metric),
+                          "mask": None if method in ("random", "predicted-mask") else values("predicted-mask", metric)}
+            row[metric] = metric_summary(values(method, metric), references, case_ids, lower_is_better=False,
+                                         test=TESTS[metric], resamples=settings.bootstrap, seed=settings.seed,
+                                         alpha=settings.alpha)
+            row[metric]["unit"] = "patient"
+        rows.append(row)
+    adjust_file(rows, METRICS, primary=None, alpha=settings.alpha)
+    return {**header, "unit": "patient (one case = one patient)", "top_percent": settings.top_percent,
+            "alpha": settings.alpha, "results": rows}
+
+
+def channels_file(results: list[CaseResult], settings: VolumeSettings, header: dict[str, Any]) -> dict[str, Any]:
+    """channels.json: each input sequence's attribution share and channel-ablation Dice drop."""
+    from tumorcam.evaluate.channels import ChannelResult
+
+    result = ChannelResult(shares=np.stack([r.shares for r in results]),
+                           dice_drop=np.stack([r.dice_drop for r in results]),
+                           unit_ids=np.asarray(header["case_ids"]), unit="patient",
+                           channel_names=tuple(header["channels"]),
+                           settings={"method": settings.channel_method, "baseline": settings.ablation_baseline,
+                                     "target": settings.target, "channel": settings.channel, "seed": settings.seed})
+    return {**header, "method": settings.channel_method, "ablation_baseline": settings.ablation_baseline,
+            "summary": result.summary(bootstrap=settings.bootstrap, alpha=settings.alpha)}
+
+
+def segmentation_file(results: list[CaseResult], settings: VolumeSettings, header: dict[str, Any]) -> dict[str, Any]:
+    """segmentation.json: Dice of the prediction with the ground truth per case, and its mean with a
+    bootstrap CI over cases (each case one patient)."""
+    from tumorcam.evaluate.stats import bootstrap_ci
+    from tumorcam.evaluate.summary import finite_list
+
+    values = np.array([r.dice for r in results], dtype=np.float64)
+    return {**header, "unit": "patient (one case = one patient)",
+            "dice": bootstrap_ci(values, resamples=settings.bootstrap, seed=settings.seed),
+            "per_case": {"dice": finite_list(values), "predicted_voxels": [r.predicted_voxels for r in results]}}
+
+
+def sanity_file(network: torch.nn.Module, prepared: Any, rows: np.ndarray, settings: VolumeSettings,
+                header: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """sanity.json: cascading randomization of the primary method's maps on the first `sanity_cases`
+    cases (region fixed from the intact model)."""
+    from tumorcam.evaluate.sanity import sanity
+
+    count = min(settings.sanity_cases, len(rows))
+    if count == 0:
+        return {**header, "skipped": "sanity_cases is 0"}
+    images, _ = prepared.tensors(rows[:count])
+    result = sanity(network, images.to(device), method=settings.primary_method, target=settings.target,
+                    layer=None if not _uses_layer(settings.primary_method) else settings.layer,
+                    channel=settings.channel, output=settings.output, ig_steps=settings.ig_steps, seed=settings.seed)
+    from tumorcam.evaluate.summary import finite_list
+
+    return {**header, "method": settings.primary_method, "target": settings.target, "n_cases": count,
+            "case_ids": header["case_ids"][:count], "stages": result.stages,
+            "mean_abs_spearman": finite_list(result.mean_abs_spearman), "mean_ssim": finite_list(result.mean_ssim),
+            "n_compared": result.n_compared, "threshold": result.threshold, "passes": result.passes}
+
+
+def run_volume_demo(out: str | Path, *, settings: VolumeSettings | None = None, cases: int = 24, size: int = 32,
+                    epochs: int = 30, device: str = "auto", seed: int = 0,
+                    log: Callable[[str], None] = print) -> Path:
+    """The volume demo: synthetic volumes in nnU-Net's layout (OUT/synthetic-volumes), prepared at
+    `size`^3, the demo U-Net trained on their train split (OUT/demo_unet.safetensors; kept when it
+    exists), then `run_volumes` on the test split. Returns the report's path."""
+    from tumorcam.data.synth_volumes import write_synthetic_volumes
+    from tumorcam.data.volumes import is_volume_folder, prepare_volumes
+    from tumorcam.device import resolve_device
+    from tumorcam.io import write_json as write
+    from tumorcam.training.distributed import barrier, start
+    from tumorcam.volumes.train import DEMO_MODEL, train_demo_unet
+
+    out = Path(out)
+    raw, prepared, weights = out / "synthetic-volumes", out / PREPARED_DIR, out / "demo_unet.safetensors"
+    info, _ = start(device)
+    if info.is_main:
+        if not (raw / "dataset.json").is_file():
+            write_synthetic_volumes(raw, cases=cases, size=size, seed=seed)
+            log(f"wrote {cases} synthetic cases (T1, T1CE, T2, FLAIR) in nnU-Net's layout to {raw}")
+        if not is_volume_folder(prepared):
+            prepare_volumes(raw, prepared, size=size, seed=seed)
+        if not weights.is_file():
+            began = time.perf_counter()
+            history = train_demo_unet(prepared, weights, epochs=epochs, seed=seed, device=resolve_device(device),
+                                      log=log)
+            history["seconds"] = round(time.perf_counter() - began, 3)
+            write(out / "demo_training.json", history)
+            log(f"trained the demo 3-D U-Net in {history['seconds']:.0f} s: validation Dice "
+                f"{history['val_dice_mean']:.3f} ({history['val_cases']} cases)")
+    barrier(info)
+    settings = settings or VolumeSettings(split="test")
+    return run_volumes(out, prepared, model=DEMO_MODEL, weights=weights, settings=settings, device=device, log=log)

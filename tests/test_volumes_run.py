@@ -1,0 +1,159 @@
+"""`tumorcam run` on volumes: synthetic cases in nnU-Net's layout, a network whose answer is known
+(it reads FLAIR only), every file of the run folder, and the same files under `torchrun`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tumorcam.cli import main
+from tumorcam.data.synth_volumes import write_synthetic_volumes
+
+FLAIR_ONLY = '''
+import torch
+from torch import nn
+
+
+class FlairOnly(nn.Module):
+    """Logits 10 * FLAIR - 5 through a 3x3x3 convolution that reads input channel 3 only."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv3d(4, 2, 3, padding=1)
+        self.head = nn.Conv3d(2, 1, 1)
+        with torch.no_grad():
+            self.features.weight.zero_()
+            self.features.bias.zero_()
+            self.features.weight[0, 3, 1, 1, 1] = 4.0
+            self.features.weight[1, 3, 1, 1, 1] = 6.0
+            self.head.weight.fill_(1.0)
+            self.head.bias.fill_(-5.0)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.features(x)))
+
+
+def make():
+    return FlairOnly()
+'''
+
+FILES = ("faithfulness.json", "localization.json", "channels.json", "segmentation.json", "sanity.json",
+         "volume_config.json", "explanations/index.json")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("volumes")
+    write_synthetic_volumes(root / "raw", cases=6, size=16, seed=3)
+    (root / "flair_only.py").write_text(FLAIR_ONLY)
+    return root
+
+
+def _run(dataset: Path, out: Path, *extra: str) -> None:
+    cwd = os.getcwd()
+    os.chdir(dataset)  # the model's module is found in the working directory
+    try:
+        main(["run", "--data", str(dataset / "raw"), "--model", "flair_only:make", "--out", str(out),
+              "--prepare-size", "16", "--device", "cpu", "--methods", "gradcam,saliency", "--baselines", "zero,blur",
+              *extra])
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture(scope="module")
+def run(dataset: Path) -> Path:
+    out = dataset / "run"
+    _run(dataset, out)
+    return out
+
+
+def test_channels_name_the_sequence_the_model_reads(run: Path) -> None:
+    summary = json.loads((run / "channels.json").read_text())["summary"]
+    per_channel = summary["channels"]
+    assert summary["top_channel"] == "FLAIR"
+    assert per_channel["FLAIR"]["share"]["mean"] == pytest.approx(1.0)
+    for name in ("T1", "T1CE", "T2"):
+        assert per_channel[name]["share"]["mean"] == pytest.approx(0.0, abs=1e-12)
+        assert per_channel[name]["dice_drop"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    # zeroing FLAIR leaves logits of -5 everywhere: no voxel predicted, Dice 0 with the prediction
+    assert per_channel["FLAIR"]["dice_drop"]["mean"] == pytest.approx(1.0)
+    tests = {t["channel"]: t for t in summary["tests"] if t["kind"] == "dice_drop_vs_zero"}
+    assert tests["T1"]["verdict"] == "undetermined"  # every difference is 0: nothing to test
+    assert tests["FLAIR"]["n_pairs"] == 6 and tests["FLAIR"]["p_value"] == pytest.approx(2 / 2**6)
+
+
+def test_faithfulness_rows_count_cases_as_patients(run: Path) -> None:
+    faith = json.loads((run / "faithfulness.json").read_text())
+    assert faith["n_cases"] == 6 and len(faith["case_ids"]) == 6
+    methods = ["gradcam", "saliency", "random", "predicted-mask"]
+    assert [(r["baseline"], r["method"]) for r in faith["results"]] == \
+        [(b, m) for b in ("zero", "blur") for m in methods]
+    primary = [r for r in faith["results"] if r["deletion"].get("vs_random")
+               and r["deletion"]["vs_random"]["family"] == "primary"]
+    assert [(r["method"], r["baseline"], r["layer"]) for r in primary] == [("gradcam", "zero", "features")]
+    for row in faith["results"]:
+        for curve in ("deletion", "insertion"):
+            assert row[curve]["n_patients"] == 6 and row[curve]["unit"] == "patient"
+            assert len(row["per_case"][curve]) == 6
+            mean = np.mean([v for v in row["per_case"][curve] if v is not None])
+            assert row[curve]["mean"] == pytest.approx(mean)
+    random_row = next(r for r in faith["results"] if r["method"] == "random")
+    assert random_row["deletion"]["vs_random"] is None
+
+
+def test_maps_go_out_on_each_case_grid(run: Path, dataset: Path) -> None:
+    index = json.loads((run / "explanations" / "index.json").read_text())
+    assert index["case_ids"] == [f"TCAM_{i:03d}" for i in range(6)]
+    maps = np.load(run / "explanations" / "gradcam.npy")
+    assert maps.shape == (6, 16, 16, 16) and maps.dtype == np.float16
+    for case in index["case_ids"]:
+        original = nib.load(dataset / "raw" / "imagesTr" / f"{case}_0000.nii.gz")
+        written = nib.load(run / "explanations" / "nifti" / f"{case}_gradcam.nii.gz")
+        assert written.shape == original.shape
+        np.testing.assert_allclose(written.affine, original.affine, atol=1e-5)
+        values = np.asarray(written.dataobj)
+        assert values.min() >= 0 and values.max() <= 1
+    assert not (run / "explanations" / "nifti" / "TCAM_000_random.nii.gz").exists()
+
+
+def test_segmentation_and_sanity(run: Path) -> None:
+    segmentation = json.loads((run / "segmentation.json").read_text())
+    dice = [v for v in segmentation["per_case"]["dice"]]
+    assert len(dice) == 6 and segmentation["dice"]["mean"] == pytest.approx(np.mean(dice))
+    sanity = json.loads((run / "sanity.json").read_text())
+    assert sanity["stages"] == ["head", "features"] and sanity["n_cases"] == 2
+    report = (run / "report.html").read_text()
+    assert "FLAIR" in report and "Primary" in report
+
+
+def test_model_without_volumes_is_refused(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--data", str(dataset / "flair_only.py"), "--model", "flair_only:make"])
+    assert exit_info.value.code == 2
+    assert "--data" in capsys.readouterr().err
+
+
+def test_torchrun_writes_the_same_files(dataset: Path) -> None:
+    single, sharded = dataset / "single", dataset / "sharded"
+    arguments = ["run", "--data", str(dataset / "raw"), "--model", "flair_only:make", "--prepare-size", "16",
+                 "--device", "cpu", "--methods", "gradcam", "--baselines", "zero", "--cases", "5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # CPU reductions depend on the thread count: the same in both
+    subprocess.run([sys.executable, "-m", "tumorcam.cli", *arguments, "--out", str(single)], cwd=dataset, env=env,
+                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                    "tumorcam.cli", *arguments, "--out", str(sharded)], cwd=dataset, env=env, check=True,
+                   capture_output=True)
+    for name in FILES:
+        assert (single / name).read_bytes() == (sharded / name).read_bytes(), name
+    for method in ("gradcam", "saliency", "random", "predicted-mask"):
+        path = Path("explanations") / f"{method}.npy"
+        if (single / path).exists():
+            np.testing.assert_array_equal(np.load(single / path), np.load(sharded / path))
+    assert json.loads((sharded / "timings.json").read_text())["processes"] == 2
