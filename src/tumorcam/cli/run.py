@@ -114,7 +114,8 @@ def _run_volumes(data: Optional[Path], out: Optional[Path], demo: bool, config: 
                                 "--model MODULE:FACTORY --weights W")
         report = run_volumes(out or Path("runs") / "volumes", data, model=model, weights=weights, settings=settings,
                              device=device or "auto", size=size or 64, log=log)
-    typer.echo(str(report))
+    if report is not None:  # rank 0 (the only one under torchrun that writes the report)
+        typer.echo(str(report))
 
 
 def _names(value: Optional[str]) -> Optional[list[str]]:

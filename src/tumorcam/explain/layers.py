@@ -5,9 +5,10 @@ in which one forward pass runs the modules (`default_layer`):
 
 1. the head is the last convolution to run (in a model without convolutions: the last module
    with parameters of its own);
-2. the last layer is the last module of the same kind to run before the head whose output has more
-   channels than the head's (a convolution that already outputs the classes, such as the
-   transposed convolution that opens the top up-block of MONAI's `UNet`, only redraws the logits);
+2. the last layer is the last module of the same kind to run before the head; of convolutions,
+   only one whose output has more channels than the head's (one that already outputs the classes,
+   such as the transposed convolution opening the top up-block of MONAI's `UNet`, only redraws
+   the logits);
 3. the block is its innermost enclosing module that ran, holds at least two modules of that kind
    and is neither the model itself nor a module holding the head; without one, the last layer.
 
@@ -92,7 +93,8 @@ def default_layer(model: nn.Module, example: torch.Tensor) -> str:
     if not runs:
         raise TumorcamError(f"layer: {type(model).__name__} runs no submodule with parameters; name a layer")
     head = order[runs[-1]]
-    before = [order[i] for i in runs if order[i] != head and widths.get(order[i], 2) > widths.get(head, 1)]
+    before = [order[i] for i in runs if order[i] != head
+              and (not convolutional or widths.get(order[i], 2) > widths.get(head, 1))]
     if not before:
         raise TumorcamError(f"layer: {type(model).__name__} has no layer before its head {head}; name a layer")
     chosen = before[-1]

@@ -95,8 +95,9 @@ def e(text: Any) -> str:
 
 
 def render_page(*, run_name: str, subtitle: str, glance: Glance, sections: list[Section],
-                config: dict[str, Any], provenance: dict[str, Any] | None) -> str:
-    """The whole page as one string."""
+                config: dict[str, Any], provenance: dict[str, Any] | None,
+                how_to_read: tuple[str, ...] = HOW_TO_READ) -> str:
+    """The whole page as one string; `how_to_read` are the paragraphs of its reading guide."""
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{e(s.anchor)}">{e(s.title)}</a>' for s in sections)
     nav += '<a href="#config">Configuration and software</a>'
@@ -112,7 +113,7 @@ def render_page(*, run_name: str, subtitle: str, glance: Glance, sections: list[
         '<h2 id="summary">At a glance</h2>',
         _glance(glance),
         '<div class="howto"><h3 id="how-to-read">How to read this report</h3>',
-        "".join(f"<p>{e(p)}</p>" for p in HOW_TO_READ),
+        "".join(f"<p>{e(p)}</p>" for p in how_to_read),
         "</div>",
     ]
     for section in sections:

@@ -85,12 +85,14 @@ def draw_orthogonal_views(
     predicted: np.ndarray | None = None,
     *,
     channel_index: int = 0,
+    channel_name: str | None = None,
     title: str = "",
     centre: Centre | None = None,
 ) -> Figure:
     """Axial, coronal and sagittal planes (columns) of a case: the image, then each map over it (rows).
 
-    `volume`: (C, D, H, W) or (D, H, W) float in [0, 1]; channel `channel_index` is shown.
+    `volume`: (C, D, H, W) or (D, H, W) float in [0, 1]; channel `channel_index` is shown, labelled
+    `channel_name` when given.
     `maps`: name -> (D, H, W) in [0, 1] (non-finite values drawn as 0). `mask` (the ground truth,
     solid outline) and `predicted` (dashed outline): (D, H, W) bool or None. The planes cross at
     `centre` when given, else at `view_centre(shape, mask, predicted)`. Planes and axes are in
@@ -103,7 +105,7 @@ def draw_orthogonal_views(
         if not 0 <= channel_index < volume.shape[0]:
             raise ValueError(f"channel_index: the volume has {volume.shape[0]} channel(s), got {channel_index}")
         volume = volume[channel_index]
-        image_row = f"image (channel {channel_index})"
+        image_row = f"image ({channel_name or f'channel {channel_index}'})"
     if volume.ndim != 3:
         raise ValueError(f"volume: expected (C, D, H, W) or (D, H, W), got shape {volume.shape}")
     shape = volume.shape

@@ -22,6 +22,26 @@ REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
 VIEWED_CASES = 3  # orthogonal views of the first cases of the split
 DPI = 110
+HOW_TO_READ = (
+    "The network outlines the tumour in each 3-D volume (a case: one patient's MRI sequences). A map "
+    "shows which voxels pushed that outline: bright means strong influence, dark none. The views cut "
+    "each volume in three planes through the centre of the ground-truth tumour.",
+    "A map is a hypothesis, not a proof. Deletion removes the voxels a map ranks first and insertion "
+    "shows only those: if the map is true, the network's tumour score falls fast (deletion, lower is "
+    "better) or rises fast (insertion, higher is better). Every method is compared with a random map "
+    "and with the network's own predicted mask: a map not shown to beat the predicted mask has not "
+    "been shown to tell more than the outline the network already draws.",
+    "The case is the unit: every mean and 95% interval is over cases, every test pairs cases. One "
+    "comparison, fixed before the run, is primary and is read with its own p-value; every other test is "
+    "exploratory and its verdict uses a p-value adjusted (Holm) for how many tests there are. \"Not "
+    "shown to differ\" means the data cannot tell the two apart, not that they are equal; with few "
+    "cases, few tests can succeed.",
+    "Sequences: each input channel's share of the attribution (integrated gradients) and how much the "
+    "prediction changes when that sequence alone is blanked. Blanking shows what the network needs, "
+    "which may be a sequence without tumour contrast that it uses as a reference.",
+    "The sanity check scrambles the network's learned weights; a trustworthy map must change when "
+    "that happens. This is a research tool: it is not validated for diagnosis.",
+)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -156,8 +176,10 @@ def _view_figures(run: Path, index: dict[str, Any], folder: Path) -> list[Figure
         predicted = np.asarray(maps["predicted-mask"][i], dtype=np.float32) > 0.5 if "predicted-mask" in maps else None
         shown = {method_name(m): np.asarray(v[i], dtype=np.float32) for m, v in maps.items()
                  if m != "predicted-mask"}
-        fig = draw_orthogonal_views(volume, shown, mask, predicted, channel_index=_view_channel(index),
-                                    title=f"case {case}")
+        shown_channel = _view_channel(index)
+        names = index.get("channels") or []
+        fig = draw_orthogonal_views(volume, shown, mask, predicted, channel_index=shown_channel,
+                                    channel_name=names[shown_channel] if names else None, title=f"case {case}")
         path = _save(fig, folder / f"views_{case}.png")
         figures.append(FigureResult(key=f"views_{case}", title=f"Case {case}: axial, coronal and sagittal planes",
                                     caption="Planes through the centre of the ground-truth tumour (array order, "
@@ -208,9 +230,10 @@ def build_volume_report(run: str | Path) -> Path:
         tables.append(_sanity_table(sanity))
     sections.append(Section("verdicts", "Is the explanation true?", [], tables, []))
     settings = _read(run / "volume_config.json") or {}
-    page = render_page(run_name=run.name, subtitle=f"{index.get('n_cases', '?')} volumes of {index.get('data', '?')}, "
-                       f"model {settings.get('model', '?')}", glance=Glance(lead=lead, tables=[], notes=[]),
-                       sections=sections, config=settings, provenance=None)
+    subtitle = (f"{index.get('n_cases', '?')} cases of the {index.get('split', '?')} split of "
+                f"{index.get('data', '?')}, model {settings.get('model', '?')}")
+    page = render_page(run_name=run.name, subtitle=subtitle, glance=Glance(lead=lead, tables=[], notes=[]),
+                       sections=sections, config=settings, provenance=None, how_to_read=HOW_TO_READ)
     path = run / REPORT_FILE
     write_text(path, page)
     return path

@@ -50,7 +50,7 @@ def resolve_data(data: str | Path, out: Path, size: int, info: Any, log: Callabl
     """The prepared volume folder of `data`: itself, or RUN/prepared made from nnU-Net's raw layout
     (by rank 0; the others wait)."""
     from tumorcam.data.nnunet import is_nnunet_raw
-    from tumorcam.data.volumes import is_volume_folder, prepare_volumes
+    from tumorcam.data.volumes import is_volume_folder, load_volumes, prepare_volumes
     from tumorcam.training.distributed import barrier
 
     data = Path(data)
@@ -60,7 +60,12 @@ def resolve_data(data: str | Path, out: Path, size: int, info: Any, log: Callabl
         raise TumorcamError(f"--data {data}: neither nnU-Net's raw layout (dataset.json, imagesTr/) nor a prepared "
                             "volume folder")
     prepared = out / PREPARED_DIR
-    if info.is_main and not is_volume_folder(prepared):
+    if is_volume_folder(prepared):
+        made_at = load_volumes(prepared).size
+        if made_at != size:
+            raise TumorcamError(f"--prepare-size {size}: {prepared} was prepared at {made_at}^3; give --prepare-size "
+                                f"{made_at}, or remove that folder to prepare again")
+    elif info.is_main:
         began = time.perf_counter()
         manifest = prepare_volumes(data, prepared, size=size)
         log(f"prepared {manifest['count']} case(s) of {data} at {size}^3 into {prepared} "
@@ -71,10 +76,10 @@ def resolve_data(data: str | Path, out: Path, size: int, info: Any, log: Callabl
 
 def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str | Path | None,
                 settings: VolumeSettings | None = None, device: str = "auto", size: int = 64,
-                log: Callable[[str], None] = print) -> Path:
+                log: Callable[[str], None] = print) -> Path | None:
     """Explain and evaluate the network of `model` (MODULE:FACTORY) with `weights` on the cases of
     `data`; write the run folder `out` (see the module docstring) and return its report's path
-    (rank 0; the other ranks return the folder)."""
+    (rank 0; the other ranks return None)."""
     from tumorcam.data.volumes import load_volumes
     from tumorcam.explain.layers import default_layer
     from tumorcam.run_folder import file_sha256
@@ -127,7 +132,7 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
         timings["explain_and_evaluate"] = time.perf_counter() - began
         if not info.is_main:
             barrier(info)
-            return out
+            return None
         assert gathered is not None
         gathered.sort(key=lambda r: r.index)
         for method, path in partial.items():
@@ -360,12 +365,12 @@ def sanity_file(network: torch.nn.Module, prepared: Any, rows: np.ndarray, setti
             "n_compared": result.n_compared, "threshold": result.threshold, "passes": result.passes}
 
 
-def run_volume_demo(out: str | Path, *, settings: VolumeSettings | None = None, cases: int = 24, size: int = 32,
+def run_volume_demo(out: str | Path, *, settings: VolumeSettings | None = None, cases: int = 100, size: int = 32,
                     epochs: int = 30, device: str = "auto", seed: int = 0,
-                    log: Callable[[str], None] = print) -> Path:
+                    log: Callable[[str], None] = print) -> Path | None:
     """The volume demo: synthetic volumes in nnU-Net's layout (OUT/synthetic-volumes), prepared at
     `size`^3, the demo U-Net trained on their train split (OUT/demo_unet.safetensors; kept when it
-    exists), then `run_volumes` on the test split. Returns the report's path."""
+    exists), then `run_volumes` on the test split. Returns the report's path (None on ranks other than 0)."""
     from tumorcam.data.synth_volumes import write_synthetic_volumes
     from tumorcam.data.volumes import is_volume_folder, prepare_volumes
     from tumorcam.device import resolve_device

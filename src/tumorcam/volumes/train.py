@@ -32,8 +32,8 @@ def demo_unet(in_channels: int = DEMO_CHANNELS) -> nn.Module:
                 strides=(2, 2, 2), num_res_units=1)
 
 
-def train_demo_unet(data: str | Path, weights: str | Path, *, epochs: int = 30, batch_size: int = 4,
-                    lr: float = 1e-3, seed: int = 0, device: torch.device | None = None,
+def train_demo_unet(data: str | Path, weights: str | Path, *, epochs: int = 40, batch_size: int = 4,
+                    lr: float = 1e-2, seed: int = 0, device: torch.device | None = None,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train `demo_unet` on the train split of the prepared volumes `data`; write its state_dict to
     `weights` (.safetensors, atomically); return the loss per epoch and the val Dice at the end."""
