@@ -79,3 +79,28 @@ def test_the_library_example_of_docs_volumes_runs() -> None:
     exec(compile(blocks[0], "docs/volumes.md", "exec"), scope)  # noqa: S102 - the doc's own example
     assert scope["maps"].shape == (2, 32, 32, 32)
     assert scope["seq"].shares.shape == (2, 4)
+
+
+def test_every_target_explains_a_volume() -> None:
+    model, images = MODELS["3d"]
+    masks = (images[:, :1] > 0.6).float()
+    for target in [name for name, spec in tumorcam.TARGETS.items() if not spec.per_lesion]:  # component: above
+        maps = tumorcam.explain(model, images, target=target, masks=masks)
+        assert maps.shape == (3, 16, 16, 16) and bool(torch.isfinite(maps).all()), target
+    # false positives only exist where the model predicts and the ground truth does not
+    with torch.no_grad():
+        predicted = model(images) > 0
+    no_false_positive = tumorcam.explain(model, images, target="false-positive", masks=predicted.float())
+    assert float(no_false_positive.max()) == 0.0
+
+
+@pytest.mark.parametrize("command", [["evaluate", "runs/x"], ["explain", "runs/x"]])
+def test_slice_commands_refuse_torchrun(command: list[str], monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from tumorcam.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: torchrun: `tumorcam {command[0]}` on slices runs in one process")

@@ -117,6 +117,9 @@ def evaluate_command(
 ) -> None:
     """Evaluate a trained run: the chosen stages, or all of them when none is chosen."""
     from tumorcam.run_folder import Run
+    from tumorcam.training.distributed import refuse_under_torchrun
+
+    refuse_under_torchrun("evaluate")
 
     chosen = {"segmentation": segmentation, "faithfulness": faithfulness, "localization": localization, "sanity": sanity}
     names = [name for name, on in chosen.items() if on] or list(STAGES)

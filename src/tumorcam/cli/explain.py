@@ -102,6 +102,9 @@ def explain_command(
     """Heatmaps for the chosen methods, targets and layers, plus Grad-CAM x GT, in RUN/explanations/;
     or, with --model, heatmaps of your own network for each --image, in --out."""
     from tumorcam.errors import TumorcamError
+    from tumorcam.training.distributed import refuse_under_torchrun
+
+    refuse_under_torchrun("explain")
 
     if model is not None:
         run_only = {"--data": data, "--split": split, "--patients": patients,

@@ -93,3 +93,15 @@ def gather_to_main(items: list, info: Distributed) -> list | None:
     gathered: list | None = [None] * info.world_size if info.is_main else None
     dist.gather_object(list(items), gathered, dst=0)
     return None if gathered is None else [item for part in gathered for item in part]
+
+
+def refuse_under_torchrun(command: str) -> None:
+    """One clear error when `command` (one that runs in one process) is started by torchrun with
+    WORLD_SIZE > 1: every rank would redo the same work and write the same files."""
+    from tumorcam.errors import TumorcamError
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        raise TumorcamError(f"torchrun: `tumorcam {command}` on slices runs in one process ({world_size} were "
+                            "started); torchrun shards `tumorcam train` and, on volumes, `tumorcam run --data "
+                            "VOLUMES --model MODULE:FACTORY`")
