@@ -229,13 +229,18 @@ class PerturbationGame:
     def _perturb(self, idx: torch.Tensor, removed: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
         """Images `idx` with their `removed` pixels (B, 1, *spatial) bool taken from the baseline of each
         job's `curve` (B,) (0 deletion, 1 insertion)."""
-        images = self.images[idx]
+        images = self._rows(self.images, idx)
         if self.bases is None:
             return road_impute(images, removed, noise=self.road_noise, generator=self.generator)
         deletion, insertion = self.bases
-        base = deletion[idx] if insertion is deletion else torch.where(
-            curve.bool().view(self.column), insertion[idx], deletion[idx])
+        base = self._rows(deletion, idx) if insertion is deletion else torch.where(
+            curve.bool().view(self.column), self._rows(insertion, idx), self._rows(deletion, idx))
         return torch.where(removed, base, images)
+
+    @staticmethod
+    def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Rows `idx` of x; a game of one image (a volume, case by case) broadcasts it without a copy."""
+        return x.expand(len(idx), *x.shape[1:]) if len(x) == 1 else x[idx]
 
     def curves(self, maps: torch.Tensor) -> Curves:
         """Deletion and insertion curves of maps (N, *spatial), one per image, ranked with the game's seed."""
