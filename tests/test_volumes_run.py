@@ -42,6 +42,10 @@ class FlairOnly(nn.Module):
 
 def make():
     return FlairOnly()
+
+
+def three_sequences():
+    return nn.Conv3d(3, 1, 1)
 '''
 
 FILES = ("faithfulness.json", "localization.json", "channels.json", "segmentation.json", "sanity.json",
@@ -138,6 +142,23 @@ def test_model_without_volumes_is_refused(dataset: Path, capsys: pytest.CaptureF
         main(["run", "--data", str(dataset / "flair_only.py"), "--model", "flair_only:make"])
     assert exit_info.value.code == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_a_model_that_does_not_fit_the_volumes_is_one_error(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = dataset / "misfit"
+    cwd = os.getcwd()
+    os.chdir(dataset)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", "--data", str(dataset / "run" / "prepared"), "--model", "flair_only:three_sequences",
+                  "--out", str(out), "--device", "cpu"])
+    finally:
+        os.chdir(cwd)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: --model flair_only:three_sequences: fails on the volumes")
+    assert "(4, 16, 16, 16)" in error[0]
+    assert not (out / "explanations").exists()
 
 
 def test_torchrun_writes_the_same_files(dataset: Path) -> None:

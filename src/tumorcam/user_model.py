@@ -39,7 +39,7 @@ def _cwd_first() -> Iterator[None]:
         sys.path.remove(cwd)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
@@ -59,9 +59,9 @@ def load_user_model(spec: str, weights: str | Path | None = None) -> nn.Module:
             if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
                 raise TumorcamError(f"{option}: no module named {module_name!r} in the current directory or "
                                     "on the Python path") from None
-            raise TumorcamError(f"{option}: importing {module_name} failed ({_first_line(exc)})") from None
+            raise TumorcamError(f"{option}: importing {module_name} failed ({first_line(exc)})") from None
         except Exception as exc:  # noqa: BLE001 - the user's module failed to run
-            raise TumorcamError(f"{option}: importing {module_name} failed ({_first_line(exc)})") from None
+            raise TumorcamError(f"{option}: importing {module_name} failed ({first_line(exc)})") from None
         factory: object = module
         for part in factory_path.split("."):
             if not hasattr(factory, part):
@@ -76,7 +76,7 @@ def load_user_model(spec: str, weights: str | Path | None = None) -> nn.Module:
         try:
             model = factory()
         except Exception as exc:  # noqa: BLE001 - the user's factory failed
-            raise TumorcamError(f"{option}: calling {factory_path}() failed ({_first_line(exc)})") from None
+            raise TumorcamError(f"{option}: calling {factory_path}() failed ({first_line(exc)})") from None
     if not isinstance(model, nn.Module):
         raise TumorcamError(f"{option}: {factory_path}() returned an object of type {type(model).__name__}, "
                             "not a torch.nn.Module")

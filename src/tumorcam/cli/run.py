@@ -105,7 +105,10 @@ def _run_volumes(data: Optional[Path], out: Optional[Path], demo: bool, config: 
         report = run_volume_demo(out or Path("runs") / "volumes", settings=settings, size=size or 32,
                                  device=device or "auto", log=log)
     else:
-        if data is None or not _is_volume_data(data):
+        if data is None:
+            raise TumorcamError("--model: a run of your network needs its volumes: --data DATASET (nnU-Net's raw "
+                                "layout or a prepared volume folder)")
+        if not _is_volume_data(data):
             raise TumorcamError(f"--data {data}: --model needs volumes, in nnU-Net's raw layout (dataset.json, "
                                 "imagesTr/, labelsTr/) or prepared by `tumorcam data prepare`; for a slice use "
                                 "`tumorcam explain --image FILE --model MODULE:FACTORY`")

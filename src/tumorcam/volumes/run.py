@@ -93,6 +93,7 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
     try:
         timings: dict[str, float] = {}
         began = time.perf_counter()
+        network = load_user_model(model, weights).to(dev).eval()  # a wrong --model fails before any work
         root = resolve_data(data, out, size, info, log)
         prepared = load_volumes(root)
         rows = prepared.indices(settings.split)
@@ -100,8 +101,8 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
             rows = rows[:settings.cases]
         if len(rows) == 0:
             raise TumorcamError(f"--split {settings.split}: no case in {root}")
-        network = load_user_model(model, weights).to(dev).eval()
-        images, masks = prepared.tensors(rows[:1])
+        images, _ = prepared.tensors(rows[:1])
+        check_model(network, images.to(dev), settings, model, root)
         if settings.layer is None and any(_uses_layer(m) for m in settings.methods):
             settings.layer = default_layer(network, images.to(dev))
             log(f"layer: {settings.layer} (the last convolution block before the head)")
@@ -171,6 +172,29 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
         return report
     finally:
         stop(info)
+
+
+def check_model(network: torch.nn.Module, images: torch.Tensor, settings: VolumeSettings, spec: str,
+                root: Path) -> None:
+    """One forward of the first case: the network must take the prepared volumes (C, S, S, S) and
+    return logits (1, C_out, S, S, S) with the class `channel`; else one error naming --model."""
+    from tumorcam.explain.methods.base import Logits
+    from tumorcam.user_model import first_line
+
+    shape = tuple(images.shape[1:])
+    try:
+        with torch.no_grad():
+            logits = Logits(network, settings.output)(images)
+    except TumorcamError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's network failed on our input
+        raise TumorcamError(f"--model {spec}: fails on the volumes of {root} (one case is {shape}: "
+                            f"{shape[0]} sequences): {first_line(exc)}") from None
+    if logits.dim() != 5 or tuple(logits.shape[2:]) != shape[1:]:
+        raise TumorcamError(f"--model {spec}: returned {tuple(logits.shape)} for input (1, {', '.join(map(str, shape))});"
+                            " a run on volumes needs logits (1, C_out, D, H, W) on the input's grid")
+    if not 0 <= settings.channel < logits.shape[1]:
+        raise TumorcamError(f"--channel {settings.channel}: --model {spec} has {logits.shape[1]} output channel(s)")
 
 
 def _data_label(root: Path, out: Path) -> str:
