@@ -7,9 +7,10 @@ one-case-at-a-time way, in the same process on the same model; prints one JSON o
   `tumorcam.explain(model, volumes, method="gradcam", target="mean-logits")` with batch_size = N.
   Same layer for both (tumorcam's default); `maps_max_abs_diff` compares the two sets of maps.
 - Deletion/Insertion, seed: `seed_reference.reference_curves`, one forward per step per case for
-  both curves (2(K+1) forwards of batch 1 per case). tumorcam: `PerturbationGame` (`batch`
+  both curves (2(K+1) forwards of batch 1 per case: `scored_per_volume`). tumorcam: `PerturbationGame` (`batch`
   perturbed volumes per forward), the clock including ranking the maps and the original and
-  full-baseline forwards. Both: zero baseline, mean-sigmoid score, uniform K steps, the tumorcam
+  full-baseline forwards (2K volumes scored per volume with the zero baseline: the original, the
+  baseline and 2(K-1) perturbed). Both: zero baseline, mean-sigmoid score, uniform K steps, the tumorcam
   maps; `tumorcam_per_case`: one `PerturbationGame` per case, as `tumorcam run` on volumes streams
   them; `auc_max_abs_diff` is the largest AUC difference with the seed's (deletion and insertion).
 
@@ -128,9 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         },
         "deletion_insertion": {
             **GAME,
-            "seed": {"volumes_per_s": round(n / seconds["seed_game"], 3), "forwards_per_volume": 2 * (k + 1),
+            "seed": {"volumes_per_s": round(n / seconds["seed_game"], 3), "scored_per_volume": 2 * (k + 1),
                      "batch": 1},
-            "tumorcam": {"volumes_per_s": round(n / seconds["tumorcam_game"], 3), "forwards_per_volume": 2 * (k - 1),
+            "tumorcam": {"volumes_per_s": round(n / seconds["tumorcam_game"], 3), "scored_per_volume": 2 * k,
                          "batch": args.batch},
             "speedup_vs_seed": round(seconds["seed_game"] / seconds["tumorcam_game"], 2),
             "tumorcam_per_case": {"volumes_per_s": round(n / seconds["per_case_game"], 3), "batch": args.batch,

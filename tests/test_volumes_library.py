@@ -103,4 +103,4 @@ def test_slice_commands_refuse_torchrun(command: list[str], monkeypatch: pytest.
     with pytest.raises(SystemExit) as exit_info:
         main(command)
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith(f"error: torchrun: `tumorcam {command[0]}` on slices runs in one process")
+    assert capsys.readouterr().err.startswith(f"error: torchrun: `tumorcam {command[0]}` runs in one process")

@@ -173,8 +173,35 @@ def test_torchrun_writes_the_same_files(dataset: Path) -> None:
                    capture_output=True)
     for name in FILES:
         assert (single / name).read_bytes() == (sharded / name).read_bytes(), name
-    for method in ("gradcam", "saliency", "random", "predicted-mask"):
+    for method in ("gradcam", "random", "predicted-mask"):
         path = Path("explanations") / f"{method}.npy"
-        if (single / path).exists():
-            np.testing.assert_array_equal(np.load(single / path), np.load(sharded / path))
+        np.testing.assert_array_equal(np.load(single / path), np.load(sharded / path))
+    written = sorted(p.name for p in (single / "explanations" / "nifti").iterdir())
+    assert written == [f"TCAM_{i:03d}_gradcam.nii.gz" for i in range(5)]
+    for name in written:  # each rank wrote its own cases' files
+        assert (single / "explanations" / "nifti" / name).read_bytes() == \
+            (sharded / "explanations" / "nifti" / name).read_bytes()
     assert json.loads((sharded / "timings.json").read_text())["processes"] == 2
+
+
+def test_a_second_run_replaces_the_first_and_keeps_its_data(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = dataset / "again"
+    _run(dataset, out, "--cases", "2")
+    assert (out / "explanations" / "saliency.npy").exists()
+    _run(dataset, out, "--cases", "2", "--methods", "gradcam")  # the flag after _run's own replaces it
+    assert not (out / "explanations" / "saliency.npy").exists()
+    assert not list((out / "explanations").glob(".*partial"))
+    assert [r["method"] for r in json.loads((out / "faithfulness.json").read_text())["results"]][:3] == \
+        ["gradcam", "random", "predicted-mask"]
+    other = dataset / "other-raw"
+    write_synthetic_volumes(other, cases=3, size=16, seed=9)
+    cwd = os.getcwd()
+    os.chdir(dataset)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", "--data", str(other), "--model", "flair_only:make", "--out", str(out), "--prepare-size", "16"])
+    finally:
+        os.chdir(cwd)
+    assert exit_info.value.code == 2
+    assert f"--data {other}: {out / 'prepared'} was prepared from" in capsys.readouterr().err
+    assert (out / "faithfulness.json").exists()  # the refused run removed nothing

@@ -86,3 +86,15 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def remove_outputs(folder: str | os.PathLike, names: tuple[str, ...]) -> None:
+    """Remove the files or folders `names` inside `folder` (those that exist): a stage's old outputs."""
+    import shutil
+
+    for name in names:
+        path = Path(folder) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 
 from tumorcam.config import Config, preset as preset_config
 from tumorcam.errors import TumorcamError
-from tumorcam.io import write_json
+from tumorcam.io import remove_outputs, write_json
 
 STAGES_FILE = "stages.json"
 PREPARED_FILES = ("images.npy", "masks.npy", "labels.npy", "pids.npy", "file_ids.npy", "manifest.json", "splits.json")
@@ -113,14 +112,6 @@ class StageLog:
         write_json(self.path, {"stages": self.stages})
 
 
-def _remove(out: Path, outputs: tuple[str, ...]) -> None:
-    """Remove a stage's old outputs (files or folders the pipeline wrote inside OUT)."""
-    for name in outputs:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
 
 
 def build_config(preset: str = "demo", config: Config | None = None, encoder_weights: str | None = None,
@@ -185,7 +176,7 @@ def run_stages(stages: list[Stage], out: Path, force: bool = False, log: Callabl
         redo = True  # a stage that runs again redoes every stage after it
         resume = stage.resume is not None and not force and stage_log.interrupted(stage)
         if not resume:
-            _remove(out, stage.outputs if stage.clean is None else stage.clean)
+            remove_outputs(out, stage.outputs if stage.clean is None else stage.clean)
         log(f"[{stage.name}] {'resuming' if resume else 'running'}")
         started = time.perf_counter()
         stage_log.mark(stage, "running")
@@ -275,7 +266,7 @@ def _train_stage(out: Path, cfg: Config, train_stamp: str) -> Stage:
 
     def resume() -> None:
         if not (out / "train_state.pth").is_file():
-            _remove(out, TRAIN_FILES)
+            remove_outputs(out, TRAIN_FILES)
             train(cfg, out)
         elif _epochs_done(out) < cfg.train.epochs:
             train(cfg, out, resume=True)

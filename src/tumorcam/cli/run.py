@@ -92,7 +92,8 @@ def _run_volumes(data: Optional[Path], out: Optional[Path], demo: bool, config: 
 
     if encoder_weights is not None:
         raise TumorcamError("--encoder-weights: not for volumes (the network comes from --model)")
-    settings = VolumeSettings.load(config) if config is not None else VolumeSettings(split="test" if demo else "all")
+    defaults = {"split": "test" if demo else "all"}  # the demo's network was trained on the other splits
+    settings = VolumeSettings.load(config, defaults) if config is not None else VolumeSettings(**defaults)
     for name, value in (("split", split), ("cases", cases), ("channel", channel),
                         ("methods", _names(methods)), ("baselines", _names(baselines))):
         if value is not None:
@@ -116,7 +117,7 @@ def _run_volumes(data: Optional[Path], out: Optional[Path], demo: bool, config: 
             raise TumorcamError(f"--model: a run on the volumes of {data} explains your network; give "
                                 "--model MODULE:FACTORY --weights W")
         report = run_volumes(out or Path("runs") / "volumes", data, model=model, weights=weights, settings=settings,
-                             device=device or "auto", size=size or 64, log=log)
+                             device=device or "auto", size=size, log=log)
     if report is not None:  # rank 0 (the only one under torchrun that writes the report)
         typer.echo(str(report))
 

@@ -20,7 +20,6 @@ channel 0 and the prediction outlined. CASE is the first file's name without `_X
 from __future__ import annotations
 
 import contextlib
-import gzip
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tumorcam.data.nnunet import AFFINE_TOLERANCE, read_nifti
+from tumorcam.data.nnunet import AFFINE_TOLERANCE, read_nifti, write_nifti
 from tumorcam.data.volumes import normalize_channel
 from tumorcam.errors import TumorcamError
 from tumorcam.explain.image import (
@@ -122,17 +121,6 @@ def _check_names(paths: Sequence[Path]) -> None:
                                 "files in channel order (_0000, _0001, ...)")
 
 
-def _write_nifti(path: Path, volume: np.ndarray, affine: np.ndarray) -> None:
-    """`volume` as float32 NIfTI-1 with `affine` (sform), gzip-compressed, written atomically."""
-    import nibabel
-
-    from tumorcam.io import write_bytes
-
-    image = nibabel.Nifti1Image(np.asarray(volume, dtype=np.float32), affine)
-    image.header.set_xyzt_units("mm")
-    write_bytes(path, gzip.compress(image.to_bytes(), mtime=0))
-
-
 def explain_volume_files(
     model: nn.Module,
     channel_paths: Sequence[str | Path],
@@ -187,7 +175,7 @@ def explain_volume_files(
     figure = draw_orthogonal_views(case, {method: heatmap}, predicted=region, centre=centre,
                                    title=f"{case_name(paths[0])}: {method} of {target}, channel {channel}\n"
                                          f"layer {name}; image: {paths[0].name}")
-    _write_nifti(nifti, heatmap, affine)
+    write_nifti(nifti, heatmap, affine)
     with atomic_path(png) as tmp:
         figure.savefig(tmp, format="png", dpi=DPI, facecolor="white")
     return WrittenMaps(layer=name, channels=channels, files=[(nifti, png)])

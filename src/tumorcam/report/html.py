@@ -54,7 +54,7 @@ HOW_TO_READ = (
     "is compared with a random heatmap, and with the network's own predicted mask: a heatmap not shown to "
     "beat the predicted mask has not been shown to tell more than the outline the network already draws.",
     "The patient is the unit: each patient's slices are averaged first, so a patient with many slices "
-    "counts once. One comparison, fixed before the run, is primary and is read with its own p-value; "
+    "counts once. One comparison, fixed before the run, is primary: its two tests (deletion, insertion) are Holm-adjusted as a pair; "
     "every other test is exploratory, and its verdict uses a p-value adjusted (Holm) for how many such "
     "tests there are. \"Not shown to differ\" means the data cannot tell the two apart, not that they are equal.",
     "Controls are maps that explain nothing by design (random noise, the predicted mask, the image's "

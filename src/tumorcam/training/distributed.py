@@ -9,6 +9,7 @@ only rank 0 writes files. NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -34,8 +35,9 @@ class Distributed:
         return self.rank == 0
 
 
-def start(device_name: str) -> tuple[Distributed, torch.device]:
-    """Join the torchrun process group when WORLD_SIZE > 1; the device of this rank."""
+def start(device_name: str, timeout: datetime.timedelta | None = None) -> tuple[Distributed, torch.device]:
+    """Join the torchrun process group when WORLD_SIZE > 1; the device of this rank. `timeout`: how
+    long a collective (a barrier) waits for the slowest rank (None: torch's default, 10 min on NCCL)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Distributed(), resolve_device(device_name)
@@ -45,7 +47,7 @@ def start(device_name: str) -> tuple[Distributed, torch.device]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return Distributed(dist.get_rank(), dist.get_world_size(), local_rank), device
 
 
@@ -102,6 +104,18 @@ def refuse_under_torchrun(command: str) -> None:
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
-        raise TumorcamError(f"torchrun: `tumorcam {command}` on slices runs in one process ({world_size} were "
-                            "started); torchrun shards `tumorcam train` and, on volumes, `tumorcam run --data "
-                            "VOLUMES --model MODULE:FACTORY`")
+        raise TumorcamError(f"torchrun: `tumorcam {command}` runs in one process ({world_size} were started); "
+                            "torchrun shards `tumorcam train` and, on volumes, `tumorcam run --data VOLUMES "
+                            "--model MODULE:FACTORY`")
+
+
+def refuse_several_machines(command: str) -> None:
+    """One clear error when torchrun spans several machines: `command` shares files between its ranks
+    through one local folder (LOCAL_WORLD_SIZE must equal WORLD_SIZE)."""
+    from tumorcam.errors import TumorcamError
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    if local != world_size:
+        raise TumorcamError(f"torchrun: `tumorcam {command}` runs on one machine ({local} of {world_size} processes "
+                            "are local); start it with `torchrun --standalone --nproc_per_node=N`")

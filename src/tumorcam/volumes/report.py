@@ -32,7 +32,7 @@ HOW_TO_READ = (
     "and with the network's own predicted mask: a map not shown to beat the predicted mask has not "
     "been shown to tell more than the outline the network already draws.",
     "The case is the unit: every mean and 95% interval is over cases, every test pairs cases. One "
-    "comparison, fixed before the run, is primary and is read with its own p-value; every other test is "
+    "comparison, fixed before the run, is primary: its two tests (deletion, insertion) are Holm-adjusted as a pair; every other test is "
     "exploratory and its verdict uses a p-value adjusted (Holm) for how many tests there are. \"Not "
     "shown to differ\" means the data cannot tell the two apart, not that they are equal; with few "
     "cases, few tests can succeed.",
@@ -126,7 +126,9 @@ def _channels_lead(channels: dict[str, Any]) -> str:
     per_channel = summary.get("channels", {})
     if not per_channel:
         return "No per-sequence attribution."
-    top = max(per_channel, key=lambda c: per_channel[c]["share"].get("mean") or -1)
+    top = summary.get("top_channel")
+    if top is None:
+        return "Sequences: no case has an attribution (nothing predicted)."
     drop = per_channel[top]["dice_drop"]
     return (f"Sequences: {top} carries the largest share of the attribution, {fmt_ci(per_channel[top]['share'])}; "
             f"replacing it by its {channels['ablation_baseline']} baseline lowers the Dice of the prediction by "

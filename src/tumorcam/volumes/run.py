@@ -26,7 +26,8 @@ JSON files are the same as those of one process (the numbers of a case never dep
 
 from __future__ import annotations
 
-import gzip
+import dataclasses
+import datetime
 import os
 import time
 from collections.abc import Callable
@@ -42,29 +43,44 @@ from tumorcam.volumes.cases import CaseResult, evaluate_case
 from tumorcam.volumes.settings import SETTINGS_FILE, VolumeSettings
 
 EXPLANATIONS_DIR = "explanations"
+NIFTI_DIR = "nifti"
 PREPARED_DIR = "prepared"
+DEFAULT_SIZE = 64
 CURVES = ("deletion", "insertion")
 
 
-def resolve_data(data: str | Path, out: Path, size: int, info: Any, log: Callable[[str], None]) -> Path:
-    """The prepared volume folder of `data`: itself, or RUN/prepared made from nnU-Net's raw layout
-    (by rank 0; the others wait)."""
+OUTPUTS = ("volume_config.json", "faithfulness.json", "localization.json", "channels.json", "segmentation.json",
+           "sanity.json", "timings.json", "report.html", "figures", EXPLANATIONS_DIR)  # what a run (re)writes
+RANK_TIMEOUT = datetime.timedelta(hours=2)  # how long ranks wait for rank 0's preparing (and the demo's training)
+
+
+def resolve_data(data: str | Path, out: Path, size: int | None, info: Any, log: Callable[[str], None]) -> Path:
+    """The prepared volume folder of `data`: itself, or RUN/prepared made from nnU-Net's raw layout at
+    `size` (default 64) by rank 0 while the others wait; a RUN/prepared made from other data or at
+    another size is an error."""
     from tumorcam.data.nnunet import is_nnunet_raw
     from tumorcam.data.volumes import is_volume_folder, load_volumes, prepare_volumes
     from tumorcam.training.distributed import barrier
 
     data = Path(data)
     if is_volume_folder(data):
+        made_at = load_volumes(data).size
+        if size is not None and size != made_at:
+            raise TumorcamError(f"--prepare-size {size}: --data {data} is already prepared, at {made_at}^3")
         return data
     if not is_nnunet_raw(data):
         raise TumorcamError(f"--data {data}: neither nnU-Net's raw layout (dataset.json, imagesTr/) nor a prepared "
                             "volume folder")
+    size = DEFAULT_SIZE if size is None else size
     prepared = out / PREPARED_DIR
     if is_volume_folder(prepared):
-        made_at = load_volumes(prepared).size
-        if made_at != size:
-            raise TumorcamError(f"--prepare-size {size}: {prepared} was prepared at {made_at}^3; give --prepare-size "
-                                f"{made_at}, or remove that folder to prepare again")
+        earlier = load_volumes(prepared)
+        if Path(str(earlier.manifest.get("source"))).resolve() != data.resolve():
+            raise TumorcamError(f"--data {data}: {prepared} was prepared from {earlier.manifest.get('source')}; "
+                                "choose another --out, or remove that folder")
+        if earlier.size != size:
+            raise TumorcamError(f"--prepare-size {size}: {prepared} was prepared at {earlier.size}^3; give "
+                                f"--prepare-size {earlier.size}, or remove that folder to prepare again")
     elif info.is_main:
         began = time.perf_counter()
         manifest = prepare_volumes(data, prepared, size=size)
@@ -74,22 +90,35 @@ def resolve_data(data: str | Path, out: Path, size: int, info: Any, log: Callabl
     return prepared
 
 
+def clear_outputs(out: Path) -> None:
+    """Remove what an earlier run on volumes wrote into `out` (`OUTPUTS`), so that no file of it
+    stays beside the new ones; a slice run folder (config.json) is refused, not cleared."""
+    from tumorcam.io import remove_outputs
+
+    if (out / "config.json").is_file():
+        raise TumorcamError(f"--out {out}: holds a run on slices (config.json); choose another folder")
+    remove_outputs(out, OUTPUTS)
+
+
 def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str | Path | None,
-                settings: VolumeSettings | None = None, device: str = "auto", size: int = 64,
+                settings: VolumeSettings | None = None, device: str = "auto", size: int | None = None,
                 log: Callable[[str], None] = print) -> Path | None:
     """Explain and evaluate the network of `model` (MODULE:FACTORY) with `weights` on the cases of
-    `data`; write the run folder `out` (see the module docstring) and return its report's path
-    (rank 0; the other ranks return None)."""
+    `data` (an nnU-Net raw folder is prepared at `size`, default 64); write the run folder `out`
+    (see the module docstring; an earlier run's outputs there are replaced) and return its report's
+    path (rank 0; the other ranks return None once their cases are gathered)."""
     from tumorcam.data.volumes import load_volumes
     from tumorcam.explain.layers import default_layer
-    from tumorcam.run_folder import file_sha256
-    from tumorcam.training.distributed import barrier, gather_to_main, start, stop
+    from tumorcam.training.distributed import barrier, gather_to_main, refuse_several_machines, start, stop
     from tumorcam.user_model import load_user_model
 
-    settings = settings or VolumeSettings()
+    settings = dataclasses.replace(settings or VolumeSettings())  # the layer is filled in on this copy
     settings.check()
+    refuse_several_machines("run")
     out = Path(out)
-    info, dev = start(device)
+    info, dev = start(device, timeout=RANK_TIMEOUT)
+    folder = out / EXPLANATIONS_DIR
+    partial = {m: folder / f".{m}.npy.partial" for m in settings.all_methods}
     try:
         timings: dict[str, float] = {}
         began = time.perf_counter()
@@ -106,25 +135,24 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
         if settings.layer is None and any(_uses_layer(m) for m in settings.methods):
             settings.layer = default_layer(network, images.to(dev))
             log(f"layer: {settings.layer} (the last convolution block before the head)")
-        timings["load"] = time.perf_counter() - began
-
-        began = time.perf_counter()
-        mine = list(range(info.rank, len(rows), info.world_size))
-        folder = out / EXPLANATIONS_DIR
-        partial = {m: folder / f".{m}.npy.partial" for m in settings.all_methods}
         if info.is_main:
-            folder.mkdir(parents=True, exist_ok=True)
+            clear_outputs(out)
+            (folder / NIFTI_DIR).mkdir(parents=True)
             for path in partial.values():
                 np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
                                           shape=(len(rows), *prepared.images.shape[2:])).flush()
         barrier(info)
+        timings["load"] = time.perf_counter() - began
+
+        began = time.perf_counter()
         files = {m: np.lib.format.open_memmap(path, mode="r+") for m, path in partial.items()}
         results: list[CaseResult] = []
-        for i in _progress(mine, info.is_main, len(rows) // max(1, info.world_size)):
+        for i in _progress(list(range(info.rank, len(rows), info.world_size)), info.is_main):
             image, mask = prepared.tensors(rows[i:i + 1])
             result = evaluate_case(network, image.to(dev), mask.to(dev), i, settings)
             for method, heatmap in result.maps.items():
                 files[method][i] = heatmap
+            write_case_maps(folder / NIFTI_DIR, prepared, int(rows[i]), result.maps, settings)
             results.append(result.without_maps())
         for array in files.values():
             array.flush()
@@ -132,23 +160,12 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
         gathered = gather_to_main(results, info)
         timings["explain_and_evaluate"] = time.perf_counter() - began
         if not info.is_main:
-            barrier(info)
             return None
         assert gathered is not None
         gathered.sort(key=lambda r: r.index)
-        for method, path in partial.items():
-            os.replace(path, folder / f"{method}.npy")
-        case_ids = np.asarray(prepared.case_ids[rows]).astype(str)
-        header = {"data": _data_label(root, out), "split": settings.split, "n_cases": len(rows), "case_ids": case_ids.tolist(),
-                  "size": prepared.size, "channels": list(prepared.channels)}
-        weights_sha256 = None if weights is None else file_sha256(Path(weights))
-        write_json(out / SETTINGS_FILE, {**settings.to_dict(), "model": model,
-                                          "weights": None if weights is None else str(weights),
-                                          "weights_sha256": weights_sha256, "data": header["data"]})
-        _write_index(folder, settings, header, weights_sha256)
-        began = time.perf_counter()
-        _write_nifti_maps(folder, prepared, rows, settings)
-        timings["nifti"] = time.perf_counter() - began
+        header = {"data": _data_label(root, out), "split": settings.split, "n_cases": len(rows),
+                  "case_ids": np.asarray(prepared.case_ids[rows]).astype(str).tolist(), "size": prepared.size,
+                  "channels": list(prepared.channels)}
 
         began = time.perf_counter()
         write_json(out / "faithfulness.json", faithfulness_file(gathered, settings, header))
@@ -162,15 +179,25 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
         timings["sanity"] = time.perf_counter() - began
 
         began = time.perf_counter()
+        from tumorcam.run_folder import file_sha256
         from tumorcam.volumes.report import build_volume_report
 
+        for method, path in partial.items():
+            os.replace(path, folder / f"{method}.npy")
+        weights_sha256 = None if weights is None else file_sha256(Path(weights))
+        _write_index(folder, settings, header, weights_sha256)
+        write_json(out / SETTINGS_FILE, {**settings.to_dict(), "model": model,
+                                          "weights": None if weights is None else str(weights),
+                                          "weights_sha256": weights_sha256, "data": header["data"]})
         report = build_volume_report(out)
         timings["report"] = time.perf_counter() - began
         write_json(out / "timings.json", {"seconds": {k: round(v, 3) for k, v in timings.items()},
                                           "processes": info.world_size, "device": str(dev)})
-        barrier(info)
         return report
     finally:
+        if info.is_main:
+            for path in partial.values():  # a run that stopped leaves no half-written map file
+                path.unlink(missing_ok=True)
         stop(info)
 
 
@@ -199,11 +226,11 @@ def check_model(network: torch.nn.Module, images: torch.Tensor, settings: Volume
 
 def _data_label(root: Path, out: Path) -> str:
     """The prepared folder as the run's files name it: relative to the run folder when inside it (so a
-    run's files do not depend on where the run folder is), else as given."""
+    run's files do not depend on where the run folder is), else its absolute path."""
     try:
         return str(root.resolve().relative_to(out.resolve()))
     except ValueError:
-        return str(root)
+        return str(root.resolve())
 
 
 def data_folder(run: str | Path, label: str) -> Path:
@@ -218,7 +245,7 @@ def _uses_layer(method: str) -> bool:
     return METHODS[method].uses_layer
 
 
-def _progress(items: list[int], show: bool, total: int) -> Any:
+def _progress(items: list[int], show: bool) -> Any:
     if not show:
         return items
     from tqdm.auto import tqdm
@@ -253,26 +280,23 @@ def _write_index(folder: Path, settings: VolumeSettings, header: dict[str, Any],
     write_json(folder / "index.json", {**header, "weights_sha256": weights_sha256, "entries": entries})
 
 
-def _write_nifti_maps(folder: Path, prepared: Any, rows: np.ndarray, settings: VolumeSettings) -> None:
-    """Each method's map of each case, resampled (trilinear) to the case's original shape, written
-    with the case's affine as explanations/nifti/CASE_METHOD.nii.gz (controls left out)."""
-    import nibabel as nib
+def write_case_maps(target: Path, prepared: Any, row: int, maps: dict[str, np.ndarray],
+                    settings: VolumeSettings) -> None:
+    """One case's maps of the methods (controls left out), resampled (trilinear, which keeps them in
+    [0, 1]) to the case's original shape, as target/CASE_METHOD.nii.gz with the case's affine."""
     import torch.nn.functional as F
 
-    from tumorcam.io import write_bytes
+    from tumorcam.data.nnunet import write_nifti
 
-    methods = [m for m in settings.methods if not _is_control(m)]
-    target = folder / "nifti"
-    target.mkdir(exist_ok=True)
-    for method in methods:
-        maps = np.load(folder / f"{method}.npy", mmap_mode="r")
-        for i, row in enumerate(rows):
-            shape = tuple(int(s) for s in prepared.shapes[row])
-            volume = torch.from_numpy(np.asarray(maps[i], dtype=np.float32))[None, None]
-            if tuple(volume.shape[2:]) != shape:
-                volume = F.interpolate(volume, size=shape, mode="trilinear", align_corners=False)
-            image = nib.Nifti1Image(volume[0, 0].clamp(0, 1).numpy(), np.asarray(prepared.affines[row]))
-            write_bytes(target / f"{prepared.case_ids[row]}_{method}.nii.gz", gzip.compress(image.to_bytes(), mtime=0))
+    shape = tuple(int(n) for n in prepared.shapes[row])
+    for method in settings.methods:
+        if _is_control(method):
+            continue
+        volume = torch.from_numpy(np.asarray(maps[method], dtype=np.float32))[None, None]
+        if tuple(volume.shape[2:]) != shape:
+            volume = F.interpolate(volume, size=shape, mode="trilinear", align_corners=False)
+        write_nifti(target / f"{prepared.case_ids[row]}_{method}.nii.gz", volume[0, 0].numpy(),
+                    np.asarray(prepared.affines[row]))
 
 
 def _stack(results: list[CaseResult], field: str, key: Any) -> np.ndarray:
@@ -351,7 +375,8 @@ def channels_file(results: list[CaseResult], settings: VolumeSettings, header: d
                            unit_ids=np.asarray(header["case_ids"]), unit="patient",
                            channel_names=tuple(header["channels"]),
                            settings={"method": settings.channel_method, "baseline": settings.ablation_baseline,
-                                     "target": settings.target, "channel": settings.channel, "seed": settings.seed})
+                                     "target": settings.target, "channel": settings.channel, "ig_steps": settings.ig_steps,
+                                     "seed": settings.seed})
     return {**header, "method": settings.channel_method, "ablation_baseline": settings.ablation_baseline,
             "summary": result.summary(bootstrap=settings.bootstrap, alpha=settings.alpha)}
 
@@ -371,16 +396,21 @@ def segmentation_file(results: list[CaseResult], settings: VolumeSettings, heade
 def sanity_file(network: torch.nn.Module, prepared: Any, rows: np.ndarray, settings: VolumeSettings,
                 header: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """sanity.json: cascading randomization of the primary method's maps on the first `sanity_cases`
-    cases (region fixed from the intact model)."""
+    cases in one batch (region fixed from the intact model)."""
     from tumorcam.evaluate.sanity import sanity
 
     count = min(settings.sanity_cases, len(rows))
     if count == 0:
         return {**header, "skipped": "sanity_cases is 0"}
     images, _ = prepared.tensors(rows[:count])
-    result = sanity(network, images.to(device), method=settings.primary_method, target=settings.target,
-                    layer=None if not _uses_layer(settings.primary_method) else settings.layer,
-                    channel=settings.channel, output=settings.output, ig_steps=settings.ig_steps, seed=settings.seed)
+    try:
+        result = sanity(network, images.to(device), method=settings.primary_method, target=settings.target,
+                        layer=None if not _uses_layer(settings.primary_method) else settings.layer,
+                        channel=settings.channel, output=settings.output, ig_steps=settings.ig_steps,
+                        seed=settings.seed)
+    except torch.cuda.OutOfMemoryError:
+        raise TumorcamError(f"sanity_cases {count}: {count} volume(s) of {tuple(images.shape[1:])} in one batch do not "
+                            f"fit in the memory of {device}; lower sanity_cases in --config") from None
     from tumorcam.evaluate.summary import finite_list
 
     return {**header, "method": settings.primary_method, "target": settings.target, "n_cases": count,
@@ -404,7 +434,7 @@ def run_volume_demo(out: str | Path, *, settings: VolumeSettings | None = None, 
 
     out = Path(out)
     raw, prepared, weights = out / "synthetic-volumes", out / PREPARED_DIR, out / "demo_unet.safetensors"
-    info, _ = start(device)
+    info, _ = start(device, timeout=RANK_TIMEOUT)
     if info.is_main:
         if not (raw / "dataset.json").is_file():
             write_synthetic_volumes(raw, cases=cases, size=size, seed=seed)

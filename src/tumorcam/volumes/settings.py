@@ -15,6 +15,7 @@ from typing import Any
 from tumorcam.errors import TumorcamError
 
 SETTINGS_FILE = "volume_config.json"
+RUN_KEYS = ("model", "weights", "weights_sha256", "data")  # what volume_config.json records beside the settings
 CONTROLS = ("random", "predicted-mask")  # always explained: the references of every comparison
 
 
@@ -62,10 +63,14 @@ class VolumeSettings:
     def check(self) -> None:
         """One TumorcamError for the first setting out of range."""
         from tumorcam.evaluate.baselines import BASELINES
+        from tumorcam.evaluate.channels import CHANNEL_METHODS
+        from tumorcam.evaluate.localization import check_top_percent
         from tumorcam.evaluate.game import GAME_SCORES
         from tumorcam.evaluate.ranking import check_schedule, check_steps
         from tumorcam.explain import METHODS, TARGETS
 
+        if not isinstance(self.methods, list) or not all(isinstance(m, str) for m in self.methods):
+            raise TumorcamError(f"--methods: a list of method names, got {self.methods!r}")
         unknown = [m for m in self.methods if m not in METHODS]
         if not self.methods or unknown:
             raise TumorcamError(f"--methods: unknown method(s) {', '.join(map(repr, unknown)) or 'none given'} "
@@ -73,7 +78,7 @@ class VolumeSettings:
         if self.target not in TARGETS or TARGETS[self.target].needs_masks:
             raise TumorcamError(f"--target: {self.target!r} is not a target of a run on volumes (choose "
                                 "predicted-region, mean-logits or boundary)")
-        if not self.baselines or any(b not in BASELINES for b in self.baselines):
+        if not isinstance(self.baselines, list) or not self.baselines or any(b not in BASELINES for b in self.baselines):
             raise TumorcamError(f"--baselines: choose from {', '.join(BASELINES)}, got {self.baselines}")
         if self.score not in GAME_SCORES or self.score == "gt-region":
             raise TumorcamError(f"--score: choose predicted-region, dice or mean-sigmoid, got {self.score!r}")
@@ -90,9 +95,15 @@ class VolumeSettings:
             raise TumorcamError(f"sanity_cases: must be an integer >= 0, got {self.sanity_cases!r}")
         if self.ablation_baseline not in ("zero", "mean"):
             raise TumorcamError(f"ablation_baseline: choose zero or mean, got {self.ablation_baseline!r}")
-        if self.primary_method not in self.methods:
-            raise TumorcamError(f"primary_method: {self.primary_method!r} is not one of --methods "
-                                f"{','.join(self.methods)}")
+        if self.primary_method not in self.methods or getattr(METHODS[self.primary_method], "control", False):
+            raise TumorcamError(f"primary_method: {self.primary_method!r} must be one of --methods "
+                                f"{','.join(self.methods)} and not a control")
+        if self.split not in ("train", "val", "test", "all"):
+            raise TumorcamError(f"--split: unknown split {self.split!r} (choose train, val, test or all)")
+        if self.channel_method not in CHANNEL_METHODS:
+            raise TumorcamError(f"channel_method: unknown method {self.channel_method!r} (choose from "
+                                f"{', '.join(CHANNEL_METHODS)})")
+        check_top_percent(self.top_percent)
         if not 0 < self.alpha < 1:
             raise TumorcamError(f"alpha: must be in (0, 1), got {self.alpha!r}")
 
@@ -100,15 +111,20 @@ class VolumeSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "settings") -> VolumeSettings:
+    def from_dict(cls, values: dict[str, Any], source: str = "settings",
+                  defaults: dict[str, Any] | None = None) -> VolumeSettings:
+        """The settings of `values` (a run's volume_config.json too: its `RUN_KEYS` are left out),
+        `defaults` where `values` has none; an unknown key is an error naming `source`."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        given = {k: v for k, v in values.items() if k not in RUN_KEYS}
+        unknown = sorted(set(given) - known)
         if unknown:
             raise TumorcamError(f"{source}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**values)
+        return cls(**{**(defaults or {}), **given})
 
     @classmethod
-    def load(cls, path: str | Path) -> VolumeSettings:
+    def load(cls, path: str | Path, defaults: dict[str, Any] | None = None) -> VolumeSettings:
+        """The settings of the JSON file `path` (`from_dict`)."""
         path = Path(path)
         try:
             values = json.loads(path.read_text())
@@ -116,4 +132,4 @@ class VolumeSettings:
             raise TumorcamError(f"{path}: not a readable JSON file ({exc})") from None
         if not isinstance(values, dict):
             raise TumorcamError(f"{path}: expected a JSON object of settings")
-        return cls.from_dict(values, str(path))
+        return cls.from_dict(values, str(path), defaults)
