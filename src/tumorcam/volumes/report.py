@@ -66,8 +66,14 @@ def _test_phrase(test: dict[str, Any] | None, reference: str) -> str:
     elif words == "not shown to differ":
         words = f"not shown to differ from {reference}"
     return (f"{words} ({test.get('test', 'wilcoxon')} on {test.get('n_pairs')} cases, "
-            f"p = {fmt_p(test.get('p_value'))}, Holm-adjusted over the {test.get('family')} family "
-            f"p = {fmt_p(test.get('p_adjusted'))})")
+            f"{_p(test.get('p_value'))}, Holm-adjusted over the {test.get('family')} family "
+            f"{_p(test.get('p_adjusted'))})")
+
+
+def _p(value: Any) -> str:
+    """"p = 0.004" or "p < 0.001"."""
+    text = fmt_p(value)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def _primary_lead(faith: dict[str, Any]) -> list[str]:
