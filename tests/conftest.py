@@ -59,3 +59,16 @@ def write_blob_prepared(root: Path, n: int = 24, size: int = 64, seed: int = 0) 
 def blob_prepared(tmp_path: Path) -> Path:
     """A tiny prepared folder (24 slices, 64x64) that any stage can read."""
     return write_blob_prepared(tmp_path / "prepared")
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """`tumorcam ARGS` in-process: (exit code, stdout, stderr)."""
+    from tumorcam.cli import main
+
+    code = 0
+    try:
+        main(args)
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from tumorcam.cli import main
+from conftest import run_cli
 from tumorcam.errors import TumorcamError
 from tumorcam.explain.image import input_channels, model_input, unit_range
 from tumorcam.user_model import load_user_model
@@ -99,14 +99,7 @@ def _weights(path: Path, factory: str = "make", seed: int = 0) -> Path:
     return path
 
 
-def _cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+_cli = run_cli
 
 
 def test_model_form_writes_a_map_of_the_image_shape_and_an_overlay(workdir: Path, capsys):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tumorcam.cli import main
+from conftest import run_cli
 from tumorcam.explain.volume_files import case_name, explain_volume_files, is_volume
 from tumorcam.user_model import load_user_model
 
@@ -76,14 +76,7 @@ def workdir(tmp_path: Path, monkeypatch) -> Path:
         sys.modules.pop(name, None)
 
 
-def _cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+_cli = run_cli
 
 
 CASE = ["--image", "CASE_0000.nii.gz", "--image", "CASE_0001.nii.gz"]

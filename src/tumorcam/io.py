@@ -88,6 +88,22 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object in the file `path`; an unreadable file, bad JSON or another JSON value is one
+    error naming the file."""
+    from tumorcam.errors import TumorcamError
+
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()
+        raise TumorcamError(f"{path}: not readable JSON ({first[0] if first else type(exc).__name__})") from None
+    if not isinstance(value, dict):
+        raise TumorcamError(f"{path}: must hold a JSON object")
+    return value
+
+
 def remove_outputs(folder: str | os.PathLike, names: tuple[str, ...]) -> None:
     """Remove the files or folders `names` inside `folder` (those that exist): a stage's old outputs."""
     import shutil

@@ -25,6 +25,17 @@ CLASS_NAMES = {1: "meningioma", 2: "glioma", 3: "pituitary"}
 SPLITS = ("train", "val", "test")
 
 
+def rows_of_split(splits: dict[str, list], split: str, keys: np.ndarray) -> np.ndarray:
+    """Row indices of the rows whose key (file id or case id) `splits[split]` lists, in row order;
+    `all`: every row. An unknown split is an error naming --split."""
+    if split == "all":
+        return np.arange(len(keys))
+    if split not in splits:
+        raise TumorcamError(f"--split: unknown split {split!r} (choose {', '.join(SPLITS)} or all)")
+    wanted = {str(key) for key in splits[split]}
+    return np.flatnonzero([str(key) in wanted for key in keys])
+
+
 @dataclass
 class PreparedData:
     """The arrays of a prepared folder (memory-mapped) with its manifest and splits."""
@@ -47,12 +58,7 @@ class PreparedData:
 
     def indices(self, split: str) -> np.ndarray:
         """Row indices of a split (`train`, `val`, `test`) or of everything (`all`)."""
-        if split == "all":
-            return np.arange(len(self))
-        if split not in self.splits:
-            raise TumorcamError(f"--split: unknown split {split!r} (choose {', '.join(SPLITS)} or all)")
-        wanted = set(int(i) for i in self.splits[split])
-        return np.flatnonzero([int(f) in wanted for f in self.file_ids])
+        return rows_of_split(self.splits, split, self.file_ids)
 
     def images_float(self, rows: np.ndarray) -> np.ndarray:
         """Images of `rows` as float32 in [0, 1], whatever the stored dtype."""

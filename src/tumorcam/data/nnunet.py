@@ -24,7 +24,6 @@ is refused, because the mask is overlaid on the images voxel for voxel. Every pr
 from __future__ import annotations
 
 import glob
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from tumorcam.errors import TumorcamError
+from tumorcam.io import read_json_object
 
 DEFAULT_FILE_ENDING = ".nii.gz"
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -88,12 +88,7 @@ def read_dataset(root: str | Path) -> DatasetInfo:
     where = root / "dataset.json"
     if not is_nnunet_raw(root):
         raise TumorcamError(f"SRC {root}: not an nnU-Net raw folder (needs dataset.json and imagesTr/)")
-    try:
-        spec = json.loads(where.read_text())
-    except (ValueError, OSError) as exc:
-        raise TumorcamError(f"{where}: not readable JSON ({_one_line(exc)})") from None
-    if not isinstance(spec, dict):
-        raise TumorcamError(f"{where}: must hold a JSON object")
+    spec = read_json_object(where)
     if "dataset" in spec:
         raise TumorcamError(f"{where}: the 'dataset' key (explicit file lists) is not supported; use imagesTr/ and labelsTr/")
     names = spec.get("channel_names", spec.get("modality"))

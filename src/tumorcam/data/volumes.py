@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from tumorcam.data.arrays import SPLITS, read_folder
+from tumorcam.data.arrays import read_folder, rows_of_split
 from tumorcam.data.nnunet import Case, DatasetInfo, read_case, read_dataset
 from tumorcam.data.slices import _worker_count
 from tumorcam.data.splits import STRATIFIED_FRACTIONS, software_versions
@@ -93,12 +93,7 @@ class PreparedVolumes:
 
     def indices(self, split: str) -> np.ndarray:
         """Row indices of a split (`train`, `val`, `test`) or of every case (`all`)."""
-        if split == "all":
-            return np.arange(len(self))
-        if split not in self.splits:
-            raise TumorcamError(f"--split: unknown split {split!r} (choose {', '.join(SPLITS)} or all)")
-        wanted = set(self.splits[split])
-        return np.flatnonzero([str(c) in wanted for c in self.case_ids])
+        return rows_of_split(self.splits, split, self.case_ids)
 
     def tensors(self, rows: np.ndarray | Sequence[int]) -> tuple["torch.Tensor", "torch.Tensor"]:
         """Images (n, C, S, S, S) float32 in [0, 1] and masks (n, 1, S, S, S) float32 {0, 1} of `rows`."""

@@ -45,7 +45,6 @@ Fewer than 2 usable patients: "undetermined". Without `patient_ids` each image i
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +69,8 @@ from tumorcam.evaluate.stats import (
     verdict,
 )
 from tumorcam.evaluate.summary import EXPLORATORY, finite_list
+from tumorcam.device import autocast
+from tumorcam.explain import check_images, explaining
 from tumorcam.explain.methods.base import Logits, Output, ScalarOutput
 from tumorcam.explain.targets import TargetFn, get_target, target_function
 
@@ -210,7 +211,7 @@ def channel_shares(
     `CHANNEL_METHODS`; `ig_steps`: integrated-gradients path points; `batch_size` images per
     attribution (integrated gradients: per path step); `amp`: bf16 autocast on CUDA.
     """
-    _check_images(images)
+    check_images(images)
     _check_batch_size(batch_size)
     if method not in CHANNEL_METHODS:
         raise unknown_name("method", method, CHANNEL_METHODS)
@@ -224,7 +225,6 @@ def channel_shares(
         masks = torch.as_tensor(masks).to(images.device)
         if masks.dim() == 0 or masks.shape[0] != len(images):
             raise TumorcamError(f"masks: {masks.shape[0] if masks.dim() else 0} masks for {len(images)} images")
-    from tumorcam.explain import explaining
 
     out = []
     with explaining(model):
@@ -232,7 +232,7 @@ def channel_shares(
             part = slice(start, start + batch_size)
             scalar = ScalarOutput(model, weights_of, None if masks is None else masks[part], output=output,
                                   channel=channel)
-            with _autocast(images.device, amp):
+            with autocast(images.device, amp):
                 attributions = _attribute(method, scalar, images[part], ig_steps)
             mass = attributions.detach().double().abs().flatten(2).sum(dim=2)  # (b, C_in)
             total = mass.sum(dim=1, keepdim=True)
@@ -273,11 +273,10 @@ def channel_ablation(
     `batch_size` images per forward (the B x C_in ablated copies are scored in such batches); `amp`:
     bf16 autocast on CUDA.
     """
-    _check_images(images)
+    check_images(images)
     _check_batch_size(batch_size)
     _check_baseline(baseline)
     _check_channel(channel)
-    from tumorcam.explain import explaining
 
     n, c_in = images.shape[:2]
     images = images.float()
@@ -289,7 +288,7 @@ def channel_ablation(
     job_image = torch.arange(n, device=images.device).repeat_interleave(c_in)
     job_channel = torch.arange(c_in, device=images.device).repeat(n)
     dice = torch.empty(jobs, device=images.device)
-    with explaining(model), torch.inference_mode(), _autocast(images.device, amp):
+    with explaining(model), torch.inference_mode(), autocast(images.device, amp):
         for start in range(0, n, batch_size):
             rows = slice(start, start + batch_size)
             region[rows] = fixed_region("dice", logits_of(images[rows]), None, channel)
@@ -325,7 +324,7 @@ def channels(
     distinct names of the input channels (default "channel_0", ...); `seed` seeds the summary's
     bootstrap. The other parameters as in `channel_shares` and `channel_ablation`.
     """
-    _check_images(images)
+    check_images(images)
     count, c_in = images.shape[:2]
     unit_ids, unit = units(patient_ids, count)
     names = tuple(f"channel_{c}" for c in range(c_in)) if channel_names is None else \
@@ -344,12 +343,6 @@ def channels(
                          settings=settings)
 
 
-def _check_images(images: object) -> None:
-    if not isinstance(images, torch.Tensor) or images.dim() not in (4, 5):
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise TumorcamError(f"images: expected a tensor (B, C, H, W) or (B, C, D, H, W), got {shape}")
-
-
 def _check_batch_size(batch_size: object) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
@@ -365,8 +358,3 @@ def _check_channel(channel: object) -> None:
     if isinstance(channel, bool) or not isinstance(channel, int):
         raise TumorcamError(f"channel: expected an integer class index, got {channel!r}")
 
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()

@@ -38,6 +38,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from tumorcam.device import autocast
 from tumorcam.errors import TumorcamError, unknown_name
 from tumorcam.explain.layers import INPUT_LAYER, default_layer, resolve_layer
 from tumorcam.explain.maps import normalize, rectify, times_mask, upsample
@@ -83,13 +84,8 @@ def explaining(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _check_images(images: torch.Tensor) -> None:
+def check_images(images: torch.Tensor) -> None:
+    """`images` must be a tensor (B, C, H, W) or (B, C, D, H, W); else one error naming `images`."""
     if not isinstance(images, torch.Tensor) or images.dim() not in (4, 5):
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise TumorcamError(f"images: expected a tensor (B, C, H, W) or (B, C, D, H, W), got {shape}")
@@ -134,7 +130,7 @@ def _maps(model: nn.Module, images: torch.Tensor, chosen: Method, weights: Targe
           channel: int, output: Output, masks: torch.Tensor | None, batch_size: int, amp: bool, ig_steps: int,
           seed: Seed) -> torch.Tensor:
     """The engine of `explain` and `explain_components`: the method's maps of `images`, batch by batch."""
-    _check_images(images)
+    check_images(images)
     count = images.shape[0]
     if not isinstance(batch_size, int) or batch_size < 1:
         raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
@@ -161,7 +157,7 @@ def _maps(model: nn.Module, images: torch.Tensor, chosen: Method, weights: Targe
             scalar = ScalarOutput(model, weights, None if masks is None else masks[part], output=output,
                                   channel=channel)
             options = Options(ig_steps=ig_steps, seed=generator if generator is not None else seed[part])
-            with _autocast(images.device, amp):
+            with autocast(images.device, amp):
                 try:
                     raw = chosen.attribute(scalar, images[part], module, options)
                 except RuntimeError as exc:
@@ -187,7 +183,7 @@ def compute_maps(
     amp: bool = False,
 ) -> torch.Tensor:
     """`explain` of the whole batch in one pass (the caller batches), channel 0 of a plain tensor output."""
-    _check_images(images)
+    check_images(images)
     return explain(model, images, method=method, target=target, layer=layer, masks=masks, ig_steps=ig_steps,
                    seed=seed, amp=amp, batch_size=max(1, images.shape[0]))
 
@@ -225,12 +221,12 @@ def explain_components(
     `explain`; a per-image `seed` list is given per image and used for each of its lesions.
     """
     chosen = get_method(method)
-    _check_images(images)
+    check_images(images)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
     logits_of = Logits(model, output)
     regions = []
-    with explaining(model), torch.no_grad(), _autocast(images.device, amp):
+    with explaining(model), torch.no_grad(), autocast(images.device, amp):
         for start in range(0, images.shape[0], batch_size):
             regions.append(predicted(logits_of(images[start:start + batch_size]), channel).cpu())
     region = torch.cat(regions).numpy()

@@ -141,8 +141,7 @@ def explain_volume_files(
     own shape). Nothing is written when a check or the network fails. Returns the layer, the input
     channels and [(the .nii.gz, the .png)].
     """
-    from tumorcam.io import atomic_path
-    from tumorcam.report.figures import DPI
+    from tumorcam.report.figures import save_figure
     from tumorcam.report.volumes import draw_orthogonal_views
 
     paths = [Path(p) for p in channel_paths]
@@ -176,6 +175,5 @@ def explain_volume_files(
                                    title=f"{case_name(paths[0])}: {method} of {target}, channel {channel}\n"
                                          f"layer {name}; image: {paths[0].name}")
     write_nifti(nifti, heatmap, affine)
-    with atomic_path(png) as tmp:
-        figure.savefig(tmp, format="png", dpi=DPI, facecolor="white")
+    save_figure(figure, png)
     return WrittenMaps(layer=name, channels=channels, files=[(nifti, png)])

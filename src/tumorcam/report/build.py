@@ -32,7 +32,7 @@ def build_report(run: str | Path) -> Path:
         glance=_glance(contents),
         sections=sections,
         config=config,
-        provenance=_optional_json(run / "provenance.json"),
+        provenance=optional_json(run / "provenance.json"),
     )
     path = run / REPORT_FILE
     write_text(path, page)
@@ -122,7 +122,8 @@ def _glance(contents: RunContents) -> Glance:
     return Glance(lead, tables, notes)
 
 
-def _optional_json(path: Path) -> dict[str, Any] | None:
+def optional_json(path: Path) -> dict[str, Any] | None:
+    """The JSON in `path`, None when the file is missing or unreadable (its report part then says so)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

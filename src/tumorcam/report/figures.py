@@ -40,6 +40,16 @@ PRED_STYLE = {"colors": "#4dd2ff", "linestyles": "dashed"}
 HALO = [patheffects.withStroke(linewidth=3.2, foreground="black")]
 
 
+def save_figure(fig: Figure, path: Path) -> Path:
+    """`fig` as a PNG at `path` (DPI, white background), written atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
+    plt.close(fig)
+    return path
+
+
 class MissingInput(Exception):
     """A figure cannot be drawn because the run lacks one of its inputs (the message says which)."""
 
@@ -372,8 +382,6 @@ def make_figures(contents: RunContents, folder: Path) -> list[FigureResult]:
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             result.missing = f"its input does not have the documented shape ({type(exc).__name__}: {exc})"
         else:
-            result.path = folder / f"{spec.key}.png"
-            with atomic_path(result.path) as tmp:
-                fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
+            result.path = save_figure(fig, folder / f"{spec.key}.png")
         out.append(result)
     return out

@@ -41,12 +41,6 @@ class CaseResult:
                           self.dice_drop, self.dice, self.predicted_voxels)
 
 
-def dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Dice 2|A n B| / (|A| + |B|) of two boolean volumes; 1 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, index: int,
                   settings: VolumeSettings) -> CaseResult:
     """Explain one case with every method, play the Deletion/Insertion game with every map under
@@ -54,6 +48,7 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
     the input sequences and ablate each in turn. `image` (1, C_in, D, H, W) and `mask`
     (1, 1, D, H, W) are on the model's device; `model` is in eval mode."""
     from tumorcam.evaluate.channels import channel_ablation, channel_shares
+    from tumorcam.evaluate.metrics import dice_iou
     from tumorcam.evaluate.game import PerturbationGame
     from tumorcam.evaluate.localization import localization_scores
     from tumorcam.explain import explain, explaining
@@ -98,4 +93,4 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
     return CaseResult(index=index, maps={m: h[0].cpu().numpy().astype(np.float16) for m, h in maps.items()},
                       deletion=deletion, insertion=insertion, localization=localization,
                       shares=np.asarray(shares[0], dtype=np.float64), dice_drop=np.asarray(dice_drop[0], np.float64),
-                      dice=dice(region.cpu(), truth.cpu()), predicted_voxels=int(region.sum()))
+                      dice=float(dice_iou(region[None], truth[None])[0][0]), predicted_voxels=int(region.sum()))

@@ -7,21 +7,20 @@ It reads only the run folder (`tumorcam.volumes.run` documents it) and draws wit
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tumorcam.io import atomic_path, write_text
-from tumorcam.report.figures import FigureResult
+from tumorcam.io import write_text
+from tumorcam.report.build import optional_json
+from tumorcam.report.figures import FigureResult, save_figure
 from tumorcam.report.html import Glance, Section, render_page
 from tumorcam.report.results import Table, fmt, fmt_ci, fmt_p, method_name
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
 VIEWED_CASES = 3  # orthogonal views of the first cases of the split
-DPI = 110
 HOW_TO_READ = (
     "The network outlines the tumour in each 3-D volume (a case: one patient's MRI sequences). A map "
     "shows which voxels pushed that outline: bright means strong influence, dark none. The views cut "
@@ -42,19 +41,6 @@ HOW_TO_READ = (
     "The sanity check scrambles the network's learned weights; a trustworthy map must change when "
     "that happens. This is a research tool: it is not validated for diagnosis.",
 )
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
-    plt.close(fig)
-    return path
 
 
 def _test_phrase(test: dict[str, Any] | None, reference: str) -> str:
@@ -188,7 +174,7 @@ def _view_figures(run: Path, index: dict[str, Any], folder: Path) -> list[Figure
         names = index.get("channels") or []
         fig = draw_orthogonal_views(volume, shown, mask, predicted, channel_index=shown_channel,
                                     channel_name=names[shown_channel] if names else None, title=f"case {case}")
-        path = _save(fig, folder / f"views_{case}.png")
+        path = save_figure(fig, folder / f"views_{case}.png")
         figures.append(FigureResult(key=f"views_{case}", title=f"Case {case}: axial, coronal and sagittal planes",
                                     caption="Planes through the centre of the ground-truth tumour (array order, "
                                             "not RAS); outline: ground truth and prediction; colours: the map.",
@@ -209,12 +195,12 @@ def build_volume_report(run: str | Path) -> Path:
     run = Path(run)
     folder = run / FIGURES_DIR
     folder.mkdir(exist_ok=True)
-    index = _read(run / "explanations" / "index.json") or {}
-    faith = _read(run / "faithfulness.json")
-    loc = _read(run / "localization.json")
-    channels = _read(run / "channels.json")
-    sanity = _read(run / "sanity.json")
-    segmentation = _read(run / "segmentation.json")
+    index = optional_json(run / "explanations" / "index.json") or {}
+    faith = optional_json(run / "faithfulness.json")
+    loc = optional_json(run / "localization.json")
+    channels = optional_json(run / "channels.json")
+    sanity = optional_json(run / "sanity.json")
+    segmentation = optional_json(run / "segmentation.json")
     lead = _primary_lead(faith) if faith else ["No faithfulness.json."]
     if channels:
         lead.append(_channels_lead(channels))
@@ -224,7 +210,7 @@ def build_volume_report(run: str | Path) -> Path:
     sections = [Section("views", "Maps in three planes", _view_figures(run, index, folder) if index else [], [],
                         [] if index else ["no explanations/index.json"])]
     if channels:
-        fig = _save(draw_channel_shares(channels["summary"], title="Share of attribution and Dice drop per sequence"),
+        fig = save_figure(draw_channel_shares(channels["summary"], title="Share of attribution and Dice drop per sequence"),
                     folder / "channels.png")
         sections.append(Section("channels", "Which sequence the model relies on",
                                 [FigureResult("channels", "Per-sequence attribution", "Means over cases with 95% "
@@ -237,7 +223,7 @@ def build_volume_report(run: str | Path) -> Path:
     if sanity:
         tables.append(_sanity_table(sanity))
     sections.append(Section("verdicts", "Is the explanation true?", [], tables, []))
-    settings = _read(run / "volume_config.json") or {}
+    settings = optional_json(run / "volume_config.json") or {}
     subtitle = (f"{index.get('n_cases', '?')} cases of the {index.get('split', '?')} split of "
                 f"{index.get('data', '?')}, model {settings.get('model', '?')}")
     page = render_page(run_name=run.name, subtitle=subtitle, glance=Glance(lead=lead, tables=[], notes=[]),

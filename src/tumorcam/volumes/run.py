@@ -260,11 +260,8 @@ def _row_layer(method: str, settings: VolumeSettings) -> str:
 
 
 def _describe(method: str, settings: VolumeSettings) -> dict[str, Any]:
-    from tumorcam.volumes.settings import CONTROLS
-
     return {"method": method, "target": "none" if method == "random" else settings.target,
-            "layer": _row_layer(method, settings), "model": "trained",
-            "control": method in CONTROLS or _is_control(method)}
+            "layer": _row_layer(method, settings), "model": "trained", "control": _is_control(method)}
 
 
 def _is_control(method: str) -> bool:

@@ -7,7 +7,6 @@ naming the setting (the CLI flag where there is one).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,11 +124,6 @@ class VolumeSettings:
     @classmethod
     def load(cls, path: str | Path, defaults: dict[str, Any] | None = None) -> VolumeSettings:
         """The settings of the JSON file `path` (`from_dict`)."""
-        path = Path(path)
-        try:
-            values = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise TumorcamError(f"{path}: not a readable JSON file ({exc})") from None
-        if not isinstance(values, dict):
-            raise TumorcamError(f"{path}: expected a JSON object of settings")
-        return cls.from_dict(values, str(path), defaults)
+        from tumorcam.io import read_json_object
+
+        return cls.from_dict(read_json_object(path), str(path), defaults)

@@ -41,6 +41,7 @@ def train_demo_unet(data: str | Path, weights: str | Path, *, epochs: int = 40, 
     from safetensors.torch import save_file
 
     from tumorcam.data.volumes import load_volumes
+    from tumorcam.evaluate.metrics import dice_iou
 
     prepared = load_volumes(data)
     if len(prepared.channels) != DEMO_CHANNELS:
@@ -78,9 +79,8 @@ def train_demo_unet(data: str | Path, weights: str | Path, *, epochs: int = 40, 
     val_images, val_masks = prepared.tensors(prepared.indices("val"))
     with torch.no_grad():
         predicted = model(val_images.to(device)) > 0
-    truth = val_masks.to(device) > 0.5
-    dims = tuple(range(1, truth.dim()))
-    val_dice = (2 * (predicted & truth).sum(dims) / (predicted.sum(dims) + truth.sum(dims)).clamp_min(1)).cpu()
+    val_dice, _ = dice_iou(predicted, val_masks.to(device) > 0.5)
+    val_dice = val_dice.cpu()
     with atomic_path(weights) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     return {"epochs": epochs, "loss": losses, "val_dice_mean": float(np.mean(val_dice.numpy())),
