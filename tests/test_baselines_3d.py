@@ -6,6 +6,7 @@ MONAI 3-D U-Net with every baseline."""
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -176,3 +177,40 @@ def test_every_baseline_plays_volumes_and_images_alike() -> None:
         for baseline in BASELINES:
             curves = PerturbationGame(model, images, steps=3, baseline=baseline).curves(maps)
             assert curves.deletion.shape == (2, 4) and np.isfinite(curves.deletion_auc).all()
+
+
+def _mean_model(x: torch.Tensor) -> torch.Tensor:
+    """Every voxel's logit is 4 (image mean - 0.3): blind to where the intensity is, so blurring changes nothing."""
+    return (4 * (x.mean(dim=tuple(range(1, x.dim())), keepdim=True) - 0.3)).expand(len(x), 1, *x.shape[2:]).contiguous()
+
+
+def _voxel_model(x: torch.Tensor) -> torch.Tensor:
+    return 4 * (x[:, :1] - 0.3)
+
+
+def test_an_uninformative_baseline_is_warned_once_and_its_effect_exposed() -> None:
+    from tumorcam.evaluate.game import UNINFORMATIVE_EFFECT
+    from tumorcam.errors import TumorcamWarning
+
+    images = torch.rand(3, 1, 12, 12, 12, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(TumorcamWarning) as caught:
+        game = PerturbationGame(_mean_model, images, steps=4, baseline="blur", score="mean-sigmoid")
+    messages = [str(w.message) for w in caught if issubclass(w.category, TumorcamWarning)]
+    assert messages == ["baseline 'blur': the fully perturbed image keeps 100% of the intact score (median over 3 "
+                        "images); its AUCs say little (uninformative baseline)"]
+    ratio = (game.full[0].double() / game.original.double()).numpy()
+    assert abs(game.baseline_effect) < UNINFORMATIVE_EFFECT
+    assert game.baseline_effect == pytest.approx(1 - float(np.median(ratio)))
+    assert game.baseline_effects == {"blur": game.baseline_effect}
+    with pytest.warns(TumorcamWarning, match="^baseline 'blur'"):  # rise: zero for deletion is fine, blur is not
+        rise = PerturbationGame(_mean_model, images, steps=4, baseline="rise", score="mean-sigmoid")
+    assert set(rise.baseline_effects) == {"zero", "blur"} and rise.baseline_effects["zero"] > 0.3
+    assert rise.baseline_effect == rise.baseline_effects["blur"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TumorcamWarning)
+        zero = PerturbationGame(_voxel_model, images, steps=4, baseline="zero", score="mean-sigmoid")
+        quiet = PerturbationGame(_mean_model, images, steps=4, baseline="blur", score="mean-sigmoid", warn=False)
+    assert zero.baseline_effect > 0.3 and quiet.baseline_effect == pytest.approx(game.baseline_effect)
+    empty = PerturbationGame(_voxel_model, torch.zeros(2, 1, 8, 8, 8), steps=2, baseline="zero", score="dice",
+                             warn=False)
+    assert np.isnan(empty.baseline_effect)  # no image has a predicted region: no ratio to take

@@ -179,22 +179,24 @@ def test_summary_statistics_against_scipy_and_holm_by_hand() -> None:
     expected = [None,  # T1: every drop is 0, nothing to test
                 sps.wilcoxon(means["T2"]).pvalue, sps.wilcoxon(means["FLAIR"]).pvalue,
                 sps.wilcoxon(means["FLAIR"] - means["T1"]).pvalue, sps.wilcoxon(means["FLAIR"] - means["T2"]).pvalue]
-    assert tests[0]["p_value"] is None and tests[0]["verdict"] == "undetermined" and tests[0]["n_pairs"] == 0
+    # T1: every drop is 0 in all 6 patients: no difference to test, p = 1, not "undetermined"
+    assert tests[0]["p_value"] == 1.0 and tests[0]["verdict"] == "no drop shown" and tests[0]["n_pairs"] == 0
     for row, p in zip(tests[1:], expected[1:], strict=True):
         assert row["p_value"] == pytest.approx(p) and row["n_pairs"] == 6 and row["test"] == "wilcoxon"
         assert row["method"] == "exact" and row["family"] == "exploratory"
 
-    # Holm by hand over the 4 p-values: sorted p_(1..4) times 4, 3, 2, 1, running maximum, capped at 1
-    raw = np.array(expected[1:], dtype=float)
-    order = np.argsort(raw)
-    adjusted = np.empty(4)
+    # Holm by hand over the 5 p-values (T1's p = 1 counts): sorted p_(1..5) times 5, 4, 3, 2, 1, running
+    # maximum, capped at 1
+    raw = np.array([1.0] + expected[1:], dtype=float)
+    order = np.argsort(raw, kind="stable")
+    adjusted = np.empty(5)
     running = 0.0
     for rank, i in enumerate(order):
-        running = max(running, min(1.0, (4 - rank) * raw[i]))
+        running = max(running, min(1.0, (5 - rank) * raw[i]))
         adjusted[i] = running
-    assert tests[0]["p_adjusted"] is None
-    for row, p_adj in zip(tests[1:], adjusted, strict=True):
-        assert row["p_adjusted"] == pytest.approx(p_adj) and row["adjusted_over"] == 4
+    for row, p_adj in zip(tests, adjusted, strict=True):
+        assert row["p_adjusted"] == pytest.approx(p_adj) and row["adjusted_over"] == 5
+    raw = raw[1:]
     # every drop is positive in 6 of 6 patients: exact p = 2/64 each, Holm 4 x 2/64 = 0.125 > 0.05
     assert raw[0] == pytest.approx(2 / 64) and raw[1] == pytest.approx(2 / 64)
     assert [row["verdict"] for row in tests[1:3]] == ["no drop shown"] * 2

@@ -132,6 +132,11 @@ def test_model_form_writes_a_map_of_the_image_shape_and_an_overlay(workdir: Path
 def test_model_form_options_output_layer_method(workdir: Path, capsys):
     code, out, err = _cli(["explain", "--image", "y.png", "--model", "tests_helper_module:make_pair", "--output",
                            "logits", "--method", "saliency", "--out", "o"], capsys)
+    # two output channels and no --channel: the class to explain must be chosen
+    assert code == 2 and err.strip() == ("error: --channel: the model has 2 output channels (classes); choose the one "
+                                         "to explain, 0..1")
+    code, out, err = _cli(["explain", "--image", "y.png", "--model", "tests_helper_module:make_pair", "--output",
+                           "logits", "--method", "saliency", "--channel", "0", "--out", "o"], capsys)
     assert code == 0, err
     assert out.startswith("saliency of predicted-region, channel 0, at layer input of TwoOutputs")
     code, out, err = _cli(["explain", "--image", "y.png", "--model", "tests_helper_module:make_grey", "--layer",
@@ -153,13 +158,13 @@ def test_model_form_options_output_layer_method(workdir: Path, capsys):
     (["--model", "tests_helper_module:make", "--weights", "missing.pth"], "--weights missing.pth: no such file"),
     (["--model", "tests_helper_module:make", "--method", "gradcm"], "--method: unknown method 'gradcm' "
                                                                     "(did you mean gradcam?)"),
-    (["--model", "tests_helper_module:make", "--layer", "decoder.block.4"],
+    (["--model", "tests_helper_module:make", "--layer", "decoder.block.4", "--channel", "1"],
      "--layer: Unet has no layer 'decoder.block.4' (nearest: decoder.blocks.4"),
     (["--model", "tests_helper_module:make", "--channel", "2"], "--channel: the model has 2 output channel(s) "
                                                                 "(0..1), got 2"),
-    (["--model", "tests_helper_module:make", "--target", "false-positive"], "--target false-positive: needs a "
+    (["--model", "tests_helper_module:make", "--target", "false-positive", "--channel", "1"], "--target false-positive: needs a "
                                                                             "ground-truth mask"),
-    (["--model", "tests_helper_module:make", "--target", "component"], "use tumorcam.explain_components"),
+    (["--model", "tests_helper_module:make", "--target", "component", "--channel", "1"], "use tumorcam.explain_components"),
     (["--model", "tests_helper_module:make", "--method", "gradcam,saliency"], "--method gradcam,saliency: one value"),
     (["--model", "tests_helper_module:make_pair"], "--output: the model returns a dict with keys aux, logits"),
     (["--model", "tests_helper_module:make_grey", "--imagenet"], "--imagenet: ImageNet's mean and std are for 3 "

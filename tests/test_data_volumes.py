@@ -4,6 +4,7 @@ geometry refusals, --skip-bad, region labels, splits), `load_volumes`, and the C
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -270,3 +271,85 @@ def test_dataset_json_refusals(tmp_path: Path) -> None:
         read_dataset(root)
     with pytest.raises(TumorcamError, match="not an nnU-Net raw folder"):
         prepare_volumes(tmp_path, tmp_path / "out")
+
+
+def _z_scored_raw(root: Path, tumours: dict[str, tuple[int, float]], background: float = -0.8) -> Path:
+    """An nnU-Net raw folder like the user's BraTS cases: FLAIR and T1CE z-scored, a constant non-zero
+    `background` outside a brain ball (radius 11 of a 32^3 volume, 17% of it), tissue N(0, 0.5) (so the
+    background value lies inside the tissue's range), and per case a FLAIR-bright tumour ball of
+    (radius, brightness) at the brain's centre; T1CE shows no tumour."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "FLAIR", "1": "T1CE"},
+                                                   "labels": {"background": 0, "tumour": 1}, "numTraining": len(tumours),
+                                                   "file_ending": ".nii.gz"}))
+    grid = np.stack(np.meshgrid(*[np.arange(32)] * 3, indexing="ij"))
+    distance = np.sqrt(((grid - 15.5) ** 2).sum(0))
+    brain = distance < 11
+    for index, (case, (radius, brightness)) in enumerate(tumours.items()):
+        rng = np.random.default_rng(index)
+        tumour = distance < radius
+        for channel in range(2):
+            volume = np.where(brain, rng.normal(0.0, 0.5, brain.shape), background).astype(np.float32)
+            if channel == 0:
+                volume[tumour] = rng.normal(brightness, 0.3, int(tumour.sum()))
+            _save(root / "imagesTr" / f"{case}_{channel:04d}.nii.gz", volume, np.eye(4))
+        _save(root / "labelsTr" / f"{case}.nii.gz", tumour.astype(np.uint8), np.eye(4))
+    return root
+
+
+def test_foreground_normalization_of_z_scored_cases(tmp_path: Path) -> None:
+    """The background (-0.8, z-scored) is left out of the percentiles and maps to 0; a tumour of 4% of
+    the volume (26% of the brain) clips at most 2% of its voxels, where the percentiles of every voxel
+    (the old rule, since -0.8 is not 0) clipped a tenth of them; only the case with a tiny, very
+    bright tumour is warned about."""
+    from tumorcam.data.volumes import background_values, foreground_mask, normalize_case
+    from tumorcam.errors import TumorcamWarning
+
+    raw = _z_scored_raw(tmp_path / "raw", {"Z_000": (7, 2.0), "Z_001": (2, 6.0)})
+    case = read_case(raw, "Z_000")
+    brain = case.images[1] != np.float32(-0.8)
+    tumour = case.label > 0
+    assert 0.03 < tumour.mean() < 0.05 and background_values(case.images) == pytest.approx([-0.8, -0.8])
+    assert np.array_equal(foreground_mask(case.images), brain)
+    scaled, background, clipped = normalize_case(case.images, ["f0", "f1"], tumour)
+    flair = case.images[0]
+    lo, hi = np.percentile(flair[brain], (0.5, 99.5))
+    assert np.all(scaled[:, ~brain] == 0) and scaled.min() == 0 and scaled.max() == 1
+    np.testing.assert_allclose(scaled[0][brain], (np.clip(flair[brain], lo, hi) - lo) / (hi - lo), rtol=1e-6)
+    assert clipped[0] == pytest.approx(float((flair[tumour] > hi).mean())) and clipped[0] <= 0.02
+    old_hi = np.percentile(flair[flair != 0], 99.5)  # the old rule: every nonzero voxel, the background too
+    assert (flair[tumour] > old_hi).mean() > 0.1
+
+    with pytest.warns(TumorcamWarning) as caught:
+        manifest = prepare_volumes(raw, tmp_path / "out", size=16, workers=1)
+    messages = [str(w.message) for w in caught if issubclass(w.category, TumorcamWarning)]
+    assert len(messages) == 1 and re.fullmatch(
+        r"1 of 2 case\(s\) clip more than 10% of the tumour's voxels \(label > 0\) at 1 in some channel \(above the "
+        r"99\.5th percentile of the case's foreground\): case Z_001 FLAIR \d+\.\d%; their contrast within the "
+        r"tumour is lost \(every share: the manifest's \"clipped\"\)", messages[0]), messages[0]
+    assert manifest["clipped"]["Z_000"]["FLAIR"] == pytest.approx(clipped[0], abs=1e-4)
+    assert manifest["clipped"]["Z_001"]["FLAIR"] > 0.5 and manifest["clipped"]["Z_001"]["T1CE"] <= 0.02
+    assert manifest["background"]["Z_000"] == pytest.approx([-0.8, -0.8])
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["clipped"] == manifest["clipped"]
+    prepared = np.asarray(load_volumes(tmp_path / "out").images, dtype=np.float32)
+    assert np.all(prepared[:, :, 0, 0, 0] == 0) and np.all(prepared[:, :, :2] == 0)  # far from the brain: 0
+
+
+def test_foreground_falls_back_to_every_voxel() -> None:
+    from tumorcam.data.volumes import background_values, foreground_mask, normalize_case
+
+    rng = np.random.default_rng(0)
+    noisy = rng.normal(size=(2, 8, 8, 8)).astype(np.float32)  # no constant background: every voxel counts
+    assert background_values(noisy) == [None, None] and foreground_mask(noisy) is None
+    scaled, background, clipped = normalize_case(noisy, ["a", "b"])
+    lo, hi = np.percentile(noisy[0], (0.5, 99.5))
+    np.testing.assert_allclose(scaled[0], (np.clip(noisy[0], lo, hi) - lo) / (hi - lo), rtol=1e-6)
+    assert background == [None, None] and clipped == [0.0, 0.0]
+    constant = np.full((1, 8, 8, 8), 3.0, np.float32)  # empty foreground: every voxel, constant, refused
+    assert foreground_mask(constant) is None
+    with pytest.raises(TumorcamError, match=r"^a: constant intensity 3 over its foreground voxels"):
+        normalize_case(constant, ["a"])
+    mixed = noisy.copy()
+    mixed[1, :2] = 0.0  # one channel with a zero background, one without: no common background
+    assert background_values(mixed)[0] is None and foreground_mask(mixed) is None

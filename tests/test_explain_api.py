@@ -253,7 +253,7 @@ def test_each_module_gets_its_own_mode_back(model, images):
     model.eval()
     wrapper.unet.encoder.train()
     modes = {name: m.training for name, m in wrapper.named_modules()}
-    tumorcam.explain(wrapper, images, output=1, layer="unet.decoder.blocks.4")
+    tumorcam.explain(wrapper, images, output=1, layer="unet.decoder.blocks.4", channel=0)
     assert {name: m.training for name, m in wrapper.named_modules()} == modes
     assert all(p.requires_grad for p in wrapper.parameters())
     model.eval()

@@ -3,6 +3,8 @@ batching, one pass per batch, pytorch-grad-cam."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -93,25 +95,32 @@ def test_a_batch_of_b_equals_b_single_calls(model, images, masks, method, target
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "layercam", "saliency"])
 def test_one_forward_and_one_backward_per_batch(model, images, method, monkeypatch):
+    model = copy.deepcopy(model)  # a model the library has not checked yet
     forwards, backwards = [], []
     handle = model.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
     grad = torch.autograd.grad
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: backwards.append(1) or grad(*a, **k))
     try:
         compute_maps(model, images, method=method, target="predicted-region", layer="decoder.blocks.4")
+        first = list(forwards)
+        compute_maps(model, images, method=method, target="predicted-region", layer="decoder.blocks.4")
     finally:
         handle.remove()
-    assert forwards == [3] and backwards == [1]
+    # the model's first call adds one forward of one image (the library's input checks); then one
+    # forward of the batch and one backward per call
+    assert first == [1, 3] and forwards == [1, 3, 3] and backwards == [1, 1]
 
 
 def test_integrated_gradients_runs_one_batched_pass_per_step(model, images):
+    model = copy.deepcopy(model)  # a model the library has not checked yet
     forwards = []
     handle = model.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
     try:
         compute_maps(model, images, method="integrated-gradients", target="mean-logits", layer=None, ig_steps=4)
     finally:
         handle.remove()
-    assert forwards == [3] * 5  # the target's weights from the slices, then 4 path points
+    # the input check (one image, the model's first call), the target's weights, then 4 path points
+    assert forwards == [1] + [3] * 5
 
 
 def test_cam_at_the_last_convolution_redraws_the_logits(model, images):

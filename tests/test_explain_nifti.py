@@ -130,6 +130,65 @@ def test_size_resamples_for_the_network_and_writes_the_case_shape(workdir: Path)
     assert 0 <= heatmap.min() and heatmap.max() == pytest.approx(1.0)
 
 
+def test_an_odd_depth_is_padded_for_the_network_and_the_map_keeps_the_case_grid(workdir: Path):
+    """A MONAI U-Net that halves each axis twice concatenates 11 with 12 slices on a 21-slice case and
+    fails inside (the user's 155 slices with 4 halvings alike): the case is padded to 24, explained,
+    and the map cropped back to 21. The one-level U-Net takes 21 but answers on 22: padded to 22."""
+    from monai.networks.nets import UNet
+
+    from tumorcam.errors import TumorcamWarning
+    from tumorcam.explain import explain
+    from tumorcam.explain.volume_files import network_multiple
+
+    for c, volume in enumerate(_case(np.random.default_rng(0), (21, 20, 20))):
+        _write_nifti(workdir / f"ODD_{c:04d}.nii.gz", volume)
+    torch.manual_seed(0)
+    model = UNet(spatial_dims=3, in_channels=2, out_channels=1, channels=(4, 8, 16), strides=(2, 2)).eval()
+    with pytest.raises(RuntimeError, match="Expected size"), torch.no_grad():
+        model(torch.zeros(1, 2, 21, 20, 20))
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    with pytest.warns(TumorcamWarning, match=re.escape(
+            "cannot take the case's shape (21, 20, 20) (RuntimeError: ") + r".*" + re.escape(
+            "padded it with zeros at the end of each axis to (24, 20, 20), a multiple of 4, and cropped the map "
+            "back to (21, 20, 20)")):
+        written = explain_volume_files(model, ["ODD_0000.nii.gz", "ODD_0001.nii.gz"], "odd")
+    assert (1, 2, 24, 20, 20) in seen
+    image = nibabel.load(written.files[0][0])
+    assert image.shape == (21, 20, 20) and np.array_equal(image.affine, nibabel.load("ODD_0000.nii.gz").affine)
+    heatmap = np.asarray(image.dataobj)
+    assert heatmap.min() >= 0 and heatmap.max() == pytest.approx(1.0)
+    x = torch.from_numpy(np.stack([_scaled(workdir / f"ODD_{c:04d}.nii.gz") for c in range(2)]))[None].float()
+    expected = explain(model, torch.nn.functional.pad(x, [0, 0, 0, 0, 0, 3]))[0, :21]
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    np.testing.assert_allclose(heatmap, expected.numpy(), atol=1e-5)
+    shallow = load_user_model(f"{MODULE}:make3d", "w.pth")
+    assert network_multiple(shallow, x) == (2, "logits (1, 1, 22, 20, 20) for input (1, 2, 21, 20, 20)")
+    assert network_multiple(shallow, x[:, :, :20]) == (1, None)
+
+
+def test_a_shape_no_padding_fixes_is_one_error_naming_size(workdir: Path):
+    from tumorcam.errors import TumorcamError
+
+    class OnlyCube16(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv3d(2, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if tuple(x.shape[2:]) != (16, 16, 16):
+                raise RuntimeError(f"Expected size 16 but got size {x.shape[2]}")
+            return self.conv(x)
+
+    with pytest.raises(TumorcamError, match=r"^--model: cannot take the case's shape \(20, 20, 20\) \(RuntimeError: "
+                                            r"Expected size 16 but got size 20\), nor .*; give --size N, a cube"):
+        explain_volume_files(OnlyCube16(), ["CASE_0000.nii.gz", "CASE_0001.nii.gz"], "never")
+    assert not (workdir / "never").exists()
+    written = explain_volume_files(OnlyCube16(), ["CASE_0000.nii.gz", "CASE_0001.nii.gz"], "cube", size=16,
+                                   method="saliency")
+    assert nibabel.load(written.files[0][0]).shape == (20, 20, 20)
+
+
 def _rewrite(workdir: Path, name: str, *, affine: np.ndarray = AFFINE, shape=(20, 20, 20)) -> None:
     _write_nifti(workdir / name, _case(np.random.default_rng(1), shape)[1], affine)
 

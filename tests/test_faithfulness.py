@@ -368,6 +368,9 @@ def test_faithfulness_json_keeps_the_patient_level_contract(tmp_path: Path, blob
     assert (out["schedule"], out["score"], out["baselines"], out["alpha"]) == ("log", "target", ["zero", "rise"], 0.05)
     assert out["primary"] == {"method": "gradcam", "target": "predicted-region", "layer": "decoder.blocks.4",
                               "baseline": "zero"}
+    # the headline: 2 patients cannot reach alpha after Holm over 4 (4 x 2/2^2 = 2 -> 1)
+    assert out["headline"]["level"] == "undetermined" and len(out["headline"]["tests"]) == 4
+    assert out["headline"]["reason"].startswith("2 patients: the smallest adjusted p reachable is 1")
     np.testing.assert_allclose(out["fractions"], [0.0, 1e-3, 1e-2, 1e-1, 1.0])
     assert out["file_ids"] == [11, 12, 23, 24] and out["patient_ids"] == ["P010", "P011", "P010", "P011"]
     assert (out["n_patients"], out["n_slices"]) == (2, 4)
@@ -390,8 +393,8 @@ def test_faithfulness_json_keeps_the_patient_level_contract(tmp_path: Path, blob
                 if test is not None:
                     assert {"p_value", "p_adjusted", "verdict", "n_pairs", "family"} <= set(test)
                     assert test["verdict"] in ("better", "worse", "not shown to differ", "undetermined")
-                    primary = (baseline, method, target) == ("zero", "gradcam", "predicted-region") and \
-                        test is summary["vs_random"]
+                    # the primary family: vs random and vs the predicted mask of the primary row
+                    primary = (baseline, method, target) == ("zero", "gradcam", "predicted-region")
                     assert test["family"] == ("primary" if primary else "exploratory")
         reference = row["random_reference"]
         assert method == "random" and reference is None or reference["target"] == target

@@ -5,11 +5,13 @@ the demo's size (every test patient of the synthetic default)."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import inspect
 import json
 import re
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from PIL import Image
@@ -48,7 +50,11 @@ def test_tumorcam_run_end_to_end_then_a_rerun_skips_every_stage(tmp_path: Path, 
     main(args)
 
     captured = capsys.readouterr()
-    assert captured.out.strip().splitlines()[-1] == str(run / "report.html")
+    headline = json.loads((run / "faithfulness.json").read_text())["headline"]
+    assert headline["level"] in ("supported", "no-more-than-mask", "unsupported", "undetermined")
+    # the last lines: the headline (level, then its sentence), then the report's path
+    assert [click.unstyle(line) for line in captured.out.strip().splitlines()[-3:]] == [
+        f"headline: {headline['level']}", headline["sentence"], str(run / "report.html")]
     stages = json.loads((run / STAGES_FILE).read_text())["stages"]
     assert list(stages) == ALL_STAGES and all(s["status"] == "done" for s in stages.values())
     for name in ("config.json", "unet_trained.pth", "unet_best.pth", "history.json", "metrics.json",
@@ -64,8 +70,10 @@ def test_tumorcam_run_end_to_end_then_a_rerun_skips_every_stage(tmp_path: Path, 
         assert pixels.size > 0 and pixels.std() > 0, figure
     page = (run / "report.html").read_text()
     assert "Not available" not in page and page.count('<img src="data:image/png;base64,') == 7
-    assert re.search(r'<p class="primary">Primary comparison: Grad-CAM \(predicted-region, decoder\.blocks\.4, zero '
-                     r"baseline\) is [a-z ]+ random on deletion \((p [=<] [0-9.]+|no p-value), n = \d+ patients?\)", page)
+    assert f'<p class="headline {headline["level"]}"><strong>{headline["level"]}:</strong> ' \
+        f'{html.escape(headline["sentence"], quote=True)}</p>' in page
+    assert re.search(r"<li>Primary family: Grad-CAM \(predicted-region, decoder\.blocks\.4, zero baseline\) is "
+                     r"[a-z ]+ random on deletion \(difference ", page)
     assert "Controls: maps that explain nothing by design" in page
 
     before = outputs_mtimes(run)

@@ -156,21 +156,28 @@ def test_fraction_ticks_label_the_steps_with_their_fractions() -> None:
     assert fraction_ticks(np.linspace(0, 1, 11), "uniform") == ([0, 0.25, 0.5, 0.75, 1], ["0", "0.25", "0.5", "0.75", "1"])
 
 
-PRIMARY_SENTENCE = ("Primary comparison: Grad-CAM (predicted-region, decoder.blocks.4, zero baseline) is better than "
-                    "random on deletion (p = 0.012, n = 12 patients) and is not shown to differ from random on "
-                    "insertion (p = 0.200, n = 12 patients); verdicts at alpha = 0.05 after Holm's adjustment over "
-                    "these two tests.")
+HEADLINE = "Grad-CAM is not supported: not shown to be better than random on insertion (4 tests, 12 patients, Holm)."
+PRIMARY_SENTENCE = ("Primary family: Grad-CAM (predicted-region, decoder.blocks.4, zero baseline) is better than random "
+                    "on deletion (difference -0.100 [-0.150, -0.05], p = 0.012, adjusted 0.025, n = 12 patients); not "
+                    "shown to differ from random on insertion (difference 0.100 [0.05, 0.150], p = 0.200, adjusted "
+                    "0.200, n = 12 patients); better than the predicted mask on deletion (difference -0.100 [-0.150, "
+                    "-0.05], p = 0.001, adjusted 0.004, n = 12 patients); better than the predicted mask on insertion "
+                    "(difference 0.100 [0.05, 0.150], p = 0.002, adjusted 0.006, n = 12 patients). Verdicts at alpha = "
+                    "0.05 after Holm's adjustment over these 4 tests; a difference is the map's AUC minus the "
+                    "reference's (Hodges-Lehmann estimate over patients, 95% bootstrap CI).")
 
 
-def test_at_a_glance_states_the_primary_comparison_first_with_its_raw_p(full_run: Path) -> None:
+def test_at_a_glance_leads_with_the_headline_coloured_by_its_level(full_run: Path) -> None:
     html = build_report(full_run).read_text().replace("&#x27;", "'")
 
     glance = html[html.index('<h2 id="summary">At a glance</h2>'):html.index('id="how-to-read"')]
-    first = re.search(r"<(p|li|table)\b[^>]*>(.*?)</\1>", glance, re.S)
-    assert first.group(1) == "p" and first.group(2) == PRIMARY_SENTENCE
-    # the raw p (0.0123) is stated, not the Holm-adjusted one (0.0246); the verdict is the adjusted one's
-    assert "p = 0.025" not in PRIMARY_SENTENCE
-    assert glance.index(PRIMARY_SENTENCE) < glance.index("Every other test is exploratory") < glance.index("<table>")
+    first = re.search(r"<(p|li|table)\b([^>]*)>(.*?)</\1>", glance, re.S)
+    assert first.group(1) == "p" and first.group(2) == ' class="headline unsupported"'
+    assert first.group(3) == f"<strong>unsupported:</strong> {HEADLINE}"
+    assert 'class="headline supported"' not in glance  # green only for "supported"
+    # then the four primary tests with raw p, adjusted p and effect size; the verdict is the adjusted one's
+    assert glance.index(HEADLINE) < glance.index(PRIMARY_SENTENCE) < glance.index("Every other test is exploratory") \
+        < glance.index("<table>")
 
 
 def test_primary_sentence_follows_the_verdicts_and_says_when_the_primary_row_is_absent() -> None:
@@ -179,8 +186,9 @@ def test_primary_sentence_follows_the_verdicts_and_says_when_the_primary_row_is_
     primary["insertion"]["vs_random"].update(verdict="undetermined", p_value=None, n_pairs=1)
     primary["deletion"]["vs_random"]["verdict"] = "worse"
 
-    assert ("is worse than random on deletion (p = 0.012, n = 12 patients) and is undetermined against random on "
-            "insertion (no p-value, n = 1 patient)") in primary_sentence(faith)
+    assert ("is worse than random on deletion (difference -0.100 [-0.150, -0.05], p = 0.012, adjusted 0.025, n = 12 "
+            "patients); undetermined against random on insertion (difference 0.100 [0.05, 0.150], no p-value, "
+            "adjusted 0.200, n = 1 patient)") in primary_sentence(faith)
 
     faith["primary"]["baseline"] = "blur"
     assert primary_sentence(faith).startswith(
@@ -194,16 +202,17 @@ def test_glance_sentences_count_the_exploratory_tests_and_compare_with_the_mask(
 
     lines = glance_sentences(faith)
 
-    # per baseline: gradcam and saliency 4 tests each, the mask control 2 (vs random); minus the 2 primary
-    assert "(18 tests)" in lines[1] and "Holm-adjusted p over all 18" in lines[1]
-    assert lines[2:] == [
+    # per baseline: gradcam and saliency 4 tests each, the mask control 2 (vs random); minus the 4 primary
+    assert lines[0] == HEADLINE and lines[1] == PRIMARY_SENTENCE
+    assert "(16 tests)" in lines[2] and "Holm-adjusted p over all 16" in lines[2]
+    assert lines[3:] == [
         "Grad-CAM is better than the predicted-mask control on deletion and insertion for predicted-region with "
         "the zero baseline; it is not shown to tell more than the predicted mask for predicted-region with the rise "
         "baseline.",
         "Saliency is not shown to tell more than the predicted mask for predicted-region with the zero baseline and "
         "predicted-region with the rise baseline.",
     ]
-    assert not any(line.startswith(("Random", "The predicted mask")) for line in lines[2:])  # controls: no sentence
+    assert not any(line.startswith(("Random", "The predicted mask")) for line in lines[3:])  # controls: no sentence
 
 
 def test_mask_sentence_names_mixed_and_missing_comparisons() -> None:
@@ -229,24 +238,27 @@ def test_glance_table_has_the_columns_raw_and_adjusted_p_and_controls_apart() ->
 
     methods, controls = glance_tables(faith)
 
-    per_game = ["AUC [95% CI]", "p vs random", "adjusted p", "vs random", "vs predicted mask (adjusted p, exploratory)"]
+    per_game = ["AUC [95% CI]", "p vs random", "adjusted p", "vs random", "vs predicted mask (adjusted p)"]
     assert methods.headers == ["method", "target", "baseline", "n patients"] + per_game * 2
     assert methods.groups == [("", 4), ("Deletion: lower AUC is better", 5), ("Insertion: higher AUC is better", 5)]
     primary = next(r for r in faith["results"] if r["method"] == "gradcam" and r["baseline"] == "zero")
-    # Holm over the 2 primary tests: 0.0123 -> 2 x 0.0123 = 0.0246; 0.2 -> max(0.0246, 1 x 0.2) = 0.2.
-    # Exploratory (m = 18): Grad-CAM vs mask, zero: 0.001 is 3rd smallest -> 16 x 0.001 = 0.016, 0.002 -> 15 x = 0.030
+    # Holm over the 4 primary tests (0.0123, 0.2 vs random; 0.001, 0.002 vs mask): 0.001 x 4 = 0.004,
+    # 0.002 x 3 = 0.006, 0.0123 x 2 = 0.0246, 0.2 -> max(0.0246, 1 x 0.2) = 0.2. Each verdict shows its
+    # effect size (estimate [95% CI]).
     assert methods.rows[0] == [
         "gradcam (primary)", "predicted-region", "zero", str(PATIENTS),
-        fmt_ci(primary["deletion"]), "0.012", "0.025 (primary)", "better", "better (0.016)",
-        fmt_ci(primary["insertion"]), "0.200", "0.200 (primary)", "not shown to differ",
-        "better (0.030)"]
+        fmt_ci(primary["deletion"]), "0.012", "0.025 (primary)", "better, -0.100 [-0.150, -0.05]",
+        "better, -0.100 [-0.150, -0.05] (0.004)",
+        fmt_ci(primary["insertion"]), "0.200", "0.200 (primary)", "not shown to differ, 0.100 [0.05, 0.150]",
+        "better, 0.100 [0.05, 0.150] (0.006)"]
     rise = next(row for row in methods.rows if row[0] == "gradcam" and row[2] == "rise")
-    # raw 0.004 < 0.05 but 6th smallest of 18: 13 x 0.004 = 0.052, so exploratory and not shown to differ
-    assert rise[10:13] == ["0.004", "0.052 (exploratory)", "not shown to differ"]
+    # exploratory (m = 16): raw 0.004 < 0.05 but 4th smallest: 13 x 0.004 = 0.052, so not shown to differ
+    assert rise[10:13] == ["0.004", "0.052 (exploratory)", "not shown to differ, 0.100 [0.05, 0.150]"]
     assert [r[0] for r in methods.rows] == ["gradcam (primary)", "saliency", "gradcam", "saliency"]
     assert [r[0] for r in controls.rows] == ["random (control)", "predicted-mask (control)"] * 2
     random_row, mask_row = controls.rows[:2]
-    assert random_row[7] == "(the reference)" and mask_row[8] == "(the reference)" and mask_row[7] == "better"
+    assert random_row[7] == "(the reference)" and mask_row[8] == "(the reference)"
+    assert mask_row[7] == "better, -0.100 [-0.150, -0.05]"
 
 
 def test_the_page_never_says_no_better_and_shows_the_glance_tables(full_run: Path) -> None:
@@ -269,7 +281,7 @@ def test_faithfulness_table_puts_both_references_beside_each_map() -> None:
     first = deletion.rows[0]
     assert first[:3] == ["zero", "predicted-region", "gradcam"]
     assert first[5] == fmt_ci(random_zero["deletion"]) and first[6] == fmt_ci(mask_zero["deletion"])
-    assert first[9:] == ["0.025 (primary)", "better", "12 (24)"]
+    assert first[9:] == ["0.025 (primary)", "better, -0.100 [-0.150, -0.05]", "12 (24)"]
     assert "higher is better" in insertion.title and "12 patients, 24 slices, K = 8 steps (log schedule)" in insertion.title
 
 
@@ -285,8 +297,8 @@ def test_localization_tables_show_patients_tests_and_adjusted_p() -> None:
     gradcam = pointing.rows[0]
     # per metric 6 tests (trained: Grad-CAM and saliency 2 each, the mask control 1; untrained Grad-CAM 1), one
     # Holm over the file's 18: the tied smallest p = 0.001 all become 18 x 0.001 = 0.018
-    assert gradcam[4:] == ["12 (24)", "sign", "0.001", "0.018 (exploratory)", "better",
-                           "not shown to differ (1.000)"]
+    assert gradcam[4:] == ["12 (24)", "wilcoxon", "0.001", "0.018 (exploratory)", "better, 0.100 [0.05, 0.150]",
+                           "not shown to differ, 0.100 [0.05, 0.150] (1.000)"]
     assert tables[1].rows[0][5] == "wilcoxon"
     assert [r[0] for r in pointing.rows][-2:] == ["gradcam (untrained network)", "random (untrained network) (control)"]
 

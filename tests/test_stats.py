@@ -115,10 +115,27 @@ def test_wilcoxon_drops_zeros_and_goes_asymptotic_past_50_or_with_many_ties() ->
     result = wilcoxon_test(tied)
     assert result["method"] == "asymptotic"
     assert result["p_value"] == pytest.approx(sps.wilcoxon(tied, method="asymptotic", correction=False).pvalue)
-    for too_few in (np.array([]), np.array([0.0, 0.0, 2.0])):
+    for too_few in (np.array([]), np.array([1.5])):
         result = wilcoxon_test(too_few)
         assert result["p_value"] is None and result["method"] is None
-        assert result["n"] == too_few.size - (too_few == 0).sum()
+        assert result["n"] == too_few.size
+
+
+def test_patients_without_a_difference_are_not_shown_to_differ_not_undetermined() -> None:
+    """12 patients whose differences are all 0 (an untrained network's pointing game 0.0 against a
+    random map's 0.0): nothing to test, p = 1 (the exact two-sided p of one non-zero pair is 2 x 1/2
+    = 1 too), "not shown to differ" with 12 patients, not "undetermined"."""
+    for test in (wilcoxon_test, sign_test):
+        for ties in (np.zeros(12), np.array([0.0, 0.0, 2.0])):
+            result = test(ties)
+            assert (result["method"], result["p_value"]) == ("tied", 1.0)
+            assert result["estimate"] == (2.0 if ties.any() else 0.0)
+    assert sps.binomtest(1, 1).pvalue == 1.0 and sps.wilcoxon([2.0], method="exact").pvalue == 1.0
+    ids = np.arange(12).astype(str)
+    comparison = paired_comparison(np.zeros(12), np.zeros(12), ids, lower_is_better=False, resamples=50)
+    assert (comparison["verdict"], comparison["n_pairs"], comparison["n_patients"]) == ("not shown to differ", 0, 12)
+    one = paired_comparison(np.zeros(1), np.zeros(1), ids[:1], lower_is_better=False, resamples=50)
+    assert one["verdict"] == "undetermined" and one["p_value"] is None
 
 
 def test_wilcoxon_with_ties_and_small_n_enumerates_every_sign_pattern() -> None:
@@ -230,7 +247,7 @@ def test_paired_comparison_counts_patients_not_slices() -> None:
     assert (result["p_adjusted"], result["family"]) == (None, None)
     assert (result["test"], result["lower_is_better"]) == ("sign", True)
     same = paired_comparison(values, values, ids, lower_is_better=True)
-    assert (same["n_pairs"], same["n_patients"], same["verdict"], same["p_value"]) == (0, 6, "undetermined", None)
+    assert (same["n_pairs"], same["n_patients"], same["verdict"], same["p_value"]) == (0, 6, "not shown to differ", 1.0)
     with pytest.raises(ValueError, match="test must be one of"):
         paired_comparison(values, reference, ids, lower_is_better=True, test="t")
     with pytest.raises(ValueError, match="same slices"):
@@ -317,18 +334,23 @@ def test_adjust_file_primary_and_exploratory_families() -> None:
     assert rows[1]["insertion"]["vs_random"]["verdict"] == "better"  # p 0.03 before adjustment
     adjust_file(rows, {"deletion": True, "insertion": False}, primary=PRIMARY, alpha=0.05)
     primary_del, primary_ins = rows[0]["deletion"]["vs_random"], rows[0]["insertion"]["vs_random"]
-    # primary: Holm over (0.01, 0.04) -> (0.02, 0.04); both stay significant
-    assert (primary_del["family"], primary_del["p_adjusted"], primary_del["verdict"]) == ("primary", 0.02, "better")
-    assert (primary_ins["family"], primary_ins["p_adjusted"], primary_ins["verdict"]) == ("primary", 0.04, "better")
-    # exploratory: (0.2, 0.001, 0.03, 0.02) with the None left out, m = 4
-    #   sorted 0.001 x4 = 0.004, 0.02 x3 = 0.06, 0.03 x2 = 0.06, 0.2 x1 -> 0.2
-    explored = [rows[0]["deletion"]["vs_mask"], rows[1]["deletion"]["vs_random"], rows[1]["insertion"]["vs_random"],
+    # primary: the four tests vs random and vs mask (the insertion vs_mask is absent): Holm over
+    #   (0.01, 0.04, 0.2) -> sorted 0.01 x3 = 0.03, 0.04 x2 = 0.08, 0.2 x1 -> max(0.08, 0.2) = 0.2
+    primary_mask = rows[0]["deletion"]["vs_mask"]
+    assert (primary_del["family"], primary_del["p_adjusted"], primary_del["verdict"]) == (
+        "primary", pytest.approx(0.03), "better")
+    assert (primary_ins["family"], primary_ins["p_adjusted"], primary_ins["verdict"]) == (
+        "primary", pytest.approx(0.08), "not shown to differ")
+    assert (primary_mask["family"], primary_mask["p_adjusted"], primary_mask["verdict"]) == (
+        "primary", pytest.approx(0.2), "not shown to differ")
+    # exploratory: (0.001, 0.03, 0.02) with the None left out, m = 3
+    #   sorted 0.001 x3 = 0.003, 0.02 x2 = 0.04, 0.03 x1 -> max(0.04, 0.03) = 0.04
+    explored = [rows[1]["deletion"]["vs_random"], rows[1]["insertion"]["vs_random"],
                 rows[2]["deletion"]["vs_random"], rows[2]["insertion"]["vs_random"]]
-    assert [c["family"] for c in explored] == ["exploratory"] * 5
-    assert [c["p_adjusted"] for c in explored] == [pytest.approx(0.2), pytest.approx(0.004), pytest.approx(0.06),
-                                                   pytest.approx(0.06), None]
-    assert [c["verdict"] for c in explored] == ["not shown to differ", "worse", "not shown to differ",
-                                                "not shown to differ", "undetermined"]
+    assert [c["family"] for c in explored] == ["exploratory"] * 4
+    assert [c["p_adjusted"] for c in explored] == [pytest.approx(0.003), pytest.approx(0.04),
+                                                   pytest.approx(0.04), None]
+    assert [c["verdict"] for c in explored] == ["worse", "better", "better", "undetermined"]
     assert rows[0]["insertion"]["vs_mask"] is None and "vs_random" not in rows[3]["deletion"]
     assert primary_del["p_value"] == 0.01  # the raw p is kept
 

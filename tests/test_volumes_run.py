@@ -15,6 +15,9 @@ import pytest
 
 from tumorcam.cli import main
 from tumorcam.data.synth_volumes import write_synthetic_volumes
+from tumorcam.data.volumes import load_volumes
+from tumorcam.errors import TumorcamWarning
+from tumorcam.volumes.run import resolve_split
 
 FLAIR_ONLY = '''
 import torch
@@ -66,7 +69,7 @@ def _run(dataset: Path, out: Path, *extra: str) -> None:
     try:
         main(["run", "--data", str(dataset / "raw"), "--model", "flair_only:make", "--out", str(out),
               "--prepare-size", "16", "--device", "cpu", "--methods", "gradcam,saliency", "--baselines", "zero,blur",
-              *extra])
+              "--split", "all", *extra])  # every case (a later --split in `extra` replaces it)
     finally:
         os.chdir(cwd)
 
@@ -76,6 +79,33 @@ def run(dataset: Path) -> Path:
     out = dataset / "run"
     _run(dataset, out)
     return out
+
+
+def test_the_split_defaults_to_test_and_every_file_records_it(run: Path) -> None:
+    prepared = load_volumes(run / "prepared")
+    assert resolve_split(prepared, None) == "test" and resolve_split(prepared, "test") == "test"
+    with pytest.warns(TumorcamWarning, match="split 'train' mixes 4 training cases"):
+        assert resolve_split(prepared, "train") == "train"
+    with pytest.warns(TumorcamWarning, match="split 'all' mixes 1 training case into"):
+        resolve_split(prepared, "all", cases=3)  # TCAM_000 (val), 001 (test), 002 (train): the cases evaluated
+    no_test = type(prepared)(**{**prepared.__dict__, "splits": {**prepared.splits, "test": []}})
+    assert resolve_split(no_test, None) == "all"
+    for name in FILES:
+        assert json.loads((run / name).read_text())["split"] == "all", name
+
+
+def test_the_command_line_warns_of_training_cases_in_the_split(run: Path, dataset: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    cwd = os.getcwd()
+    os.chdir(dataset)
+    try:  # the warning comes before the model's check, which then stops the run at once
+        with pytest.raises(SystemExit):
+            main(["run", "--data", str(run / "prepared"), "--model", "flair_only:three_sequences", "--split", "all",
+                  "--out", str(dataset / "warned"), "--device", "cpu"])
+    finally:
+        os.chdir(cwd)
+    assert capsys.readouterr().err.splitlines()[0] == \
+        "warning: split 'all' mixes 4 training cases into the Dice and the verdicts; the test split has 1 case"
 
 
 def test_channels_name_the_sequence_the_model_reads(run: Path) -> None:
@@ -89,7 +119,8 @@ def test_channels_name_the_sequence_the_model_reads(run: Path) -> None:
     # zeroing FLAIR leaves logits of -5 everywhere: no voxel predicted, Dice 0 with the prediction
     assert per_channel["FLAIR"]["dice_drop"]["mean"] == pytest.approx(1.0)
     tests = {t["channel"]: t for t in summary["tests"] if t["kind"] == "dice_drop_vs_zero"}
-    assert tests["T1"]["verdict"] == "undetermined"  # every difference is 0: nothing to test
+    # every drop is 0 in all 6 cases: no difference to test, p = 1, "no drop shown" (not "undetermined")
+    assert (tests["T1"]["verdict"], tests["T1"]["p_value"]) == ("no drop shown", 1.0)
     assert tests["FLAIR"]["n_pairs"] == 6 and tests["FLAIR"]["p_value"] == pytest.approx(2 / 2**6)
 
 
@@ -132,7 +163,11 @@ def test_segmentation_and_sanity(run: Path) -> None:
     dice = [v for v in segmentation["per_case"]["dice"]]
     assert len(dice) == 6 and segmentation["dice"]["mean"] == pytest.approx(np.mean(dice))
     sanity = json.loads((run / "sanity.json").read_text())
-    assert sanity["stages"] == ["head", "features"] and sanity["n_cases"] == 2
+    assert sanity["stages"] == ["head", "features"] and sanity["n_cases"] == 6  # sanity_cases null: every case
+    [row] = sanity["results"]
+    assert row["verdict"] == sanity["verdict"] in ("passes", "fails", "undetermined") and row["n_patients"] <= 6
+    assert len(row["final_mean_abs_spearman_ci"]) == len(row["final_ssim_ci"]) == 2 and row["min_patients"] == 5
+    assert (row["reason"] is None) == (row["verdict"] != "undetermined")
     report = (run / "report.html").read_text()
     assert "FLAIR" in report and "Primary" in report
 
@@ -164,7 +199,7 @@ def test_a_model_that_does_not_fit_the_volumes_is_one_error(dataset: Path, capsy
 def test_torchrun_writes_the_same_files(dataset: Path) -> None:
     single, sharded = dataset / "single", dataset / "sharded"
     arguments = ["run", "--data", str(dataset / "raw"), "--model", "flair_only:make", "--prepare-size", "16",
-                 "--device", "cpu", "--methods", "gradcam", "--baselines", "zero", "--cases", "5"]
+                 "--device", "cpu", "--methods", "gradcam", "--baselines", "zero", "--cases", "5", "--split", "all"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # CPU reductions depend on the thread count: the same in both
     subprocess.run([sys.executable, "-m", "tumorcam.cli", *arguments, "--out", str(single)], cwd=dataset, env=env,
                    check=True, capture_output=True)

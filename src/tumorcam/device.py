@@ -34,12 +34,27 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
+DEMO_THREADS = 1  # the demos' CPU threads (`demo` preset, volume demo): fixed, so their figures never follow the load
+
+
+def demo_threads() -> int:
+    """The volume demo's CPU threads: OMP_NUM_THREADS when set (the user's choice; torchrun sets 1),
+    else `DEMO_THREADS`, whatever the machine's load.
+
+    The thread count changes the order of floating-point reductions (convolutions, matmuls), so a
+    count picked from the load average would make the demo's figures differ from run to run."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else DEMO_THREADS
+
+
 def cpu_threads(requested: int) -> int:
     """Threads for CPU work: `requested` when > 0; else torch's default (or OMP_NUM_THREADS when
     set), lowered to the cores the 1-minute load average leaves idle, at least 1.
 
     On a busy machine, more threads than idle cores make every step wait on the slowest thread:
     measured here, a 96 px U-Net step on 2 shared cores ran 5x slower with 2 threads than with 1.
+    The count changes the last digits of the results (reduction order); the `demo` preset fixes it
+    (`DEMO_THREADS`) so that its figures are the same on every run.
     """
     if requested > 0:
         return requested

@@ -1,4 +1,4 @@
-"""The one exception type of the library: a `ValueError` whose message names the parameter at fault.
+"""The library's exception, a `ValueError` whose message names the parameter at fault, and its warning.
 
 Library calls name their own parameters (`layer`, `method`, `target`, `masks`, ...); the CLI catches
 `TumorcamError` and prints the message as one line.
@@ -12,6 +12,11 @@ from collections.abc import Iterable
 
 class TumorcamError(ValueError):
     """Bad input or a failed step, with a message that names the parameter, file or option at fault."""
+
+
+class TumorcamWarning(UserWarning):
+    """Input the library accepts but doubts (probability outputs, flat maps, empty regions, ...); the
+    message names the parameter, and the CLI prints it as one line `warning: ...`."""
 
 
 def unknown_name(parameter: str, name: str, choices: Iterable[str]) -> TumorcamError:

@@ -155,6 +155,10 @@ def run_pipeline(
         raise TumorcamError(f"--out {out}: holds files that `tumorcam run` did not make; choose another folder "
                             "(or pass --force to let the pipeline replace what it writes there)")
     cfg = build_config(preset, config, encoder_weights, device)
+    if cfg.train.num_threads > 0:  # every stage, not training only, on the config's threads (the demo's: fixed)
+        import torch
+
+        torch.set_num_threads(cfg.train.num_threads)
     out.mkdir(parents=True, exist_ok=True)
     stages = plan_stages(out, cfg, None if data is None else Path(data), prepare_size,
                          synthetic_patients, synthetic_slices, log)

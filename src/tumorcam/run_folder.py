@@ -98,11 +98,15 @@ class Run:
         return self._prepared[root]
 
     def split(self, name: str, data: str | Path | None = None) -> np.ndarray:
-        """Rows of the prepared data (`prepared(data)`) in the split `name` (train, val, test or all)."""
+        """Rows of the prepared data (`prepared(data)`) in the split `name` (train, val, test or all), to
+        evaluate: a split with training slices warns (`data.arrays.warn_training_split`)."""
+        from tumorcam.data.arrays import warn_training_split
+
         prepared = self.prepared(data)
         rows = prepared.indices(name)
         if len(rows) == 0:
             raise TumorcamError(f"split: no slices of the {name} split in {prepared.root} (splits.json)")
+        warn_training_split(prepared.splits, name, prepared.file_ids, rows, "slice")
         return rows
 
     @property

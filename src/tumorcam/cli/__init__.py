@@ -1,17 +1,24 @@
 """The `tumorcam` console script: a thin typer layer over the Python API.
 
 Each command module exposes `register(app)`. Bad input raises `TumorcamError`, which `main`
-prints as one line (`error: ...`) with exit status 2; `--debug` shows the traceback instead.
+prints as one line (`error: ...`) with exit status 2; `--debug` shows the traceback instead. A
+`TumorcamWarning` is printed as one line `warning: ...` on stderr (no file or line), each distinct
+message once; other warnings are shown as Python shows them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
+from collections.abc import Iterator
+from typing import TextIO
 
 import typer
 
 from tumorcam import __version__
 from tumorcam.errors import TumorcamError
+from tumorcam.errors import TumorcamWarning
 
 try:  # recent typer runs on its own copy of click, whose exceptions are not click's
     from typer._click.exceptions import ClickException
@@ -60,12 +67,33 @@ def _register_commands() -> None:
 _register_commands()
 
 
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Within it, a TumorcamWarning prints as `warning: MESSAGE` on stderr, once per message; the
+    warning filters and `warnings.showwarning` are restored afterwards."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("once", TumorcamWarning)
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+            if issubclass(category, TumorcamWarning):
+                typer.echo(f"warning: {message}", err=True)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning known errors into one line and an exit code."""
+    """Console entry point: run the app, turning known errors into one line and an exit code, and
+    TumorcamWarnings into one line `warning: ...`."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        result = app(args=args, prog_name="tumorcam", standalone_mode=False)
+        with _one_line_warnings():
+            result = app(args=args, prog_name="tumorcam", standalone_mode=False)
     except TumorcamError as exc:
         if debug:
             raise

@@ -50,6 +50,7 @@ def _faithfulness(run: Path, data: Optional[Path], split: str, options: dict[str
                      f"{row['score']:<17} deletion AUC {_fmt(row['deletion']['mean'])}  "
                      f"insertion AUC {_fmt(row['insertion']['mean'])}  vs random: {verdicts['vs_random']}  "
                      f"vs mask: {verdicts['vs_mask']}")
+    lines.append(f"headline: {doc['headline']['level']}: {doc['headline']['sentence']}")
     return "\n".join(lines)
 
 
@@ -74,13 +75,17 @@ def _sanity(run: Path, data: Optional[Path], split: str, options: dict[str, Any]
 
     doc = evaluate_sanity(run, data=data, split=split, device=options["device"], patients=options.get("patients"),
                           slices_per_patient=options.get("slices_per_patient"))
-    lines = [f"sanity ({doc['n_slices']} slices, {len(doc['stages'])} layers randomised, FAIL if the final mean "
-             f"|Spearman| or mean SSIM >= {doc['threshold']}) -> {run / 'sanity.json'}"]
+    lines = [f"sanity ({doc['n_slices']} slices of {doc.get('n_patients')} patients, {len(doc['stages'])} layers "
+             f"randomised; passes when the 95% CIs over patients of the final mean |Spearman| and SSIM lie below "
+             f"{doc['threshold']}, fails when one lies above) -> {run / 'sanity.json'}"]
     for row in doc["results"]:
-        verdict = {True: "pass", False: "FAIL"}.get(row["passes"], "undetermined (original maps flat)")
+        verdict = row.get("verdict", "undetermined")
+        if row.get("reason"):
+            verdict += f": {row['reason']}"
+        low, high = (row.get("final_mean_abs_spearman_ci") or [None, None])
         lines.append(f"  {row['method']:<22} {row['target']:<17} {row['layer']:<17} final mean |Spearman| "
-                     f"{_fmt(row['final_mean_abs_spearman'])}  SSIM {_fmt(row['final_ssim'])}  "
-                     f"({row['n_compared'][-1]} maps compared)  {verdict}")
+                     f"{_fmt(row['final_mean_abs_spearman'])} [{_fmt(low)}, {_fmt(high)}]  SSIM "
+                     f"{_fmt(row['final_ssim'])}  ({row.get('n_patients')} patients)  {verdict}")
     return "\n".join(lines)
 
 

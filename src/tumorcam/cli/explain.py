@@ -89,14 +89,17 @@ def explain_command(
                                         "returning an nn.Module (MODULE is found in the current directory too)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="With --model: a state_dict (.pth/.pt read with "
                                            "torch.load(weights_only=True), or .safetensors)."),
-    channel: int = typer.Option(0, "--channel", help="With --model: the explained class of a multi-class network."),
+    channel: Optional[int] = typer.Option(None, "--channel", help="With --model: the explained class; required for a "
+                                                                  "network with more than one output channel."),
     output: Optional[str] = typer.Option(None, "--output", help="With --model: the logits of a tuple/list (an index) "
                                          "or dict (a key) output."),
     imagenet: bool = typer.Option(False, "--imagenet", help="With --model: normalise the 3 input channels with "
                                   "ImageNet's mean and std (default: the slice in [0, 1])."),
     size: Optional[int] = typer.Option(None, "--size", help="With a 3-D --model: resample the case to a "
                                        "SIZE^3 cube for the network (trilinear; the map comes back at the "
-                                       "case's shape). Default: the case's own shape."),
+                                       "case's shape). Default: the case's own shape, padded with zeros "
+                                       "to the next multiple (2, 4, ..., 64) the network takes when it "
+                                       "takes no other (the map is cropped back, with a warning)."),
     device: str = typer.Option("auto", "--device", help="With --model: auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Heatmaps for the chosen methods, targets and layers, plus Grad-CAM x GT, in RUN/explanations/;
@@ -116,7 +119,7 @@ def explain_command(
         _explain_own_model(run, image, out, model, weights, methods, targets, layers, channel, output, imagenet,
                            size, device)
         return
-    for option, given in (("--weights", weights is not None), ("--channel", channel != 0),
+    for option, given in (("--weights", weights is not None), ("--channel", channel is not None),
                           ("--output", output is not None), ("--imagenet", imagenet), ("--size", size is not None),
                           ("--device", device != "auto")):
         if given:
@@ -149,7 +152,7 @@ def explain_command(
 
 def _explain_own_model(run: Optional[Path], images: Optional[list[Path]], out: Optional[Path], spec: str,
                        weights: Optional[Path], methods: Optional[str], targets: Optional[str],
-                       layers: Optional[str], channel: int, output: Optional[str], imagenet: bool,
+                       layers: Optional[str], channel: Optional[int], output: Optional[str], imagenet: bool,
                        size: Optional[int], device: str) -> None:
     """`tumorcam explain --image FILE... --model MODULE:FACTORY --out DIR`: one map and overlay per image;
     for a 3-D network, one of the case whose channels the images are."""
@@ -180,7 +183,7 @@ def _explain_own_model(run: Optional[Path], images: Optional[list[Path]], out: O
             raise TumorcamError(f"--size: resamples a 3-D network's NIfTI volumes; --model {spec} is a 2-D "
                                 "network (slices go to it at their own size)")
         written = explain_files(network, images, out, imagenet=imagenet, **options)
-    typer.echo(f"{method} of {target}, channel {channel}, at layer {written.layer} of {type(network).__name__} "
+    typer.echo(f"{method} of {target}, channel {0 if channel is None else channel}, at layer {written.layer} of {type(network).__name__} "
                f"({written.channels} input channel(s))")
     for heatmap, png in written.files:
         typer.echo(f"wrote {heatmap} and {png}")

@@ -33,8 +33,9 @@ def run_command(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Volumes: the state_dict of --model (.pth or .safetensors)."),
     volumes: bool = typer.Option(False, "--volumes", help="The volume demo: synthetic 4-sequence volumes in nnU-Net's "
                                                           "layout, a small 3-D U-Net trained on them, then the checks."),
-    split: Optional[str] = typer.Option(None, "--split", help="Volumes: train, val, test or all (default: all with "
-                                                             "--model, test for the demo)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Volumes: train, val, test or all (default: test when "
+                                                             "the data has a test split, else all; a split with "
+                                                             "training cases is warned about)."),
     cases: Optional[int] = typer.Option(None, "--cases", help="Volumes: at most N cases of the split."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Volumes: comma-separated methods (default "
                                                                   "gradcam,saliency; controls are added)."),
@@ -72,7 +73,27 @@ def run_command(
         synthetic_slices=synthetic_slices,
         log=lambda line: typer.echo(line, err=True),
     )
+    echo_headline(report.parent)
     typer.echo(str(report))
+
+
+TERMINAL_COLOURS = {"green": typer.colors.GREEN, "amber": typer.colors.YELLOW, "red": typer.colors.RED,
+                    "grey": typer.colors.WHITE}
+
+
+def echo_headline(run: Path) -> None:
+    """The run's headline (faithfulness.json's), coloured by its level, as the last lines before the
+    report's path; nothing when the run has no faithfulness.json."""
+    from tumorcam.report.build import optional_json
+    from tumorcam.report.results import headline_of
+
+    faithfulness = optional_json(run / "faithfulness.json")
+    if not faithfulness:
+        return
+    head = headline_of(faithfulness)
+    colour = TERMINAL_COLOURS.get(head.get("colour", "grey"), typer.colors.WHITE)
+    typer.echo(typer.style(f"headline: {head['level']}", fg=colour, bold=True))
+    typer.echo(typer.style(head["sentence"], fg=colour))
 
 
 def _is_volume_data(data: Optional[Path]) -> bool:
@@ -92,7 +113,7 @@ def _run_volumes(data: Optional[Path], out: Optional[Path], demo: bool, config: 
 
     if encoder_weights is not None:
         raise TumorcamError("--encoder-weights: not for volumes (the network comes from --model)")
-    defaults = {"split": "test" if demo else "all"}  # the demo's network was trained on the other splits
+    defaults = {"split": "test" if demo else None}  # None: test when the data has one (`volumes.run.resolve_split`)
     settings = VolumeSettings.load(config, defaults) if config is not None else VolumeSettings(**defaults)
     for name, value in (("split", split), ("cases", cases), ("channel", channel),
                         ("methods", _names(methods)), ("baselines", _names(baselines))):
@@ -119,6 +140,7 @@ def _run_volumes(data: Optional[Path], out: Optional[Path], demo: bool, config: 
         report = run_volumes(out or Path("runs") / "volumes", data, model=model, weights=weights, settings=settings,
                              device=device or "auto", size=size, log=log)
     if report is not None:  # rank 0 (the only one under torchrun that writes the report)
+        echo_headline(report.parent)
         typer.echo(str(report))
 
 

@@ -36,6 +36,22 @@ def rows_of_split(splits: dict[str, list], split: str, keys: np.ndarray) -> np.n
     return np.flatnonzero([str(key) in wanted for key in keys])
 
 
+def warn_training_split(splits: dict[str, list], split: str, keys: np.ndarray, rows: np.ndarray, unit: str) -> None:
+    """Warn (`TumorcamWarning`) when the `rows` evaluated under `split` (`train` or `all`) hold training
+    `unit`s (slices, cases) while a test split exists: the Dice and the verdicts then include data a
+    model trained on the split has seen. Says how many, and how large the test split is."""
+    from tumorcam.guards import warn
+
+    test = list(splits.get("test") or [])
+    if split not in ("train", "all") or not test:
+        return
+    training = {str(key) for key in splits.get("train") or []}
+    mixed = sum(str(keys[row]) in training for row in np.asarray(rows, dtype=np.int64))
+    if mixed:
+        warn(f"split {split!r} mixes {mixed} training {unit}{'' if mixed == 1 else 's'} into the Dice and the "
+             f"verdicts; the test split has {len(test)} {unit}{'' if len(test) == 1 else 's'}")
+
+
 @dataclass
 class PreparedData:
     """The arrays of a prepared folder (memory-mapped) with its manifest and splits."""

@@ -14,9 +14,15 @@ Layout (every array `np.load`-able without pickle, memory-mapped on load)::
 Per case (rows in sorted case-id order):
 
 1. read and check it (`tumorcam.data.nnunet.read_case`: geometry, NaN, label values);
-2. normalize each channel: lo, hi = its 0.5th and 99.5th percentiles over the case's nonzero voxels;
-   x -> (clip(x, lo, hi) - lo) / (hi - lo), so the zero background stays 0 (when lo >= 0) and the
-   brightest 0.5 % saturate at 1;
+2. normalize each channel from the case's foreground (nnU-Net's `use_mask_for_norm`): the
+   background value of a channel is the most frequent value on the volume's border (its six faces)
+   when it covers at least a quarter of them (else the channel has no constant background); the
+   foreground is the voxels where any channel differs from its background value (all voxels when
+   that is none or every voxel). lo, hi = the channel's 0.5th and 99.5th percentiles over the
+   foreground; x -> (clip(x, lo, hi) - lo) / (hi - lo), and the background voxels are set to 0. So a
+   zero background and a constant non-zero one (z-scored volumes) both map to 0 and stay out of the
+   percentiles. A channel that clips more than 2 % of the region's voxels at 1 is warned about
+   (`TumorcamWarning`), and every case's clipped shares are in the manifest's "clipped";
 3. resample to the cube S x S x S with `torch.nn.functional.interpolate`: images trilinear
    (align_corners=False), masks nearest-exact (the source voxel whose centre is nearest, consistent
    with the images' half-voxel-centred grid). Each axis is stretched independently: the cube is in
@@ -58,11 +64,18 @@ if TYPE_CHECKING:
 
 ARRAY_FILES = ("volumes.npy", "masks.npy", "case_ids.npy", "affines.npy", "shapes.npy")
 NORMALIZATION = (
-    "per case and channel: clip to the 0.5th..99.5th percentile of the nonzero voxels, "
-    "then (x - lo) / (hi - lo) into [0, 1]"
+    "per case and channel: clip to the 0.5th..99.5th percentile of the foreground voxels (where any channel "
+    "differs from its background, the most frequent value on the volume's border), then (x - lo) / (hi - lo) "
+    "into [0, 1]; the background set to 0"
 )
 RESAMPLING = {"images": "trilinear (align_corners=False)", "masks": "nearest-exact"}
 PERCENTILES = (0.5, 99.5)
+BACKGROUND_BORDER_SHARE = 0.25  # the border's most frequent value is the background when it covers this much of the border
+# warn when more than this share of a case's region voxels clip at 1 in some channel. The 99.5th
+# percentile clips 0.5% of the foreground by definition: a tumour that is the brightest 5% of the
+# foreground loses up to 10% of its voxels to it (the synthetic demo: 2-8%); a background inside the
+# percentiles clipped 20-59% of a BraTS tumour's FLAIR voxels. 10% separates the two.
+CLIPPED_WARNING = 0.10
 MIN_SIZE = 8
 SERIAL_BELOW_BYTES = 100 * 2**20  # imagesTr/ smaller than this is read in-process unless `workers` is given
 
@@ -179,6 +192,8 @@ def prepare_volumes(
     shapes: list[tuple[int, int, int]] = []
     skipped: list[dict[str, str]] = []
     empty: list[str] = []
+    clipped: dict[str, dict[str, float]] = {}
+    backgrounds: dict[str, list[float | None]] = {}
     with atomic_dir(out) as tmp:
         staging = np.lib.format.open_memmap(tmp / ".volumes.staging.npy", mode="w+", dtype=np.float16, shape=(n_all, channels, size, size, size))
         masks = np.zeros((n_all, size, size, size), dtype=bool)
@@ -207,6 +222,8 @@ def prepare_volumes(
                 shapes.append(result.shape)
                 if not result.mask.any():
                     empty.append(case)
+                clipped[case] = {name: round(share, 4) for name, share in zip(info.channels, result.clipped)}
+                backgrounds[case] = list(result.background)
         if not kept:
             raise TumorcamError(f"SRC {src}: every case was bad; nothing to prepare")
         if len(kept) == n_all:
@@ -224,8 +241,11 @@ def prepare_volumes(
         splits = split_cases(kept, seed)
         write_json(tmp / "splits.json", splits)
         manifest = _manifest(src, info, region, size, kept, skipped, empty, splits, seed)
+        manifest["clipped"] = clipped
+        manifest["background"] = backgrounds
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         write_json(tmp / "manifest.json", manifest)
+    warn_clipped(clipped, region["rule"])  # after the folder is complete, so that warnings as errors leave it whole
     return manifest
 
 
@@ -244,15 +264,95 @@ def split_cases(cases: Sequence[str], seed: int) -> dict[str, list[str]]:
     }
 
 
-def normalize_channel(channel: np.ndarray, path: Path) -> np.ndarray:
-    """Clip to the 0.5th..99.5th percentile of the nonzero voxels and scale to [0, 1] (float32)."""
-    nonzero = channel[channel != 0]
-    if nonzero.size == 0:
+def background_values(images: np.ndarray) -> list[float | None]:
+    """Per channel of a case (C, D, H, W): its background value, the most frequent value on the
+    volume's border (the six faces) when it covers at least `BACKGROUND_BORDER_SHARE` of the border
+    voxels; None for a channel with no constant background (e.g. noise in the air)."""
+    values: list[float | None] = []
+    for channel in images:
+        border = np.concatenate([channel[[0, -1]].ravel(), channel[:, [0, -1]].ravel(), channel[:, :, [0, -1]].ravel()])
+        found, counts = np.unique(border, return_counts=True)
+        top = int(np.argmax(counts))
+        values.append(float(found[top]) if counts[top] >= BACKGROUND_BORDER_SHARE * border.size else None)
+    return values
+
+
+def foreground_mask(images: np.ndarray, background: Sequence[float | None] | None = None) -> np.ndarray | None:
+    """The foreground (D, H, W) bool of a case (C, D, H, W): the voxels where any channel differs from
+    its `background` value (default `background_values`); None (use every voxel) when some channel
+    has no constant background, or the foreground is empty or every voxel."""
+    background = background_values(images) if background is None else background
+    if any(value is None for value in background):
+        return None
+    mask = np.zeros(images.shape[1:], dtype=bool)
+    for channel, value in zip(images, background):
+        mask |= channel != np.asarray(value, dtype=channel.dtype)
+    return mask if mask.any() and not mask.all() else None
+
+
+def channel_range(channel: np.ndarray, path: Path, foreground: np.ndarray | None) -> tuple[np.float64, np.float64]:
+    """lo, hi: the 0.5th and 99.5th percentiles of the channel over `foreground` (None: every voxel)."""
+    if not channel.any():
         raise TumorcamError(f"{path}: every voxel is 0; nothing to normalize")
-    lo, hi = np.percentile(nonzero, PERCENTILES)
+    lo, hi = np.percentile(channel if foreground is None else channel[foreground], PERCENTILES)
     if hi <= lo:
-        raise TumorcamError(f"{path}: constant intensity {float(lo):.6g} over its nonzero voxels; nothing to normalize")
-    return ((np.clip(channel, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+        raise TumorcamError(f"{path}: constant intensity {float(lo):.6g} over its foreground voxels; nothing to normalize")
+    return np.float64(lo), np.float64(hi)  # float64 scalars: the scaling is computed in float64, then stored float32
+
+
+def normalize_channel(channel: np.ndarray, path: Path, foreground: np.ndarray | None | bool = True) -> np.ndarray:
+    """Clip to the 0.5th..99.5th percentile of the foreground voxels, scale to [0, 1] (float32) and set
+    the background to 0. `foreground`: a mask (D, H, W), None (every voxel), or True: the channel's
+    own (`foreground_mask` of the channel alone)."""
+    if foreground is True:
+        foreground = foreground_mask(channel[None])
+    lo, hi = channel_range(channel, path, foreground)
+    scaled = ((np.clip(channel, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    if foreground is not None:
+        scaled[~foreground] = 0
+    return scaled
+
+
+def normalize_case(images: np.ndarray, paths: Sequence[Path], region: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, list[float | None], list[float]]:
+    """A case (C, D, H, W) normalized channel by channel (`normalize_channel`) from its common foreground
+    (`foreground_mask`): (images (C, D, H, W) float32 in [0, 1], the background value per channel,
+    the share of the `region`'s voxels (D, H, W) bool above hi per channel, i.e. clipped at 1; 0 for
+    an empty or absent region)."""
+    background = background_values(images)
+    foreground = foreground_mask(images, background)
+    if foreground is None:
+        background = [None] * len(images)  # every voxel is foreground: nothing is background
+    out = np.empty(images.shape, dtype=np.float32)
+    clipped: list[float] = []
+    count = 0 if region is None else int(region.sum())
+    for index, (channel, path) in enumerate(zip(images, paths)):
+        lo, hi = channel_range(channel, path, foreground)
+        out[index] = (np.clip(channel, lo, hi) - lo) / (hi - lo)
+        if foreground is not None:
+            out[index][~foreground] = 0
+        clipped.append(float((channel[region] > hi).sum() / count) if count else 0.0)
+    return out, background, clipped
+
+
+def warn_clipped(clipped: dict[str, dict[str, float]], region: str = "label > 0", shown: int = 5) -> str | None:
+    """One `TumorcamWarning` (returned too; None when there is none) for the cases of `clipped` (case ->
+    channel -> share of the region's voxels clipped at 1) with a channel above `CLIPPED_WARNING`:
+    the count and the `shown` largest (case, channel, share)."""
+    over = sorted(((share, case, channel) for case, shares in clipped.items() for channel, share in shares.items()
+                   if share > CLIPPED_WARNING), key=lambda item: (-item[0], item[1], item[2]))
+    if not over:
+        return None
+    cases = len({case for _, case, _ in over})
+    worst = ", ".join(f"case {case} {channel} {share:.1%}" for share, case, channel in over[:shown])
+    more = f", and {len(over) - shown} more" if len(over) > shown else ""
+    message = (f"{cases} of {len(clipped)} case(s) clip more than {CLIPPED_WARNING:.0%} of the tumour's voxels "
+               f"({region}) at 1 in some channel (above the 99.5th percentile of the case's foreground): {worst}{more}; "
+               "their contrast within the tumour is lost (every share: the manifest's \"clipped\")")
+    from tumorcam.guards import warn
+
+    warn(message)
+    return message
 
 
 def resample(images: np.ndarray, label_mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -274,6 +374,8 @@ class _Prepared:
     mask: np.ndarray  # (S, S, S) bool
     affine: np.ndarray
     shape: tuple[int, int, int]
+    clipped: tuple[float, ...] = ()  # per channel: the share of the region's voxels clipped at 1
+    background: tuple[float | None, ...] = ()  # per channel: the background value (None: every voxel is foreground)
 
 
 def _prepare_one(job: tuple[DatasetInfo, str, int, list[int]]) -> _Prepared | str:
@@ -281,12 +383,15 @@ def _prepare_one(job: tuple[DatasetInfo, str, int, list[int]]) -> _Prepared | st
     info, case_id, size, region_labels = job
     try:
         case: Case = read_case(info.root, case_id, info)
-        images = np.stack([normalize_channel(c, info.image_path(case_id, i)) for i, c in enumerate(case.images)])
         assert case.label is not None
-        images, mask = resample(images, np.isin(case.label, region_labels), size)
+        region = np.isin(case.label, region_labels)
+        paths = [info.image_path(case_id, i) for i in range(len(case.images))]
+        images, background, clipped = normalize_case(case.images, paths, region)
+        images, mask = resample(images, region, size)
     except TumorcamError as exc:
         return str(exc)
-    return _Prepared(images, mask, case.affine, tuple(int(n) for n in case.images.shape[1:]))
+    return _Prepared(images, mask, case.affine, tuple(int(n) for n in case.images.shape[1:]), tuple(clipped),
+                     tuple(background))
 
 
 def _single_thread() -> None:

@@ -70,7 +70,8 @@ from tumorcam.evaluate.stats import (
 )
 from tumorcam.evaluate.summary import EXPLORATORY, finite_list
 from tumorcam.device import autocast
-from tumorcam.explain import check_images, explaining
+from tumorcam.explain import explaining
+from tumorcam.guards import channel_of, check_images, check_model
 from tumorcam.explain.methods.base import Logits, Output, ScalarOutput
 from tumorcam.explain.targets import TargetFn, get_target, target_function
 
@@ -164,7 +165,7 @@ class ChannelResult:
         adjusted = holm([row["p_value"] for row in rows])
         m = sum(p is not None for p in adjusted)
         for row, p_adjusted in zip(rows, adjusted, strict=True):
-            word = verdict(p_adjusted, row["estimate"], int(row["n_pairs"]), lower_is_better=False, alpha=alpha)
+            word = verdict(p_adjusted, row["estimate"], int(row.get("n_patients", row["n_pairs"])), lower_is_better=False, alpha=alpha)
             row.update(p_adjusted=p_adjusted, adjusted_over=m, family=EXPLORATORY, verdict=WORDS[row["kind"]][word])
         return rows
 
@@ -195,7 +196,7 @@ def channel_shares(
     images: torch.Tensor,
     *,
     target: str | TargetFn = "predicted-region",
-    channel: int = 0,
+    channel: int | None = None,
     output: Output = None,
     masks: torch.Tensor | None = None,
     method: str = "integrated-gradients",
@@ -218,6 +219,7 @@ def channel_shares(
     if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
         raise TumorcamError(f"ig_steps: must be an integer >= 1, got {ig_steps!r}")
     _check_channel(channel)
+    channel = check_model(model, images, output=output, channel=channel)
     weights_of = target_function(target, channel)
     if isinstance(target, str) and get_target(target).needs_masks and masks is None:
         raise TumorcamError(f"masks: target {target!r} needs ground-truth masks (B, 1, *spatial); none were given")
@@ -260,7 +262,7 @@ def channel_ablation(
     images: torch.Tensor,
     *,
     baseline: str = "zero",
-    channel: int = 0,
+    channel: int | None = None,
     output: Output = None,
     batch_size: int = 32,
     amp: bool = False,
@@ -277,6 +279,7 @@ def channel_ablation(
     _check_batch_size(batch_size)
     _check_baseline(baseline)
     _check_channel(channel)
+    channel = check_model(model, images, output=output, channel=channel)
 
     n, c_in = images.shape[:2]
     images = images.float()
@@ -308,7 +311,7 @@ def channels(
     patient_ids: Any = None,
     channel_names: Sequence[str] | None = None,
     target: str | TargetFn = "predicted-region",
-    channel: int = 0,
+    channel: int | None = None,
     output: Output = None,
     masks: torch.Tensor | None = None,
     method: str = "integrated-gradients",
@@ -333,6 +336,8 @@ def channels(
         raise TumorcamError(f"channel_names: expected {c_in} distinct names for the input channels of images "
                             f"{tuple(images.shape)}, got {list(names)}")
     _check_baseline(baseline)  # before the attribution, which takes longer
+    _check_channel(channel)
+    channel = check_model(model, images, output=output, channel=channel)
     shares = channel_shares(model, images, target=target, channel=channel, output=output, masks=masks,
                             method=method, ig_steps=ig_steps, batch_size=batch_size, amp=amp)
     drops = channel_ablation(model, images, baseline=baseline, channel=channel, output=output,
@@ -355,6 +360,7 @@ def _check_baseline(baseline: object) -> None:
 
 
 def _check_channel(channel: object) -> None:
-    if isinstance(channel, bool) or not isinstance(channel, int):
-        raise TumorcamError(f"channel: expected an integer class index, got {channel!r}")
+    """An integer class index or None (`tumorcam.guards.channel_of`), before the model runs."""
+    if channel is not None:
+        channel_of(channel, None)
 

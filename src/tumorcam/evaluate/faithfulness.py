@@ -34,6 +34,7 @@ from torch import nn
 from tumorcam.errors import TumorcamError
 from tumorcam.evaluate.baselines import BASELINES
 from tumorcam.evaluate.game import CURVES, Curves, PerturbationGame, as_masks
+from tumorcam.evaluate.headline import count_flat, headline, run_headline
 from tumorcam.evaluate.ranking import auc, check_schedule, check_steps, step_fractions
 from tumorcam.evaluate.reference import Reference, as_maps, reference_maps, units
 from tumorcam.evaluate.summary import (
@@ -57,9 +58,10 @@ MASK_CONTROL = "predicted-mask"  # the control map every other map is compared w
 
 @dataclass(frozen=True)
 class FaithfulnessResult:
-    """Deletion/Insertion of B maps: `curves` (B, K+1 each) and those of the reference maps (None
-    without a reference), the unit of each image (`unit_ids`, `unit`: "patient" or "slice") and the
-    game's settings. `summary()` gives the statistics."""
+    """Deletion/Insertion of B maps: `curves` (B, K+1 each), those of the reference maps (None
+    without a reference) and of the model's predicted-mask control (`mask_curves`, None without it),
+    the unit of each image (`unit_ids`, `unit`: "patient" or "slice") and the game's settings.
+    `summary()` gives the statistics and the headline."""
 
     curves: Curves
     reference_curves: Curves | None
@@ -70,6 +72,8 @@ class FaithfulnessResult:
     schedule: str
     reference: str | None
     seed: int
+    mask_curves: Curves | None = None
+    n_flat_maps: int = 0
 
     @property
     def deletion_auc(self) -> np.ndarray:
@@ -81,12 +85,16 @@ class FaithfulnessResult:
         """Per image, the insertion AUC (B,) (higher is more faithful); NaN where the score's region is empty."""
         return self.curves.insertion_auc
 
-    def summary(self, *, bootstrap: int = 1000, alpha: float = 0.05, level: float = 0.95) -> dict[str, Any]:
+    def summary(self, *, bootstrap: int = 1000, alpha: float = 0.05, level: float = 0.95,
+                sanity: Any = None) -> dict[str, Any]:
         """One row like those of faithfulness.json: the settings, and for `deletion` and `insertion`
         the mean of unit means with its `level` cluster-bootstrap CI (`bootstrap` resamples), `unit`,
-        `n_patients` (units), `n_slices`, `curve_mean` and `vs_random` (the paired Wilcoxon test
-        against the reference: p_value, p_adjusted, verdict, n_pairs, ...; None without a reference),
-        Holm-adjusted at `alpha` over the two curves; `per_slice` the AUCs."""
+        `n_patients` (units), `n_slices`, `curve_mean`, `vs_random` (the paired Wilcoxon test against
+        the reference: p_value, p_adjusted, verdict, n_pairs, estimate with its CI, ...; None without a
+        reference) and `vs_mask` (the same against the predicted-mask control; None without it),
+        Holm-adjusted at `alpha` over these four; `per_slice` the AUCs; `headline` the one answer
+        (`tumorcam.evaluate.headline`), with `sanity` a `SanityResult` of the same maps' method (or
+        its verdict dict, or None: then at best "undetermined")."""
         steps = self.curves.steps
         row: dict[str, Any] = {"baseline": self.baseline, "score": self.score, "schedule": self.schedule,
                                "steps": steps, "reference": self.reference}
@@ -95,15 +103,22 @@ class FaithfulnessResult:
             raw = getattr(self.curves, name)
             values = auc(raw, steps)
             compared = None if self.reference_curves is None else auc(getattr(self.reference_curves, name), steps)
-            summary = metric_summary(values, {"random": compared}, self.unit_ids, lower_is_better=name == "deletion",
+            mask = None if self.mask_curves is None else auc(getattr(self.mask_curves, name), steps)
+            summary = metric_summary(values, {"random": compared, "mask": mask}, self.unit_ids,
+                                     lower_is_better=name == "deletion",
                                      test="wilcoxon", resamples=bootstrap, seed=self.seed, curves=raw, alpha=alpha,
                                      level=level)
             summary["unit"] = self.unit
             row[name] = summary
             per_slice[name] = finite_list(values)
         row["per_slice"] = per_slice
-        # the call's one comparison is its primary family: Holm over deletion and insertion
+        # the call's comparisons are its primary family: Holm over the (up to) four
         adjust_file([row], CURVES, primary={key: row.get(key) for key in PRIMARY_KEYS}, alpha=alpha)
+        verdict = sanity if sanity is None or isinstance(sanity, dict) else \
+            {"verdict": sanity.verdict, "n_patients": sanity.n_patients, "reason": sanity.reason}
+        row["headline"] = headline(row, primary={"method": "The map", **{k: row.get(k) for k in PRIMARY_KEYS}},
+                                   alpha=alpha, sanity=verdict, unit=self.unit,
+                                   flat={"n_flat": self.n_flat_maps, "n_maps": len(self.unit_ids)})
         return row
 
 
@@ -112,7 +127,7 @@ def faithfulness(
     images: torch.Tensor,
     maps: torch.Tensor,
     *,
-    channel: int = 0,
+    channel: int | None = None,
     output: Output = None,
     masks: torch.Tensor | None = None,
     patient_ids: Any = None,
@@ -121,6 +136,7 @@ def faithfulness(
     schedule: str = "log",
     score: str = "predicted-region",
     reference: Reference = "random",
+    mask_reference: bool = True,
     batch_size: int = 256,
     seed: int = 0,
     amp: bool = False,
@@ -129,42 +145,62 @@ def faithfulness(
     (B, C_in, H, W) or (B, C_in, D, H, W), against a reference map.
 
     `model`: any module returning logits (B, C, *spatial), read with a sigmoid for C = 1 and a
-    softmax for C > 1; `channel` is the scored class, `output` picks the logits from a tuple, list
+    softmax for C > 1; `channel` is the scored class (required for C > 1; None: 0 for C = 1), as
+    checked by `tumorcam.guards`, which also warns of images with an empty predicted region (NaN
+    AUCs, left out of the statistics); `output` picks the logits from a tuple, list
     or dict output (an index, key or callable, as in `tumorcam.explain`). `score`: `predicted-region`
     (mean probability of the class over its predicted region), `gt-region` (over `masks`, the
     ground truth (B, 1, *spatial) of the class), `dice` (of the prediction with the unperturbed
     one) or `mean-sigmoid` (mean probability over the image). `baseline`: zero, mean, blur, road or
     rise, for images and volumes alike. `steps` K and `schedule` (log or uniform): the game's steps.
     `reference`: "random" (seeded maps of U(0, 1) noise), a tensor of reference maps like `maps`,
-    or None. `patient_ids` (B,): the unit of the statistics (else each image). `seed` seeds the
+    or None. `mask_reference`: also play the model's predicted-mask control (1 inside the predicted
+    region of `channel`, 0 outside), so that `summary()` asks whether the maps say more than the mask.
+    `patient_ids` (B,): the unit of the statistics (else each image). `seed` seeds the
     random reference, the ties of the ranking and ROAD's noise. The model runs in eval mode on the
     images' device, `batch_size` perturbed images per forward, bf16 autocast on CUDA only with `amp`.
     """
+    from tumorcam import guards
+    from tumorcam.evaluate.game import check_game
     from tumorcam.explain import explaining
     from tumorcam.explain.methods.base import Logits
 
-    if not isinstance(images, torch.Tensor) or images.dim() not in (4, 5):
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise TumorcamError(f"images: expected a tensor (B, C, H, W) or (B, C, D, H, W), got {shape}")
+    guards.check_images(images)
     spatial = tuple(images.shape[2:])
     maps = as_maps(maps, spatial, len(images)).to(images.device)
-    if isinstance(channel, bool) or not isinstance(channel, int):
-        raise TumorcamError(f"channel: expected an integer class index, got {channel!r}")
+    if channel is not None:
+        guards.channel_of(channel, None)  # an integer, before the model runs
     if score == "gt-region" and masks is None:
         raise TumorcamError("masks: score 'gt-region' needs the ground-truth masks (B, 1, *spatial)")
     masks = None if masks is None else as_masks(masks, images)
     unit_ids, unit = units(patient_ids, len(images))
     compared = reference_maps(reference, maps, seed)
+    check_game(steps, baseline, score, schedule)  # the game's options, then the model's checks
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+    channel = guards.check_model(model, images, output=output, channel=channel)
     with explaining(model):
         game = PerturbationGame(Logits(model, output), images, steps=steps, baseline=baseline, score=score,
                                 schedule=schedule, masks=masks, channel=channel, batch_size=batch_size, seed=seed,
                                 amp=amp)
+        if score in ("predicted-region", "dice") and game.region is not None:
+            guards.warn_empty_regions(int((game.region.flatten(1).sum(dim=1) == 0).sum()), len(images))
         curves = game.curves(maps)
         reference_curves = None if compared is None else game.curves(compared)
+        mask_curves = game.curves(predicted_mask_maps(model, images, channel, output)) if mask_reference else None
     return FaithfulnessResult(curves=curves, reference_curves=reference_curves, unit_ids=unit_ids, unit=unit,
                               baseline=baseline, score=score, schedule=schedule,
                               reference=reference if reference is None or isinstance(reference, str) else "given",
-                              seed=seed)
+                              seed=seed, mask_curves=mask_curves, n_flat_maps=count_flat(maps.cpu()))
+
+
+def predicted_mask_maps(model: nn.Module, images: torch.Tensor, channel: int, output: Output) -> torch.Tensor:
+    """The predicted-mask control of `images` (B, *spatial): 1 where the model predicts class
+    `channel`, else 0 (`tumorcam.explain`'s "predicted-mask" method)."""
+    from tumorcam.explain import explain
+
+    return explain(model, images, method="predicted-mask", channel=channel, output=output,
+                   batch_size=max(1, len(images)))
 
 
 def check_options(steps: int | None = None, baselines: list[str] | tuple[str, ...] | None = None,
@@ -248,12 +284,14 @@ def evaluate_faithfulness(
                 needed.setdefault(entry_score, {})[member.key] = member
     began = time.perf_counter()
     played: dict[tuple, Curves] = {}
+    effects: dict[str, dict[str, float]] = {}  # baseline -> score -> median 1 - s(fully perturbed) / s(intact)
     for baseline in baselines:
         for game_score, members in needed.items():
             game = PerturbationGame(model, inputs.images, steps=steps, baseline=baseline, score=game_score,
                                     schedule=schedule, masks=inputs.masks if game_score == "gt-region" else None,
                                     batch_size=batch_size, seed=cfg.seed, road_noise=cfg.road_noise,
                                     amp=inputs.config.explain.amp, progress=True)
+            effects.setdefault(baseline, {})[game_score] = finite_list([game.baseline_effect])[0]
             for key, member in members.items():
                 played[baseline, game_score, key] = game.curves(torch.from_numpy(member.maps).to(inputs.device))
     patient_ids = np.asarray(inputs.patient_ids).astype(str)
@@ -272,6 +310,7 @@ def evaluate_faithfulness(
         "fractions": step_fractions(steps, schedule).tolist(),
         "score": score,
         "baselines": baselines,
+        "baseline_effects": effects,
         "batch_size": batch_size,
         "road_noise": cfg.road_noise,
         "seed": cfg.seed,
@@ -282,8 +321,38 @@ def evaluate_faithfulness(
         "patient_ids": patient_ids.tolist(),
         "results": results,
     }
+    out["headline"] = run_headline(out, read_sanity(run))
     write_json(run / "faithfulness.json", out)
     return out
+
+
+def read_sanity(run: Path) -> dict[str, Any] | None:
+    """RUN/sanity.json when it exists and reads as a JSON object, else None."""
+    import json
+
+    path = Path(run) / "sanity.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_headline(run: str | Path) -> dict[str, Any] | None:
+    """Recompute RUN/faithfulness.json's `headline` from it and RUN/sanity.json (after the sanity
+    check ran) and write it back; None when the run has no faithfulness.json."""
+    import json
+
+    from tumorcam.io import write_json
+
+    run = Path(run)
+    try:
+        faithfulness = json.loads((run / "faithfulness.json").read_text())
+    except (OSError, ValueError):
+        return None
+    faithfulness["headline"] = run_headline(faithfulness, read_sanity(run))
+    write_json(run / "faithfulness.json", faithfulness)
+    return faithfulness["headline"]
 
 
 def references(entry: MapEntry, entries: list[MapEntry]) -> tuple[MapEntry | None, MapEntry | None]:
@@ -323,4 +392,5 @@ def _row(entry: MapEntry, score: str, random_map: MapEntry | None, mask_map: Map
                                    alpha=cfg.alpha)
         per_slice[name] = finite_list(values)
     row["per_slice"] = per_slice
+    row["n_maps"], row["n_flat_maps"] = len(entry.maps), count_flat(entry.maps)
     return row

@@ -21,6 +21,13 @@ Batching: the perturbed images of many images and steps are built on the device 
 each pixel (`removed = (rank < n_k) xor insertion`) and scored `batch_size` at a time (bf16
 autocast on CUDA only with `amp`). The original image (deletion k = 0, insertion k = K) and the full
 baselines (deletion k = K, insertion k = 0) are scored once per image and shared by every map.
+
+Uninformative baseline: `PerturbationGame.baseline_effects` is, per baseline of the game's curves,
+the median over images of 1 - s(fully perturbed) / s(intact) (images whose ratio is not finite left
+out; NaN when none is left). When it is within `UNINFORMATIVE_EFFECT` (5 %) of 0 for a baseline, i.e.
+the image replaced entirely by the baseline keeps 95-105 % of the intact score in the median image,
+the game warns once (`TumorcamWarning`): its curves hardly move and its AUCs say little (the blur of
+a 64^3 volume often does this: a network scores the blurred tumour almost as the tumour).
 """
 
 from __future__ import annotations
@@ -47,10 +54,12 @@ from tumorcam.evaluate.ranking import (
     step_counts,
     step_fractions,
 )
+from tumorcam import guards
 from tumorcam.explain.targets import check_channel, predicted
 
 GAME_SCORES = ("mean-sigmoid", "predicted-region", "gt-region", "dice")
 CURVES = ("deletion", "insertion")
+UNINFORMATIVE_EFFECT = 0.05  # |median of 1 - perturbed/intact| at most this: the baseline hardly changes the score
 
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -151,6 +160,11 @@ class PerturbationGame:
     the 2(K-1) intermediate steps of every image in forwards of `batch_size` perturbed images.
     `model_fn` maps images (B, C_in, *spatial) to logits (B, C, *spatial); `channel` is the scored
     class. Images live on the device the game runs on. `amp`: bf16 autocast on CUDA.
+
+    `baseline_effects` {baseline: effect} (one entry, two for `rise`: zero and blur) and
+    `baseline_effect` (the smallest in magnitude, the least informative) hold the median over images
+    of 1 - s(fully perturbed) / s(intact); an effect within 5 % of 0 warns once (`TumorcamWarning`,
+    see the module docstring; `warn=False` leaves the warning to the caller, e.g. one over many games).
     """
 
     def __init__(
@@ -169,6 +183,7 @@ class PerturbationGame:
         road_noise: float = 0.01,
         amp: bool = False,
         progress: bool = False,
+        warn: bool = True,
     ) -> None:
         if not isinstance(images, torch.Tensor) or images.dim() not in (4, 5):
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -215,6 +230,10 @@ class PerturbationGame:
                                             device=self.device)
                     full[curve, idx] = self._score(self._perturb(idx, everything, torch.full_like(idx, curve)), idx)
         self.original, self.full = original, full
+        self.baseline_effects = {name: baseline_effect(original, full[curve]) for curve, name in enumerate(names)}
+        self.baseline_effect = min(self.baseline_effects.values(), key=lambda e: abs(e) if np.isfinite(e) else np.inf)
+        if warn:
+            warn_uninformative(self.baseline_effects, n)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.amp:
@@ -275,6 +294,27 @@ class PerturbationGame:
                 scores[idx, curve, step] = self._score(self._perturb(idx, removed, curve), idx)
         scores = scores.cpu().numpy().astype(np.float64)
         return Curves(deletion=scores[:, 0], insertion=scores[:, 1], fractions=step_fractions(k, self.schedule))
+
+
+def baseline_effect(intact: torch.Tensor, perturbed: torch.Tensor) -> float:
+    """The median over images of 1 - perturbed / intact (scores (N,)), the images with a non-finite ratio
+    (an empty region, an intact score of 0) left out; NaN when none is left."""
+    ratio = (perturbed.double() / intact.double()).cpu().numpy()
+    ratio = ratio[np.isfinite(ratio)]
+    return float(1 - np.median(ratio)) if ratio.size else float("nan")
+
+
+def warn_uninformative(effects: dict[str, float], images: int, unit: str = "image") -> list[str]:
+    """One `TumorcamWarning` per baseline whose effect (`baseline_effect`, a median over `images` of
+    `unit`) is within `UNINFORMATIVE_EFFECT` of 0; returns the messages."""
+    messages = []
+    for name, effect in effects.items():
+        if np.isfinite(effect) and abs(effect) <= UNINFORMATIVE_EFFECT:
+            messages.append(f"baseline {name!r}: the fully perturbed image keeps {1 - effect:.0%} of the intact score "
+                            f"(median over {images} {unit}{'' if images == 1 else 's'}); its AUCs say little "
+                            "(uninformative baseline)")
+            guards.warn(messages[-1])
+    return messages
 
 
 def deletion_insertion(model_fn: ModelFn, images: torch.Tensor, maps: torch.Tensor, **options: Any) -> Curves:

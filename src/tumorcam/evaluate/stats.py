@@ -8,7 +8,10 @@ slice values (NaN slices dropped; a patient with none drops out), and each patie
   drawn with replacement, the statistic = mean of the drawn patients' means).
 - `paired_comparison`: a method against a reference map on the same slices; the per-patient mean
   difference d = mean(values - reference) enters a two-sided exact test, `wilcoxon_test`
-  (signed-rank, estimate = Hodges-Lehmann) or `sign_test` (binomial, estimate = median).
+  (signed-rank, estimate = Hodges-Lehmann) or `sign_test` (binomial, estimate = median). Patients
+  whose differences are all 0 (or all but one) show no difference: p = 1, "not shown to differ".
+- `estimate_ci`: a percentile bootstrap CI over patients of a test's own estimate (the effect size
+  printed beside every verdict).
 - `holm`: Holm-Bonferroni adjustment of a family of p-values.
 - `verdict`: "better" / "worse" when p < alpha, in the direction of the test's own estimate;
   "not shown to differ" otherwise; "undetermined" with fewer than 2 usable pairs.
@@ -123,7 +126,7 @@ def wilcoxon_test(differences: np.ndarray) -> dict[str, Any]:
     out: dict[str, Any] = {"test": "wilcoxon", "method": None, "statistic": None, "p_value": None, "n": int(d.size),
                            "n_zero": n_zero, "hodges_lehmann": hl, "estimate": hl}
     if d.size < 2:
-        return out
+        return _all_but_one_tied(out, d)
     ties = np.unique(np.abs(d)).size < d.size
     if not ties and d.size <= EXACT_MAX_N:
         method, how = "exact", "exact"
@@ -164,10 +167,52 @@ def sign_test(differences: np.ndarray) -> dict[str, Any]:
                            "n_zero": n_zero, "n_positive": n_pos, "n_negative": int(d.size) - n_pos,
                            "median": median, "estimate": median}
     if d.size < 2:
-        return out
+        return _all_but_one_tied(out, d)
     result = stats.binomtest(n_pos, int(d.size), 0.5, alternative="two-sided")
     out.update(method="exact", statistic=float(n_pos), p_value=float(result.pvalue))
     return out
+
+
+def estimate_ci(differences: np.ndarray, test: str, *, resamples: int = 1000, level: float = 0.95,
+                seed: int = 0) -> tuple[float | None, float | None]:
+    """Percentile bootstrap CI of a test's own estimate of the patient differences d_1..d_n.
+
+    Each of `resamples` draws takes n patients' differences with replacement (zeros included, as
+    drawn) and computes the estimate of the draw's non-zero values: Hodges-Lehmann (`test`
+    "wilcoxon") or the median ("sign"), as `wilcoxon_test` and `sign_test` do; a draw of only zeros
+    gives 0. The CI is the ((1-level)/2, (1+level)/2) quantiles of the draws. Fewer than 2 finite
+    differences: (None, None). The draws are made in chunks so memory stays ~O(n^2) per chunk.
+    """
+    if test not in TESTS:
+        raise ValueError(f"test must be one of {TESTS}, got {test!r}")
+    d = np.asarray(differences, dtype=np.float64).ravel()
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return None, None
+    draws = np.random.default_rng(seed).integers(0, d.size, size=(resamples, d.size))
+    values = np.empty(resamples, dtype=np.float64)
+    i, j = np.triu_indices(d.size)
+    chunk = max(1, 2_000_000 // max(1, i.size))
+    for start in range(0, resamples, chunk):
+        sample = d[draws[start:start + chunk]]
+        if test == "wilcoxon":
+            walsh = (sample[:, i] + sample[:, j]) / 2.0
+            nonzero = (sample[:, i] != 0) & (sample[:, j] != 0)
+            values[start:start + chunk] = _masked_median(walsh, nonzero)
+        else:
+            values[start:start + chunk] = _masked_median(sample, sample != 0)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def _masked_median(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Median per row of `values` over the entries where `keep`; 0 for a row with none."""
+    masked = np.where(keep, values, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+        out = np.nanmedian(masked, axis=1)
+    return np.where(keep.any(axis=1), out, 0.0)
 
 
 def holm(p_values: list[float | None]) -> list[float | None]:
@@ -197,7 +242,7 @@ def verdict(p_value: float | None, estimate: float | None, n_pairs: int, *, lowe
             alpha: float = 0.05) -> str:
     """"better" / "worse" when p_value < alpha, by the sign of the test's estimate (of values - reference)
     and `lower_is_better`; "not shown to differ" when p >= alpha or the estimate is 0; "undetermined"
-    with fewer than 2 pairs or no p-value."""
+    with fewer than 2 pairs (patients with a finite difference, ties included) or no p-value."""
     if n_pairs < 2 or p_value is None or estimate is None:
         return UNDETERMINED
     if p_value >= alpha or estimate == 0:
@@ -206,7 +251,8 @@ def verdict(p_value: float | None, estimate: float | None, n_pairs: int, *, lowe
 
 
 def paired_comparison(values: np.ndarray, reference: np.ndarray, patient_ids: np.ndarray, *,
-                      lower_is_better: bool, test: str = "wilcoxon", alpha: float = 0.05) -> dict[str, Any]:
+                      lower_is_better: bool, test: str = "wilcoxon", alpha: float = 0.05, resamples: int = 1000,
+                      level: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """A method's per-slice `values` against a `reference` on the same slices, patient by patient.
 
     Slices where both are finite enter; each patient's difference is d_p = mean over its slices of
@@ -214,9 +260,12 @@ def paired_comparison(values: np.ndarray, reference: np.ndarray, patient_ids: np
     estimate (Hodges-Lehmann or median of the tested d_p) gives the verdict's direction, never the mean.
     `p_adjusted` and `family` are None until `tumorcam.evaluate.summary.adjust_file` fills them and
     recomputes `verdict` from `p_adjusted`.
+    The effect size: `estimate` with its `level` CI (`estimate_ci_low`, `estimate_ci_high`: the
+    patient bootstrap of `estimate_ci`), and the plain mean of the patient differences (`mean_difference`).
     Returns {"test", "method", "statistic", "p_value", "p_adjusted", "family", "verdict", "n_pairs"
     (patients the test used), "n_patients" (patients with a difference, zeros included), "n_slices",
-    "estimate", "better_share" (share of the n_patients where the method is better), "lower_is_better"}.
+    "estimate", "estimate_ci_low", "estimate_ci_high", "mean_difference", "better_share" (share of the
+    n_patients where the method is better), "lower_is_better"}.
     """
     if test not in TESTS:
         raise ValueError(f"test must be one of {TESTS}, got {test!r}")
@@ -229,6 +278,7 @@ def paired_comparison(values: np.ndarray, reference: np.ndarray, patient_ids: np
     diffs, _ = patient_means(np.where(keep, a - b, np.nan), ids)
     result = wilcoxon_test(diffs) if test == "wilcoxon" else sign_test(diffs)
     better = diffs < 0 if lower_is_better else diffs > 0
+    low, high = estimate_ci(diffs, test, resamples=resamples, level=level, seed=seed)
     return {
         "test": test,
         "method": result["method"],
@@ -236,12 +286,15 @@ def paired_comparison(values: np.ndarray, reference: np.ndarray, patient_ids: np
         "p_value": result["p_value"],
         "p_adjusted": None,
         "family": None,
-        "verdict": verdict(result["p_value"], result["estimate"], result["n"], lower_is_better=lower_is_better,
+        "verdict": verdict(result["p_value"], result["estimate"], int(diffs.size), lower_is_better=lower_is_better,
                            alpha=alpha),
         "n_pairs": result["n"],
         "n_patients": int(diffs.size),
         "n_slices": int(keep.sum()),
         "estimate": result["estimate"],
+        "estimate_ci_low": low,
+        "estimate_ci_high": high,
+        "mean_difference": float(diffs.mean()) if diffs.size else None,
         "better_share": float(better.mean()) if diffs.size else None,
         "lower_is_better": bool(lower_is_better),
     }
@@ -275,6 +328,18 @@ def _per_slice(values: np.ndarray, patient_ids: np.ndarray) -> tuple[np.ndarray,
     if x.size != ids.size:
         raise ValueError(f"patient_ids has {ids.size} entries for {x.size} values; give one patient id per slice")
     return x, ids
+
+
+def _all_but_one_tied(out: dict[str, Any], d: np.ndarray) -> dict[str, Any]:
+    """A test with fewer than 2 non-zero differences but at least 2 patients in all: the data show
+    no difference to test, and the exact two-sided p of 0 or 1 non-zero pairs is 1 (method "tied");
+    the estimate is the one non-zero difference or 0. With fewer than 2 patients: left undefined."""
+    if d.size + out["n_zero"] < 2:
+        return out
+    estimate = float(d[0]) if d.size else 0.0
+    out.update(method="tied", statistic=0.0, p_value=1.0, estimate=estimate)
+    out["hodges_lehmann" if out["test"] == "wilcoxon" else "median"] = estimate
+    return out
 
 
 def _nonzero(differences: np.ndarray) -> tuple[np.ndarray, int]:

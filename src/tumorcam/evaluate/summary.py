@@ -4,8 +4,9 @@
 bootstrap CI, the patient-level mean curve (for curve metrics), and one `paired_comparison` per
 reference map ("vs_random", "vs_mask"). `adjust_file` then adjusts every comparison of a file:
 
-- family "primary": the `vs_random` tests of deletion and insertion of the one pre-registered
-  row (method, target, layer, baseline of `primary`, trained model, not times_gt), Holm over these 2;
+- family "primary": the `vs_random` and `vs_mask` tests of deletion and insertion of the one
+  pre-registered row (method, target, layer, baseline of `primary`, trained model, not times_gt):
+  is the map better than random, and does it say more than the predicted mask? Holm over these 4;
 - family "exploratory": every other comparison of the file, one Holm over all of them.
 
 Each comparison's `verdict` is then recomputed from its `p_adjusted` (see `stats.verdict`).
@@ -23,6 +24,7 @@ from tumorcam.evaluate.stats import cluster_bootstrap_ci, holm, paired_compariso
 PRIMARY, EXPLORATORY = "primary", "exploratory"
 PRIMARY_METRICS = ("deletion", "insertion")
 PRIMARY_KEYS = ("method", "target", "layer", "baseline")
+PRIMARY_COMPARISONS = ("vs_random", "vs_mask")
 
 
 def finite_list(values: np.ndarray) -> list[float | None]:
@@ -70,7 +72,8 @@ def metric_summary(values: np.ndarray, reference_values_by_name: Mapping[str, np
     for name, reference in reference_values_by_name.items():
         key = name if name.startswith("vs_") else f"vs_{name}"
         summary[key] = None if reference is None else paired_comparison(
-            values, reference, patient_ids, lower_is_better=lower_is_better, test=test, alpha=alpha)
+            values, reference, patient_ids, lower_is_better=lower_is_better, test=test, alpha=alpha,
+            resamples=resamples, level=level, seed=seed)
     return summary
 
 
@@ -86,7 +89,8 @@ def adjust_file(rows: list[dict[str, Any]], metrics: Iterable[str], *, primary: 
     """Holm-adjust every comparison (`vs_random`, `vs_mask`) of `metrics` in `rows`, in place.
 
     The primary row (`is_primary_row`; none when `primary` is None or no row matches) gives
-    family "primary": its `vs_random` of deletion and insertion, Holm over these. Every other
+    family "primary": its `vs_random` and `vs_mask` of deletion and insertion, Holm over these
+    four (`PRIMARY_COMPARISONS`). Every other
     comparison is family "exploratory", one Holm over all of them. Writes `p_adjusted` and
     `family` and sets `verdict` from `p_adjusted` at `alpha`. Two rows matching `primary` is an error.
     """
@@ -104,7 +108,7 @@ def adjust_file(rows: list[dict[str, Any]], metrics: Iterable[str], *, primary: 
                 comparison = summary.get(key)
                 if not isinstance(comparison, dict):
                     continue
-                is_primary = i in primary_rows and key == "vs_random" and metric in PRIMARY_METRICS
+                is_primary = i in primary_rows and key in PRIMARY_COMPARISONS and metric in PRIMARY_METRICS
                 families[PRIMARY if is_primary else EXPLORATORY].append(comparison)
     for comparison in families[PRIMARY] + families[EXPLORATORY]:
         if "lower_is_better" not in comparison:
@@ -113,5 +117,6 @@ def adjust_file(rows: list[dict[str, Any]], metrics: Iterable[str], *, primary: 
         for comparison, p_adjusted in zip(comparisons, holm([c.get("p_value") for c in comparisons]), strict=True):
             comparison["p_adjusted"] = p_adjusted
             comparison["family"] = family
-            comparison["verdict"] = verdict(p_adjusted, comparison.get("estimate"), int(comparison.get("n_pairs") or 0),
+            n = comparison.get("n_patients", comparison.get("n_pairs"))
+            comparison["verdict"] = verdict(p_adjusted, comparison.get("estimate"), int(n or 0),
                                             lower_is_better=bool(comparison["lower_is_better"]), alpha=alpha)

@@ -38,9 +38,10 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from tumorcam import guards
 from tumorcam.device import autocast
 from tumorcam.errors import TumorcamError, unknown_name
-from tumorcam.explain.layers import INPUT_LAYER, default_layer, resolve_layer
+from tumorcam.explain.layers import INPUT_LAYER, candidate_layers, resolve_layer
 from tumorcam.explain.maps import normalize, rectify, times_mask, upsample
 from tumorcam.explain.methods import METHODS, Method, Options, ScalarOutput
 from tumorcam.explain.methods.base import Logits, Output
@@ -53,8 +54,8 @@ from tumorcam.explain.targets import (
     target_function,
 )
 
-__all__ = ["INPUT_LAYER", "METHODS", "TARGETS", "LesionMaps", "compute_maps", "explain", "explain_components",
-           "get_method", "get_target", "times_mask"]
+__all__ = ["INPUT_LAYER", "METHODS", "TARGETS", "LesionMaps", "compute_maps", "explain", "explain_at",
+           "explain_components", "get_method", "get_target", "times_mask"]
 
 Seed = int | Sequence[int]
 
@@ -84,11 +85,7 @@ def explaining(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def check_images(images: torch.Tensor) -> None:
-    """`images` must be a tensor (B, C, H, W) or (B, C, D, H, W); else one error naming `images`."""
-    if not isinstance(images, torch.Tensor) or images.dim() not in (4, 5):
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise TumorcamError(f"images: expected a tensor (B, C, H, W) or (B, C, D, H, W), got {shape}")
+check_images = guards.check_images  # kept here for the modules that import it from tumorcam.explain
 
 
 def explain(
@@ -98,7 +95,7 @@ def explain(
     method: str = "gradcam",
     target: str | TargetFn = "predicted-region",
     layer: str | nn.Module | None = None,
-    channel: int = 0,
+    channel: int | None = None,
     output: Output = None,
     masks: torch.Tensor | None = None,
     batch_size: int = 32,
@@ -111,29 +108,111 @@ def explain(
     `method`: a name of `METHODS`. `target`: a name of `TARGETS` or a callable
     `(logits, masks) -> weights` (weights broadcastable to the logits (B, C, *spatial)); the
     scalar explained is sum(weights * logits). `layer`: a module path or module of `model` (None:
-    the last convolution block before the head, logged); layer-free methods ignore it. `channel`:
-    the explained class of a multi-class model (0 for one output channel). `output`: picks the
+    the last convolution block before the head, logged; when its Grad-CAM-family maps are flat for
+    every image, the next block up, with a warning); layer-free methods ignore it. `channel`: the
+    explained class, required when the model has several output channels (None: 0 for one).
+    The checks and warnings of `tumorcam.guards` run first; flat maps are warned. `output`: picks the
     logits from a tuple, list or dict output (index, key or callable). `masks` (B, 1, *spatial) or
     (B, *spatial): the ground truth of the explained class, needed by `gt-region`,
     `false-positive` and `false-negative`. `ig_steps`: integrated-gradients path points. `seed`
     seeds the random map (an int for the call, or one per image). `amp`: bf16 autocast on CUDA.
     """
+    return explain_at(model, images, method=method, target=target, layer=layer, channel=channel, output=output,
+                      masks=masks, batch_size=batch_size, amp=amp, ig_steps=ig_steps, seed=seed)[0]
+
+
+def explain_at(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    method: str = "gradcam",
+    target: str | TargetFn = "predicted-region",
+    layer: str | nn.Module | None = None,
+    channel: int | None = None,
+    output: Output = None,
+    masks: torch.Tensor | None = None,
+    batch_size: int = 32,
+    amp: bool = False,
+    ig_steps: int = 32,
+    seed: Seed = 0,
+) -> tuple[torch.Tensor, str]:
+    """`explain`, and the layer explained: its module path (the one `layer=None` chose, after any
+    fallback; a module given is named by its path) or `input` for a layer-free method."""
     chosen = get_method(method)
-    weights = target_function(target, channel)
+    guards.check_images(images)
+    target_function(target, 0)  # the target's name, before the model runs
     if isinstance(target, str) and get_target(target).needs_masks and masks is None:
         raise TumorcamError(f"masks: target {target!r} needs ground-truth masks (B, 1, *spatial); none were given")
-    return _maps(model, images, chosen, weights, layer=layer, channel=channel, output=output, masks=masks,
-                 batch_size=batch_size, amp=amp, ig_steps=ig_steps, seed=seed)
+    _check_batch_size(batch_size)
+    if chosen.uses_layer and layer is not None:
+        resolve_layer(model, layer)
+    # a callable target picks its own class: `channel` then matters only to a method that reads it
+    channel = guards.check_model(model, images, output=output, channel=channel,
+                                 required=isinstance(target, str) or chosen.reads_channel)
+    weights = target_function(target, channel)
+    run = partial(_maps, model, images, chosen, weights, channel=channel, output=output, masks=masks,
+                  batch_size=batch_size, amp=amp, ig_steps=ig_steps, seed=seed)
+    if not chosen.uses_layer:
+        maps = run(layer=None)
+        guards.warn_flat_maps(maps, chosen.name, INPUT_LAYER)
+        return maps, INPUT_LAYER
+    if layer is not None:
+        maps = run(layer=layer)
+        name = layer if isinstance(layer, str) else _path_of(model, layer)
+        guards.warn_flat_maps(maps, chosen.name, name)
+        return maps, name
+    with explaining(model):
+        candidates = candidate_layers(model, images[:1], log=True) if len(images) else [""]
+    maps = run(layer=candidates[0])
+    if len(maps) and bool(guards.flat_maps(maps).all()) and _has_target(model, images, weights, masks, output,
+                                                                         channel, batch_size):
+        for tried, name in enumerate(candidates[1:1 + FALLBACK_BLOCKS], start=1):
+            other = run(layer=name)
+            if not bool(guards.flat_maps(other).all()):
+                guards.warn_layer_fallback(candidates[:tried], name)
+                guards.warn_flat_maps(other, chosen.name, name)
+                return other, name
+    guards.warn_flat_maps(maps, chosen.name, candidates[0])
+    return maps, candidates[0]
+
+
+FALLBACK_BLOCKS = 3  # explain_at: how many blocks up `layer=None` tries when its choice gives flat maps
+
+
+def _check_batch_size(batch_size: object) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+
+
+def _path_of(model: nn.Module, layer: nn.Module) -> str:
+    """The module path of `layer` in `model` (its class name when it is not a submodule)."""
+    return next((name for name, module in model.named_modules() if module is layer and name), type(layer).__name__)
+
+
+def _has_target(model: nn.Module, images: torch.Tensor, weights: TargetFn, masks: torch.Tensor | None,
+                output: Output, channel: int, batch_size: int) -> bool:
+    """Whether the target weights some pixel of some image: flat maps of an empty target (no predicted
+    pixel, say) are flat at every layer, and moving up would not help."""
+    if masks is not None:
+        masks = torch.as_tensor(masks).to(images.device)
+    with explaining(model):
+        for start in range(0, len(images), batch_size):
+            part = slice(start, start + batch_size)
+            scalar = ScalarOutput(model, weights, None if masks is None else masks[part], output=output,
+                                  channel=channel)
+            if bool((scalar.fixed_weights(images[part]) != 0).any()):
+                return True
+    return False
 
 
 def _maps(model: nn.Module, images: torch.Tensor, chosen: Method, weights: TargetFn, *, layer: str | nn.Module | None,
           channel: int, output: Output, masks: torch.Tensor | None, batch_size: int, amp: bool, ig_steps: int,
           seed: Seed) -> torch.Tensor:
-    """The engine of `explain` and `explain_components`: the method's maps of `images`, batch by batch."""
+    """The engine of `explain` and `explain_components`: the method's maps of `images`, batch by batch,
+    at `layer` (a path or module, chosen by the caller)."""
     check_images(images)
     count = images.shape[0]
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+    _check_batch_size(batch_size)
     if masks is not None:
         masks = torch.as_tensor(masks).to(images.device)
         if masks.dim() == 0 or masks.shape[0] != count:
@@ -151,7 +230,7 @@ def _maps(model: nn.Module, images: torch.Tensor, chosen: Method, weights: Targe
     with explaining(model):
         module = None
         if chosen.uses_layer:
-            module = resolve_layer(model, default_layer(model, images[:1]) if layer is None else layer)
+            module = resolve_layer(model, candidate_layers(model, images[:1])[0] if layer is None else layer)
         for start in range(0, count, batch_size):
             part = slice(start, start + batch_size)
             scalar = ScalarOutput(model, weights, None if masks is None else masks[part], output=output,
@@ -184,8 +263,8 @@ def compute_maps(
 ) -> torch.Tensor:
     """`explain` of the whole batch in one pass (the caller batches), channel 0 of a plain tensor output."""
     check_images(images)
-    return explain(model, images, method=method, target=target, layer=layer, masks=masks, ig_steps=ig_steps,
-                   seed=seed, amp=amp, batch_size=max(1, images.shape[0]))
+    return explain(model, images, method=method, target=target, layer=layer, channel=0, masks=masks,
+                   ig_steps=ig_steps, seed=seed, amp=amp, batch_size=max(1, images.shape[0]))
 
 
 @dataclass(frozen=True)
@@ -204,7 +283,7 @@ def explain_components(
     *,
     method: str = "gradcam",
     layer: str | nn.Module | None = None,
-    channel: int = 0,
+    channel: int | None = None,
     output: Output = None,
     batch_size: int = 32,
     amp: bool = False,
@@ -221,9 +300,11 @@ def explain_components(
     `explain`; a per-image `seed` list is given per image and used for each of its lesions.
     """
     chosen = get_method(method)
-    check_images(images)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+    guards.check_images(images)
+    _check_batch_size(batch_size)
+    if chosen.uses_layer and layer is not None:
+        resolve_layer(model, layer)
+    channel = guards.check_model(model, images, output=output, channel=channel)
     logits_of = Logits(model, output)
     regions = []
     with explaining(model), torch.no_grad(), autocast(images.device, amp):
@@ -247,9 +328,14 @@ def explain_components(
         if len(seeds) != images.shape[0]:
             raise TumorcamError(f"seed: {len(seeds)} seeds for {images.shape[0]} images")
         seed = [seeds[b] for b in index]
+    if chosen.uses_layer and layer is None:
+        with explaining(model):
+            layer = candidate_layers(model, images[:1], log=True)[0]
     maps = _maps(model, images[image_index.to(images.device)], chosen, partial(lesion_weights, channel=channel),
                  layer=layer, channel=channel, output=output, masks=masks, batch_size=batch_size, amp=amp,
                  ig_steps=ig_steps, seed=seed)
+    guards.warn_flat_maps(maps, chosen.name, INPUT_LAYER if not chosen.uses_layer else
+                          layer if isinstance(layer, str) else _path_of(model, layer))
     if tuple(masks.shape[2:]) != spatial:
         masks = torch.nn.functional.interpolate(masks.float(), size=spatial, mode="nearest") > 0.5
     return LesionMaps(maps=maps, image_index=image_index, lesions=masks[:, 0])

@@ -6,7 +6,8 @@ Readers: PNG/JPEG/BMP/TIFF through Pillow; DICOM (`.dcm`) through pydicom and NI
 `.nii.gz`) through nibabel, the optional extras `pip install tumorcam[medical]`, imported only when
 needed. A 3-D NIfTI volume gives its middle slice along the last axis, rotated to display
 orientation. The slice is normalised as `data prepare` does (negatives clipped, divided by its
-maximum, resized bilinear to config.train.size). A 3-D network's input, the NIfTI volumes of one
+maximum, resized bilinear to config.train.size), and compared with the run's prepared training
+slices (`training_sample`): intensities far from theirs are warned (`tumorcam.guards.warn_intensity`). A 3-D network's input, the NIfTI volumes of one
 case, is read by `tumorcam.explain.volume_files`.
 """
 
@@ -18,19 +19,23 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.conv import _ConvNd
 
+from tumorcam import guards
 from tumorcam.errors import TumorcamError
 from tumorcam.explain.layers import INPUT_LAYER
 from tumorcam.explain.methods import Method
 from tumorcam.explain.methods.base import Output
+from tumorcam.guards import first_convolution, warn_intensity
+from tumorcam.user_model import first_line
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+TRAINING_SAMPLE = 256  # training slices that an outside slice's intensities are compared with
 
 
 def optional_import(module: str, what: str, option: str) -> ModuleType:
@@ -110,6 +115,9 @@ def explain_image(
     pixels = read_slice(image)
     size = config.train.size
     slice_ = normalize(pixels, size, f"--image {image}").astype(np.float32)
+    training = training_sample(run)
+    if training is not None:
+        warn_intensity(slice_, training, f"--image {image}")
 
     device = run.device
     model = explain_model(run, untrained)
@@ -121,6 +129,21 @@ def explain_image(
     out = Path(out) if out else run.explanations_folder / f"{image_stem(image)}.png"
     write_overlay(out, slice_, predicted, heatmap, title=f"{image.name}: {method}, {target}, {shown_layer}")
     return out
+
+
+def training_sample(run: Any, count: int = TRAINING_SAMPLE) -> np.ndarray | None:
+    """Up to `count` prepared slices (N, S, S) float32 in [0, 1] of the run's train split, evenly spaced
+    over it: what `warn_intensity` compares an outside slice with; None when the run has no
+    prepared data at hand."""
+    try:
+        prepared = run.prepared()
+        rows = prepared.indices("train")
+    except (TumorcamError, OSError):
+        return None
+    if len(rows) == 0:
+        return None
+    picked = rows[np.unique(np.linspace(0, len(rows) - 1, min(count, len(rows))).round().astype(int))]
+    return np.asarray(prepared.images_float(picked), dtype=np.float32)
 
 
 def write_overlay(out: Path, slice_: np.ndarray, predicted: np.ndarray, heatmap: np.ndarray, title: str) -> None:
@@ -166,7 +189,8 @@ def unit_range(pixels: np.ndarray, option: str) -> np.ndarray:
 
 def input_channels(model: nn.Module) -> int:
     """C_in of the model's first convolution (in `model.modules()` order); 1 for a model without one."""
-    return next((m.in_channels for m in model.modules() if isinstance(m, _ConvNd)), 1)
+    conv = first_convolution(model)
+    return 1 if conv is None else conv.in_channels
 
 
 def model_input(slice_: np.ndarray, channels: int, imagenet: bool = False) -> torch.Tensor:
@@ -202,7 +226,8 @@ def _as_options() -> Iterator[None]:
 def spatial_dims(model: nn.Module) -> int:
     """The spatial dimensions of the model's first convolution (in `model.modules()` order): 3 for a
     Conv3d, 2 for a Conv2d; 2 for a model without one."""
-    return next((len(m.kernel_size) for m in model.modules() if isinstance(m, _ConvNd)), 2)
+    conv = first_convolution(model)
+    return 2 if conv is None else len(conv.kernel_size)
 
 
 def checked_method(method: str, target: str) -> Method:
@@ -228,7 +253,7 @@ def explain_input(
     method: str,
     target: str,
     layer: str | None,
-    channel: int,
+    channel: int | None,
     output: Output,
     model_name: str,
     source: str,
@@ -236,13 +261,12 @@ def explain_input(
     """One model input x (1, C_in, *spatial) on the model's device: its heatmap (*spatial) float32 in
     [0, 1]; where the model predicts class `channel` (targets.predicted), (*spatial) bool, resized
     (nearest) from the logits' grid to x's; and the layer explained (`input` for a layer-free method,
-    `default_layer`'s choice for `layer=None`).
+    `layer=None`'s choice, after `explain`'s fallback from flat maps, for `layer=None`).
 
     A failure of the network is one TumorcamError naming `model_name`, `source` (the files x was
     made of) and x's shape; the library's errors are named by their command-line options.
     """
-    from tumorcam.explain import explain, explaining, get_method
-    from tumorcam.explain.layers import default_layer
+    from tumorcam.explain import explain_at, explaining, get_method
     from tumorcam.explain.methods.base import Logits
     from tumorcam.explain.targets import predicted
 
@@ -254,14 +278,14 @@ def explain_input(
         except TumorcamError:
             raise
         except Exception as exc:  # noqa: BLE001 - the user's network failed on this input
-            lines = str(exc).strip().splitlines()
             raise TumorcamError(f"{model_name}: the network failed on {source} given as a tensor "
-                                f"{tuple(x.shape)} ({type(exc).__name__}: {lines[0] if lines else ''})") from None
+                                f"{tuple(x.shape)} ({first_line(exc)})") from None
+        channel = guards.channel_of(channel, int(logits.shape[1]))
         region = predicted(logits.float(), channel)
-        name = (layer or default_layer(model, x)) if uses_layer else INPUT_LAYER
     with _as_options():
-        heatmap = explain(model, x, method=method, target=target, layer=name if uses_layer else None,
-                          channel=channel, output=output, batch_size=1)[0]
+        heatmaps, name = explain_at(model, x, method=method, target=target, layer=layer if uses_layer else None,
+                                    channel=channel, output=output, batch_size=1)
+    heatmap = heatmaps[0]
     spatial = tuple(x.shape[2:])
     if tuple(region.shape[1:]) != spatial:
         region = F.interpolate(region[:, None].float(), size=spatial, mode="nearest")[:, 0] > 0.5
@@ -288,7 +312,7 @@ def explain_files(
     method: str = "gradcam",
     target: str = "predicted-region",
     layer: str | None = None,
-    channel: int = 0,
+    channel: int | None = None,
     output: Output = None,
     imagenet: bool = False,
     device: torch.device | str = "cpu",

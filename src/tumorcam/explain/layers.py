@@ -65,6 +65,14 @@ def _owns_parameters(module: nn.Module) -> bool:
 
 def default_layer(model: nn.Module, example: torch.Tensor) -> str:
     """The last convolution block before the head (rule in the module docstring), from one forward of `example`."""
+    return candidate_layers(model, example, log=True)[0]
+
+
+def candidate_layers(model: nn.Module, example: torch.Tensor, *, log: bool = False) -> list[str]:
+    """The convolution blocks before the head, last first, from one forward of `example`: the block
+    of each earlier layer of the head's kind by the rule in the module docstring, each once. The
+    first is `default_layer`'s choice (logged with `log`); `explain` moves up this list when that
+    choice gives flat Grad-CAM maps for every image."""
     modules = dict(model.named_modules())
     order: list[str] = []
     widths: dict[str, int] = {}  # output channels of each module that returned a tensor
@@ -97,14 +105,18 @@ def default_layer(model: nn.Module, example: torch.Tensor) -> str:
               and (not convolutional or widths.get(order[i], 2) > widths.get(head, 1))]
     if not before:
         raise TumorcamError(f"layer: {type(model).__name__} has no layer before its head {head}; name a layer")
-    chosen = before[-1]
-    parts = chosen.split(".")
-    for depth in range(len(parts) - 1, 0, -1):
-        ancestor = ".".join(parts[:depth])
-        if head.startswith(ancestor + "."):
-            break
-        if ancestor in order and sum(of_kind(m) for m in modules[ancestor].modules()) >= 2:
-            chosen = ancestor
-            break
-    logger.info("layer=None: explaining at %s, the last convolution block before the head %s", chosen, head)
-    return chosen
+
+    def block(layer: str) -> str:
+        parts = layer.split(".")
+        for depth in range(len(parts) - 1, 0, -1):
+            ancestor = ".".join(parts[:depth])
+            if head.startswith(ancestor + "."):
+                break
+            if ancestor in order and sum(of_kind(m) for m in modules[ancestor].modules()) >= 2:
+                return ancestor
+        return layer
+
+    blocks = list(dict.fromkeys(block(layer) for layer in reversed(before)))
+    if log:
+        logger.info("layer=None: explaining at %s, the last convolution block before the head %s", blocks[0], head)
+    return blocks

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from tumorcam.config import Config
-from tumorcam.data.arrays import PreparedData
+from tumorcam.data.arrays import PreparedData, warn_training_split
 from tumorcam.errors import TumorcamError
 from tumorcam.explain import compute_maps, get_method, get_target
 from tumorcam.explain.index import Entry, Index, read_index, write_index
@@ -139,17 +139,22 @@ def sample_rows(data: PreparedData, split: str, *, patients: int | None, slices_
 
 def select_rows(data: PreparedData, split: str, ids: Sequence[int] | None = None, *, patients: int | None = None,
                 slices_per_patient: int | None = None, limit: int | None = None, seed: int = 0) -> np.ndarray:
-    """Rows of `split`: those with the given file `ids` (in that order), else `sample_rows`."""
+    """Rows of `split` to explain and evaluate: those with the given file `ids` (in that order), else
+    `sample_rows`; a split with training slices warns (`data.arrays.warn_training_split`)."""
     if not ids:
-        return sample_rows(data, split, patients=patients, slices_per_patient=slices_per_patient, limit=limit,
+        rows = sample_rows(data, split, patients=patients, slices_per_patient=slices_per_patient, limit=limit,
                            seed=seed)
+        warn_training_split(data.splits, split, data.file_ids, rows, "slice")
+        return rows
     rows = data.indices(split)
     row_of = {int(data.file_ids[r]): int(r) for r in rows}
     missing = [i for i in ids if i not in row_of]
     if missing:
         raise TumorcamError(f"--ids: file id(s) {', '.join(map(str, missing))} not in the {split} split of "
                             f"{data.root} (try --split all)")
-    return np.array([row_of[i] for i in ids], dtype=np.int64)
+    rows = np.array([row_of[i] for i in ids], dtype=np.int64)
+    warn_training_split(data.splits, split, data.file_ids, rows, "slice")
+    return rows
 
 
 def random_seeds(seed: int, file_ids: np.ndarray) -> list[int]:

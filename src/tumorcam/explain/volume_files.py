@@ -5,11 +5,20 @@ The files are the channels of one case in order, as nnU-Net names them (CASE_XXX
 channel index), read by `tumorcam.data.nnunet.read_nifti`. They must hold 3-D arrays with more than
 one voxel on each axis, share the shape and the affine (np.allclose within nnU-Net's tolerance,
 `data.nnunet.AFFINE_TOLERANCE`), and be as many as the network's input channels. Each channel v is
-scaled to [0, 1] as `data.volumes.prepare_volumes` scales it (`normalize_channel`), by the 0.5th and
-99.5th percentiles (lo, hi) of its nonzero voxels: x = (clip(v, lo, hi) - lo) / (hi - lo). The volume
-goes to the network at its own shape, or resampled (trilinear, align_corners=False) to a cube
-`size`^3; the map is then upsampled back to the case's shape (trilinear) and min-max normalised
-again, and the predicted region resized (nearest).
+scaled to [0, 1] as `data.volumes.prepare_volumes` scales it (`normalize_case`), by the 0.5th and
+99.5th percentiles (lo, hi) of the case's foreground voxels (where any channel differs from its
+background, the most frequent value on the border): x = (clip(v, lo, hi) - lo) / (hi - lo), the
+background set to 0. The volume goes to the network at its own shape, or resampled (trilinear,
+align_corners=False) to a cube `size`^3; the map is then upsampled back to the case's shape
+(trilinear) and min-max normalised again, and the predicted region resized (nearest).
+
+A shape the network cannot take (a U-Net that halves each axis k times and concatenates the skip
+connections needs multiples of 2^k: 155 slices fail inside it): when a no-grad forward of the volume
+fails, or returns logits on another grid, zero volumes padded at the end of each axis to the next
+multiple of 2, 4, ..., 64 are tried (`network_multiple`); the volume is padded with zeros (the
+normalised background) to the first multiple that the network takes, explained, and its map and
+region cropped back to the volume's grid and the map min-max normalised again, with a
+`TumorcamWarning` saying so. When no multiple works, one error names --size.
 
 Written in `out`: CASE_<method>.nii.gz, the map (D, H, W) float32 in [0, 1] with the case's shape
 and affine, and CASE_<method>.png, axial, coronal and sagittal planes (`report.volumes`) through the
@@ -29,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tumorcam import guards
 from tumorcam.data.nnunet import AFFINE_TOLERANCE, read_nifti, write_nifti
-from tumorcam.data.volumes import normalize_channel
+from tumorcam.data.volumes import normalize_case
 from tumorcam.errors import TumorcamError
 from tumorcam.explain.image import (
     WrittenMaps,
@@ -43,8 +53,10 @@ from tumorcam.explain.image import (
 )
 from tumorcam.explain.maps import normalize, upsample
 from tumorcam.explain.methods.base import Output
+from tumorcam.user_model import first_line
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+PAD_MULTIPLES = (2, 4, 8, 16, 32, 64)  # the multiples tried when the network does not take a volume's shape
 CHANNEL_FILE = re.compile(r"(?P<case>.+)_(?P<index>\d{4})")
 
 
@@ -63,7 +75,7 @@ def case_name(path: str | Path) -> str:
 def read_channels(paths: Sequence[Path], channels: int) -> tuple[np.ndarray, np.ndarray]:
     """The case (C, D, H, W) float32 in [0, 1] and its affine (4, 4): the files checked to be `channels`
     NIfTI volumes of one shape and affine (`data.nnunet`'s tolerance), in nnU-Net's channel order when
-    they are named CASE_XXXX, and each scaled by `data.volumes.normalize_channel`, as
+    they are named CASE_XXXX, and scaled by `data.volumes.normalize_case` (the case's foreground), as
     `prepare_volumes` scales them."""
     if len(paths) != channels:
         raise TumorcamError(f"--image: {len(paths)} file(s) given as the channels of one case; the network "
@@ -92,10 +104,56 @@ def read_channels(paths: Sequence[Path], channels: int) -> tuple[np.ndarray, np.
                                 "channels of one case, on one voxel grid")
         if not np.isfinite(array).all():
             raise TumorcamError(f"--image {path}: {int((~np.isfinite(array)).sum())} NaN or infinite values")
-        with _as_image_option():
-            volumes.append(normalize_channel(array, path))
+        volumes.append(np.asarray(array, dtype=np.float32))
         affine = file_affine if affine is None else affine
-    return np.stack(volumes), affine
+    with _as_image_option():
+        case, _, _ = normalize_case(np.stack(volumes), paths)
+    return case, affine
+
+
+def padded_shape(shape: Sequence[int], multiple: int) -> tuple[int, ...]:
+    """Each axis of `shape` rounded up to a multiple of `multiple`."""
+    return tuple(-(-int(n) // multiple) * multiple for n in shape)
+
+
+def network_multiple(model: nn.Module, x: torch.Tensor, output: Output = None) -> tuple[int, str | None]:
+    """(1, None) when a no-grad forward of x (1, C, *spatial) works (a `TumorcamError` of the output
+    selection is left to the explanation); else (m, its failure), m the first of `PAD_MULTIPLES` for
+    which a zero volume padded to `padded_shape(spatial, m)` gives logits on its own grid, or 0 when
+    none does. The failure is the first line of the error, or the logits' shape on another grid."""
+    from tumorcam.explain import explaining
+    from tumorcam.explain.methods.base import Logits
+
+    def failure(volume: torch.Tensor) -> str | None:
+        try:
+            with torch.no_grad():
+                logits = Logits(model, output)(volume)
+        except TumorcamError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's network failed on this shape
+            return first_line(exc)
+        if tuple(logits.shape[2:]) != tuple(volume.shape[2:]):
+            return f"logits {tuple(logits.shape)} for input {tuple(volume.shape)}"
+        return None
+
+    spatial = tuple(x.shape[2:])
+    with explaining(model):
+        try:
+            first = failure(x)
+        except TumorcamError:
+            return 1, None
+        if first is None:
+            return 1, None
+        for multiple in PAD_MULTIPLES:
+            shape = padded_shape(spatial, multiple)
+            if shape == spatial:
+                continue
+            try:
+                if failure(x.new_zeros((*x.shape[:2], *shape))) is None:
+                    return multiple, first
+            except TumorcamError:
+                continue
+    return 0, first
 
 
 @contextlib.contextmanager
@@ -130,7 +188,7 @@ def explain_volume_files(
     method: str = "gradcam",
     target: str = "predicted-region",
     layer: str | None = None,
-    channel: int = 0,
+    channel: int | None = None,
     output: Output = None,
     size: int | None = None,
     device: torch.device | str = "cpu",
@@ -160,8 +218,25 @@ def explain_volume_files(
     if size is not None:
         x = F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=False)
     names = ", ".join(str(p) for p in paths)
+    grid = tuple(x.shape[2:])  # the volume the network explains, before any padding
+    multiple, failure = network_multiple(model, x, output)
+    given = f"the case's shape {grid}" if size is None else f"the --size {size} cube"
+    if multiple == 0:
+        raise TumorcamError(f"{model_name}: cannot take {given} ({failure}), nor that shape padded to a multiple of "
+                            f"{', '.join(map(str, PAD_MULTIPLES))}; give --size N, a cube the network takes (e.g. "
+                            "a multiple of 2^k for a U-Net that halves each axis k times)")
+    if multiple > 1:
+        target_shape = padded_shape(grid, multiple)
+        x = F.pad(x, [p for n, m in zip(reversed(grid), reversed(target_shape)) for p in (0, m - n)])
+        guards.warn(f"--image {names}: {model_name} cannot take {given} ({failure}); padded it with zeros at the "
+                    f"end of each axis to {target_shape}, a multiple of {multiple}, and cropped the map back to "
+                    f"{grid}")
     heatmap, region, name = explain_input(model, x, method=method, target=target, layer=layer, channel=channel,
                                           output=output, model_name=model_name, source=f"--image {names}")
+    if multiple > 1:
+        crop = tuple(slice(0, n) for n in grid)
+        heatmap = normalize(torch.from_numpy(np.ascontiguousarray(heatmap[crop]))[None])[0].numpy()
+        region = np.ascontiguousarray(region[crop])
     if heatmap.shape != shape:
         heatmap = normalize(upsample(torch.from_numpy(heatmap)[None], shape))[0].numpy()
         region = F.interpolate(torch.from_numpy(region)[None, None].float(), size=shape,

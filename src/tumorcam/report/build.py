@@ -95,10 +95,12 @@ def _glance(contents: RunContents) -> Glance:
     the segmentation and sanity lines and what is missing."""
     lead: list[str] = []
     tables: list[results.Table] = []
+    level = None
     if contents.faithfulness.present:
         try:
             lead = results.glance_sentences(contents.faithfulness.value)
             tables = results.glance_tables(contents.faithfulness.value)
+            level = results.headline_of(contents.faithfulness.value)["level"]
         except (KeyError, TypeError, ValueError):
             lead, tables = [], []
     notes = []
@@ -119,7 +121,7 @@ def _glance(contents: RunContents) -> Glance:
                  contents.localization, contents.sanity, contents.prepared):
         if not part.present:
             notes.append(f"Missing: {part.reason}.")
-    return Glance(lead, tables, notes)
+    return Glance(lead, tables, notes, level)
 
 
 def optional_json(path: Path) -> dict[str, Any] | None:

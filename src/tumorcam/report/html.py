@@ -40,7 +40,11 @@ th, td { border: 1px solid #ccc; padding: 0.25rem 0.45rem; text-align: left; ver
 th { background: #f0f0f0; }
 tbody tr:nth-child(even) { background: #fafafa; }
 .note { color: #555; font-size: 0.9rem; }
-.primary { font-weight: 600; background: #f4f9f1; border-left: 4px solid #3f7f2a; padding: 0.5rem 0.8rem; }
+.headline { font-weight: 600; padding: 0.5rem 0.8rem; border-left: 4px solid #777; background: #f3f3f3; }
+.headline.supported { background: #f4f9f1; border-left-color: #3f7f2a; }
+.headline.no-more-than-mask { background: #fdf6e3; border-left-color: #b7791f; }
+.headline.unsupported { background: #fbeeee; border-left-color: #b03a2e; }
+.headline.undetermined { background: #f3f3f3; border-left-color: #777; }
 pre { background: #f6f6f6; padding: 0.7rem; overflow-x: auto; font-size: 0.85rem; white-space: pre-wrap;
       word-break: break-word; }
 """
@@ -54,8 +58,11 @@ HOW_TO_READ = (
     "is compared with a random heatmap, and with the network's own predicted mask: a heatmap not shown to "
     "beat the predicted mask has not been shown to tell more than the outline the network already draws.",
     "The patient is the unit: each patient's slices are averaged first, so a patient with many slices "
-    "counts once. One comparison, fixed before the run, is primary: its two tests (deletion, insertion) are Holm-adjusted as a pair; "
-    "every other test is exploratory, and its verdict uses a p-value adjusted (Holm) for how many such "
+    "counts once. One map, fixed before the run, is primary: its four tests (against random and against "
+    "the predicted mask, on deletion and insertion) are Holm-adjusted together and, with the sanity "
+    "check, give the headline: supported (green: better than random and than the mask on both curves, "
+    "sanity passes), no-more-than-mask, unsupported or undetermined. Each verdict shows its effect size, "
+    "the paired difference with its 95% interval over patients. Every other test is exploratory, and its verdict uses a p-value adjusted (Holm) for how many such "
     "tests there are. \"Not shown to differ\" means the data cannot tell the two apart, not that they are equal.",
     "Controls are maps that explain nothing by design (random noise, the predicted mask, the image's "
     "edges); they are shown as yardsticks, not as methods.",
@@ -70,11 +77,14 @@ HOW_TO_READ = (
 
 @dataclass
 class Glance:
-    """The "At a glance" part: lead sentences (the primary comparison first), tables, then notes."""
+    """The "At a glance" part: lead sentences (the run's headline first), tables, then notes; `level`
+    is the headline's level (`tumorcam.evaluate.headline.LEVELS`), which colours the first sentence
+    (green only for "supported"; None: grey)."""
 
     lead: list[str]
     tables: list[Table]
     notes: list[str]
+    level: str | None = None
 
 
 @dataclass
@@ -124,11 +134,12 @@ def render_page(*, run_name: str, subtitle: str, glance: Glance, sections: list[
 
 
 def _glance(glance: Glance) -> str:
-    """The primary sentence as a paragraph of its own, the other lead sentences as a list, the
-    tables, then the notes."""
+    """The headline as a paragraph of its own, coloured by its level, the other lead sentences as a
+    list, the tables, then the notes."""
     out = []
     if glance.lead:
-        out.append(f'<p class="primary">{e(glance.lead[0])}</p>')
+        badge = f"<strong>{e(glance.level)}:</strong> " if glance.level else ""
+        out.append(f'<p class="headline {e(glance.level or "undetermined")}">{badge}{e(glance.lead[0])}</p>')
     if glance.lead[1:]:
         out.append("<ul>" + "".join(f"<li>{e(line)}</li>" for line in glance.lead[1:]) + "</ul>")
     out += [_table(table) for table in glance.tables]

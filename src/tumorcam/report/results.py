@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tumorcam.data.arrays import PreparedData
+from tumorcam.evaluate.headline import method_name, run_headline
 
 if TYPE_CHECKING:
     from tumorcam.run_folder import Run
@@ -133,17 +134,8 @@ def predict_examples(run: Run, prepared: PreparedData, limit: int) -> tuple[np.n
 
 GAMES = ("deletion", "insertion")
 DIRECTION = {"deletion": "lower", "insertion": "higher"}
-METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "layercam": "LayerCAM",
-                "saliency": "Saliency", "integrated-gradients": "Integrated Gradients", "random": "the random map",
-                "predicted-mask": "the predicted mask", "predicted-probability": "the predicted probability",
-                "dilated-mask": "the dilated predicted mask", "edges": "the image's edges"}
 WEIGHT_FREE_CONTROLS = ("random", "edges")  # controls that never read the weights: the sanity check must fail them
 ENTRY_KEYS = ("method", "target", "layer", "model", "times_gt")
-
-
-def method_name(method: Any) -> str:
-    """A method's name for sentences ("Grad-CAM"); an unknown one as it is."""
-    return METHOD_NAMES.get(str(method), str(method))
 
 
 def is_control(row: dict[str, Any]) -> bool:
@@ -200,10 +192,12 @@ def _adjusted(test: dict[str, Any] | None) -> str:
 
 
 def _verdict(test: dict[str, Any] | None, reference: bool = False) -> str:
-    """A comparison's verdict; "(the reference)" for the map every other one is compared with."""
+    """A comparison's verdict with its effect size ("better, -0.312 [-0.351, -0.270]"); "(the
+    reference)" for the map every other one is compared with."""
     if test is None:
         return "(the reference)" if reference else "n/a"
-    return str(test.get("verdict", "n/a"))
+    effect = effect_phrase(test)
+    return str(test.get("verdict", "n/a")) + ("" if effect == "n/a" else f", {effect}")
 
 
 def _versus_mask_cell(row: dict[str, Any], summary: Any) -> str:
@@ -320,8 +314,26 @@ VERSUS_RANDOM = {"better": "is better than random", "worse": "is worse than rand
                  "undetermined": "is undetermined against random"}
 
 
+def headline_of(faithfulness: dict[str, Any]) -> dict[str, Any]:
+    """faithfulness.json's `headline`; for a file written before it existed, made from the file alone
+    (no sanity check: at best `undetermined`)."""
+    head = faithfulness.get("headline")
+    return head if isinstance(head, dict) else run_headline(faithfulness, None)
+
+
+def effect_phrase(test: dict[str, Any] | None) -> str:
+    """A test's effect size: "-0.312 [-0.351, -0.270]" (its estimate of the paired difference with
+    the 95% CI over patients), "n/a" when the test has none."""
+    if not isinstance(test, dict) or test.get("estimate") is None:
+        return "n/a"
+    low, high = test.get("estimate_ci_low"), test.get("estimate_ci_high")
+    interval = "" if low is None or high is None else f" [{fmt(low)}, {fmt(high)}]"
+    return f"{fmt(test['estimate'])}{interval}"
+
+
 def primary_sentence(faithfulness: dict[str, Any]) -> str:
-    """The primary comparison in one sentence, with each test's raw p and its number of patients."""
+    """The four tests of the primary family in one sentence: per question and curve the verdict, the
+    effect size (paired difference with its CI), raw and Holm-adjusted p and the number of patients."""
     primary = faithfulness.get("primary")
     if not isinstance(primary, dict):
         return "faithfulness.json names no primary comparison: every test in it is exploratory."
@@ -332,16 +344,22 @@ def primary_sentence(faithfulness: dict[str, Any]) -> str:
         return (f"Primary comparison: {subject} is not in faithfulness.json (that method, target, layer or "
                 "baseline was not evaluated), so every test in it is exploratory.")
     clauses = []
-    for game in GAMES:
-        test = _test(row.get(game), "vs_random")
-        if test is None:
-            clauses.append(f"was not compared with random on {game}")
-            continue
-        verdict = str(test.get("verdict"))
-        clauses.append(f"{VERSUS_RANDOM.get(verdict, f'is {verdict} against random')} on {game} "
-                       f"({_p_phrase(test.get('p_value'))}, n = {_patients(test.get('n_pairs'))})")
-    return (f"Primary comparison: {subject} {clauses[0]} and {clauses[1]}; verdicts at alpha = "
-            f"{fmt(faithfulness.get('alpha', 0.05), 2)} after Holm's adjustment over these two tests.")
+    for key, reference in (("vs_random", "random"), ("vs_mask", "the predicted mask")):
+        for game in GAMES:
+            test = _test(row.get(game), key)
+            if test is None:
+                clauses.append(f"not compared with {reference} on {game}")
+                continue
+            verdict = str(test.get("verdict"))
+            words = {"better": f"better than {reference}", "worse": f"worse than {reference}",
+                     "not shown to differ": f"not shown to differ from {reference}"}.get(verdict,
+                                                                                       f"{verdict} against {reference}")
+            clauses.append(f"{words} on {game} (difference {effect_phrase(test)}, {_p_phrase(test.get('p_value'))}, "
+                           f"adjusted {fmt_p(test.get('p_adjusted'))}, n = {_patients(test.get('n_pairs'))})")
+    return (f"Primary family: {subject} is {'; '.join(clauses)}. Verdicts at alpha = "
+            f"{fmt(faithfulness.get('alpha', 0.05), 2)} after Holm's adjustment over these {len(clauses)} tests; a "
+            "difference is the map's AUC minus the reference's (Hodges-Lehmann estimate over patients, 95% "
+            "bootstrap CI).")
 
 
 def exploratory_sentence(faithfulness: dict[str, Any]) -> str:
@@ -397,12 +415,14 @@ def mask_sentences(faithfulness: dict[str, Any]) -> list[str]:
 
 
 def glance_sentences(faithfulness: dict[str, Any]) -> list[str]:
-    """The faithfulness sentences of "At a glance": the primary comparison first, then how the
-    exploratory tests are read, then per method whether it tells more than the predicted mask."""
-    return [primary_sentence(faithfulness), exploratory_sentence(faithfulness), *mask_sentences(faithfulness)]
+    """The faithfulness sentences of "At a glance": the run's headline first, then its four primary
+    tests, how the exploratory tests are read, and per method whether it tells more than the
+    predicted mask."""
+    return [headline_of(faithfulness)["sentence"], primary_sentence(faithfulness), exploratory_sentence(faithfulness),
+            *mask_sentences(faithfulness)]
 
 
-GLANCE_PER_GAME = ["AUC [95% CI]", "p vs random", "adjusted p", "vs random", "vs predicted mask (adjusted p, exploratory)"]
+GLANCE_PER_GAME = ["AUC [95% CI]", "p vs random", "adjusted p", "vs random", "vs predicted mask (adjusted p)"]
 
 
 def _glance_row(row: dict[str, Any], label: str) -> list[str]:
@@ -518,8 +538,8 @@ def localization_tables(localization: dict[str, Any]) -> list[Table]:
              "adjusted p", "vs random", "vs predicted mask (adjusted p, exploratory)"], body,
             "Higher is better. Mean over patients of each patient's mean, 95% CI by cluster bootstrap over "
             f"patients; top IoU uses the map's top {fmt(localization.get('top_percent'), 1)}% pixels. p: two-sided "
-            "test of the patients' mean differences (sign test for the pointing game, whose values are mostly 0 "
-            "or 1; Wilcoxon signed-rank otherwise), every test exploratory: Holm over the file."))
+            "Wilcoxon signed-rank test of the patients' mean differences, every test exploratory: Holm over the "
+            "file."))
     return tables
 
 
@@ -534,9 +554,12 @@ class SanityPanel:
     lines: dict[str, list[float]]
     signed: bool
     threshold: float | None = None
+    bands: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # per line: (ci_low, ci_high) per stage
 
 
 SANITY_MEASURES = (("mean_abs_spearman", "mean |Spearman rank correlation|", False), ("ssim", "mean SSIM", True))
+SANITY_CIS = {"mean_abs_spearman": ("mean_abs_spearman_ci", "final_mean_abs_spearman_ci"),
+              "ssim": ("ssim_ci", "final_ssim_ci")}  # sanity.json: per-stage [[low, high]] and final [low, high]
 
 
 def _last(values: Any) -> Any:
@@ -547,55 +570,98 @@ def _last(values: Any) -> Any:
 def sanity_series(sanity: dict[str, Any]) -> list[SanityPanel]:
     """Per similarity measure (mean |Spearman|, mean SSIM: the two the criterion reads), each
     method's similarity to its original maps after each cumulative randomisation step
-    (sanity.json: "stages", results[].mean_abs_spearman/.ssim per stage), with the threshold."""
+    (sanity.json: "stages", results[].mean_abs_spearman/.ssim per stage: the mean of the patient
+    means), with the threshold and, where the file has them, each stage's 95% CI as a band."""
     steps = [str(stage) for stage in sanity["stages"]]
     threshold = sanity.get("threshold")
     panels = []
     for metric, title, signed in SANITY_MEASURES:
-        lines = {}
+        lines, bands = {}, {}
         for r in sanity["results"]:
             values = r.get(metric)
             if values is not None:
+                word = _sanity_word(r)
                 label = (f"{r.get('method')} ({r.get('target')}{', control' if is_control(r) else ''})"
-                         + {True: "", False: " FAILS"}.get(r.get("passes"), " undetermined"))
+                         + {"passes": "", "fails": " FAILS"}.get(word, " undetermined"))
                 lines[label] = [np.nan if v is None else float(v) for v in values]
+                cis = r.get(SANITY_CIS[metric][0])
+                if isinstance(cis, list) and len(cis) == len(values):
+                    bands[label] = [(np.nan, np.nan) if not isinstance(ci, list) or None in ci
+                                    else (float(ci[0]), float(ci[1])) for ci in cis]
         if lines:
-            panels.append(SanityPanel(title, steps, lines, signed, None if threshold is None else float(threshold)))
+            panels.append(SanityPanel(title, steps, lines, signed, None if threshold is None else float(threshold),
+                                      bands))
     return panels
 
 
+def _sanity_word(row: dict[str, Any]) -> str:
+    """A row's verdict: its `verdict`, or from `passes` in a sanity.json written before verdicts."""
+    verdict = row.get("verdict")
+    if verdict in ("passes", "fails", "undetermined"):
+        return str(verdict)
+    return {True: "passes", False: "fails"}.get(row.get("passes"), "undetermined")
+
+
+def _sanity_ci_cell(row: dict[str, Any], metric: str) -> str:
+    """The similarity after full randomisation, with its 95% CI over patients where the row has one."""
+    ci = row.get(SANITY_CIS[metric][1])
+    low, high = ci if isinstance(ci, list) and len(ci) == 2 else (None, None)
+    mean = _last(row.get(metric))
+    return "n/a" if mean is None else fmt_ci({"mean": mean, "ci_low": low, "ci_high": high})
+
+
+def _sanity_scope(sanity: dict[str, Any]) -> str:
+    """"N slices" or "N slices of P patients"."""
+    scope = f"{fmt(sanity.get('n_slices'))} slices"
+    return scope + (f" of {fmt(sanity['n_patients'])} patients" if sanity.get("n_patients") is not None else "")
+
+
 def sanity_tables(sanity: dict[str, Any]) -> Table:
-    """Pass or fail per method, with the similarities once every layer is randomised and the number
-    of slices they were measured on."""
+    """The verdict per method (with the reason when undetermined), the similarities once every layer
+    is randomised (mean of the patient means with its 95% cluster-bootstrap CI where the file has
+    one) and how many patients and slices they were measured on."""
     body = []
     for r in sanity["results"]:
+        compared = f"{fmt(_last(r.get('n_compared')))} of {fmt(sanity.get('n_slices'))}"
+        if r.get("n_patients") is not None:
+            compared = f"{fmt(r['n_patients'])} patients ({compared} slices)"
         body.append([str(r.get("method")) + (" (control)" if is_control(r) else ""), str(r.get("target")),
-                     str(r.get("layer")), fmt(_last(r.get("mean_abs_spearman"))), fmt(_last(r.get("ssim"))),
-                     f"{fmt(_last(r.get('n_compared')))} of {fmt(sanity.get('n_slices'))}", sanity_verdict(r)])
+                     str(r.get("layer")), _sanity_ci_cell(r, "mean_abs_spearman"), _sanity_ci_cell(r, "ssim"),
+                     compared, sanity_verdict(r)])
     note = (f"A method {sanity.get('criterion', 'fails when its fully randomised maps stay similar to the originals')} "
-            f"(threshold {fmt(sanity.get('threshold'), 2)}). {sanity.get('threshold_source', '')}").strip()
-    return Table(f"Sanity check (cascading randomisation, {fmt(sanity.get('n_slices'))} slices)",
-                 ["method", "target", "layer", "mean |Spearman| after full randomisation",
-                  "mean SSIM after full randomisation", "slices compared", "result"], body, note)
+            f"(threshold {fmt(sanity.get('threshold'), 2)}"
+            + (f", at least {fmt(sanity['min_patients'])} patients" if sanity.get("min_patients") is not None else "")
+            + f"). {sanity.get('threshold_source', '')}").strip()
+    return Table(f"Sanity check (cascading randomisation, {_sanity_scope(sanity)})",
+                 ["method", "target", "layer", "mean |Spearman| after full randomisation [95% CI]",
+                  "mean SSIM after full randomisation [95% CI]", "compared", "result"], body, note)
 
 
 def sanity_verdict(row: dict[str, Any]) -> str:
-    """"passes", "FAILS", or "undetermined" when every original map was flat (sanity.json passes = null)."""
-    return {True: "passes", False: "FAILS"}.get(row.get("passes"), "undetermined (original maps flat)")
+    """"passes", "FAILS", or "undetermined: REASON" (a sanity.json written before verdicts: "undetermined
+    (original maps flat)")."""
+    word = _sanity_word(row)
+    if word != "undetermined":
+        return {"passes": "passes", "fails": "FAILS"}[word]
+    if "verdict" not in row:
+        return "undetermined (original maps flat)"
+    return f"undetermined: {row.get('reason') or 'no reason given'}"
 
 
 def sanity_summary(sanity: dict[str, Any]) -> list[str]:
     """One line: the methods that pass, fail or stay undetermined; then the controls, where the
     weight-free ones (the random map, the image's edges) must fail."""
     methods = [r for r in sanity["results"] if not is_control(r)]
-    groups = {verdict: sorted({str(r.get("method")) for r in methods if r.get("passes") is value})
-              for verdict, value in (("passes", True), ("fails", False), ("undetermined", None))}
+    groups = {verdict: sorted({str(r.get("method")) + (f" ({r['reason']})" if verdict == "undetermined"
+                                                         and r.get("reason") else "")
+                               for r in methods if _sanity_word(r) == verdict})
+              for verdict in ("passes", "fails", "undetermined")}
     parts = [f"{verdict}: {', '.join(names)}" for verdict, names in groups.items() if names] or ["no method checked"]
-    line = f"Sanity check ({fmt(sanity.get('n_slices'))} slices): " + "; ".join(parts)
+    line = f"Sanity check ({_sanity_scope(sanity)}): " + "; ".join(parts)
     for r in (r for r in sanity["results"] if is_control(r)):
         name, verdict = str(r.get("method")), sanity_verdict(r)
         if name in WEIGHT_FREE_CONTROLS:
-            verdict += (", as it should (it never reads the weights)" if r.get("passes") is False
+            verdict += (", as it should (it never reads the weights)" if _sanity_word(r) == "fails"
                         else ": it never reads the weights, so check the test")
         line += f"; control {name} ({r.get('target')}): {verdict}"
     return [line + "."]

@@ -23,7 +23,8 @@ class CaseResult:
     """The measurements of one case: `maps` per method (D, H, W) float16; the game's `deletion` and
     `insertion` curves (K+1,) per (baseline, method); `localization` per method (metric -> value);
     `shares` and `dice_drop` (C_in,) per sequence; `dice` of the prediction with the ground truth;
-    `predicted_voxels`."""
+    `predicted_voxels`; `flat` per method: whether its map is flat (every voxel equal);
+    `baseline_effects` per baseline name: 1 - s(fully perturbed) / s(intact) of the case."""
 
     index: int
     maps: dict[str, np.ndarray]
@@ -34,11 +35,13 @@ class CaseResult:
     dice_drop: np.ndarray
     dice: float
     predicted_voxels: int
+    flat: dict[str, bool]
+    baseline_effects: dict[str, float]
 
     def without_maps(self) -> CaseResult:
         """The same result without its maps (what travels between processes)."""
         return CaseResult(self.index, {}, self.deletion, self.insertion, self.localization, self.shares,
-                          self.dice_drop, self.dice, self.predicted_voxels)
+                          self.dice_drop, self.dice, self.predicted_voxels, self.flat, self.baseline_effects)
 
 
 def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, index: int,
@@ -61,13 +64,14 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
                                 channel=settings.channel, output=settings.output, ig_steps=settings.ig_steps,
                                 seed=seed, batch_size=1)
                 for method in settings.all_methods}
-        deletion, insertion = {}, {}
+        deletion, insertion, effects = {}, {}, {}
         logits_of = Logits(model, settings.output)
         with explaining(model):
             for baseline in settings.baselines:
                 game = PerturbationGame(logits_of, image, steps=settings.steps, baseline=baseline,
                                         score=settings.score, schedule=settings.schedule, channel=settings.channel,
-                                        batch_size=settings.batch_size, seed=seed)
+                                        batch_size=settings.batch_size, seed=seed, warn=False)
+                effects.update(game.baseline_effects)  # warned once over the cases, by the run
                 for method, heatmap in maps.items():
                     curves = game.curves(heatmap)
                     deletion[baseline, method] = curves.deletion[0]
@@ -93,4 +97,5 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
     return CaseResult(index=index, maps={m: h[0].cpu().numpy().astype(np.float16) for m, h in maps.items()},
                       deletion=deletion, insertion=insertion, localization=localization,
                       shares=np.asarray(shares[0], dtype=np.float64), dice_drop=np.asarray(dice_drop[0], np.float64),
-                      dice=float(dice_iou(region[None], truth[None])[0][0]), predicted_voxels=int(region.sum()))
+                      dice=float(dice_iou(region[None], truth[None])[0][0]), predicted_voxels=int(region.sum()),
+                      flat={m: bool(h.max() == h.min()) for m, h in maps.items()}, baseline_effects=effects)

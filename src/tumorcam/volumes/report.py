@@ -16,7 +16,7 @@ from tumorcam.io import write_text
 from tumorcam.report.build import optional_json
 from tumorcam.report.figures import FigureResult, save_figure
 from tumorcam.report.html import Glance, Section, render_page
-from tumorcam.report.results import Table, fmt, fmt_ci, fmt_p, method_name
+from tumorcam.report.results import Table, effect_phrase, fmt, fmt_ci, fmt_p, headline_of, method_name
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -30,8 +30,11 @@ HOW_TO_READ = (
     "better) or rises fast (insertion, higher is better). Every method is compared with a random map "
     "and with the network's own predicted mask: a map not shown to beat the predicted mask has not "
     "been shown to tell more than the outline the network already draws.",
-    "The case is the unit: every mean and 95% interval is over cases, every test pairs cases. One "
-    "comparison, fixed before the run, is primary: its two tests (deletion, insertion) are Holm-adjusted as a pair; every other test is "
+    "The case is the unit: every mean and 95% interval is over cases, every test pairs cases. One map, "
+    "fixed before the run, is primary: its four tests (against random and against the predicted mask, on "
+    "deletion and insertion) are Holm-adjusted together and, with the sanity check, give the headline: "
+    "supported (green), no-more-than-mask, unsupported or undetermined. Each verdict shows its effect "
+    "size, the paired difference with its 95% interval over cases. Every other test is "
     "exploratory and its verdict uses a p-value adjusted (Holm) for how many tests there are. \"Not "
     "shown to differ\" means the data cannot tell the two apart, not that they are equal; with few "
     "cases, few tests can succeed.",
@@ -51,8 +54,8 @@ def _test_phrase(test: dict[str, Any] | None, reference: str) -> str:
         words = f"{words} than {reference}"
     elif words == "not shown to differ":
         words = f"not shown to differ from {reference}"
-    return (f"{words} ({test.get('test', 'wilcoxon')} on {test.get('n_pairs')} cases, "
-            f"{_p(test.get('p_value'))}, Holm-adjusted over the {test.get('family')} family "
+    return (f"{words} (difference {effect_phrase(test)}; {test.get('test', 'wilcoxon')} on {test.get('n_pairs')} "
+            f"cases, {_p(test.get('p_value'))}, Holm-adjusted over the {test.get('family')} family "
             f"{_p(test.get('p_adjusted'))})")
 
 
@@ -63,12 +66,13 @@ def _p(value: Any) -> str:
 
 
 def _primary_lead(faith: dict[str, Any]) -> list[str]:
+    """The headline, then the primary map's four tests with their effect sizes."""
     primary = faith["primary"]
     rows = [r for r in faith["results"] if all(r.get(k) == v for k, v in primary.items())]
+    lines = [headline_of(faith)["sentence"]]
     if not rows:
-        return ["No primary comparison in faithfulness.json."]
+        return lines + ["No primary comparison in faithfulness.json."]
     row = rows[0]
-    lines = []
     for name in ("deletion", "insertion"):
         summary = row[name]
         lines.append(f"Primary: {method_name(row['method'])} of the {row['target']} at {row['layer']}, "
@@ -92,15 +96,16 @@ def _faithfulness_table(faith: dict[str, Any]) -> Table:
     return Table("Deletion (lower is better) and insertion (higher is better) AUC per case",
                  ["method", "baseline", "AUC [95% CI]", "vs random", "vs mask", "AUC [95% CI]", "vs random",
                   "vs mask"], rows,
-                 note=f"Wilcoxon signed-rank on cases (each case one patient), n = {faith['n_cases']}; p adjusted "
-                      "by Holm (primary pair; every other test one exploratory family).",
+                 note=f"Wilcoxon signed-rank on cases (each case one patient), n = {faith['n_cases']}; beside each "
+                      "verdict the difference (Hodges-Lehmann estimate, 95% bootstrap CI over cases); p adjusted by "
+                      "Holm (the primary map's four tests; every other test one exploratory family).",
                  groups=[("", 2), ("deletion", 3), ("insertion", 3)])
 
 
 def _verdict_cell(test: dict[str, Any] | None) -> str:
     if not isinstance(test, dict):
         return "-"
-    return f"{test.get('verdict')} (p_adj {fmt_p(test.get('p_adjusted'))})"
+    return f"{test.get('verdict')}, {effect_phrase(test)} (p_adj {fmt_p(test.get('p_adjusted'))})"
 
 
 def _localization_table(loc: dict[str, Any]) -> Table:
@@ -109,8 +114,8 @@ def _localization_table(loc: dict[str, Any]) -> Table:
     rows = [[method_name(r["method"])] + [f"{fmt_ci(r[m])}; vs random {_verdict_cell(r[m].get('vs_random'))}"
                                           for m in METRICS] for r in loc["results"]]
     return Table("Localisation of the ground truth", ["method", *METRICS], rows,
-                 note=f"Per case, then mean over {loc['n_cases']} cases with a 95% bootstrap CI; sign test "
-                      "(pointing game) or Wilcoxon on cases; Holm over the file, exploratory.")
+                 note=f"Per case, then mean over {loc['n_cases']} cases with a 95% bootstrap CI; Wilcoxon "
+                      "signed-rank on cases; Holm over the file, exploratory.")
 
 
 def _channels_lead(channels: dict[str, Any]) -> str:
@@ -144,13 +149,27 @@ def _channels_table(channels: dict[str, Any]) -> Table:
 def _sanity_table(sanity: dict[str, Any]) -> Table:
     if "stages" not in sanity:
         return Table("Sanity check", ["note"], [[sanity.get("skipped", "not run")]])
-    rows = [[stage, fmt(rho), fmt(s), str(n)] for stage, rho, s, n in
-            zip(sanity["stages"], sanity["mean_abs_spearman"], sanity["mean_ssim"], sanity["n_compared"])]
-    verdict = {True: "passes", False: "fails", None: "undetermined"}[sanity["passes"]]
+    row = (sanity.get("results") or [{}])[0]
+    stage_cis = (row.get("mean_abs_spearman_ci") or [None] * len(sanity["stages"]),
+                 row.get("ssim_ci") or [None] * len(sanity["stages"]))
+
+    def cell(mean: Any, ci: Any) -> str:
+        low, high = ci if isinstance(ci, list) and len(ci) == 2 else (None, None)
+        return "n/a" if mean is None else fmt_ci({"mean": mean, "ci_low": low, "ci_high": high})
+
+    rows = [[stage, cell(rho, rho_ci), cell(s, s_ci), str(n)] for stage, rho, s, n, rho_ci, s_ci in
+            zip(sanity["stages"], sanity["mean_abs_spearman"], sanity["mean_ssim"], sanity["n_compared"], *stage_cis)]
+    verdict = sanity.get("verdict") or {True: "passes", False: "fails", None: "undetermined"}[sanity["passes"]]
+    if verdict == "undetermined" and sanity.get("reason"):
+        verdict += f" ({sanity['reason']})"
+    patients = row.get("n_patients", sanity["n_cases"])
     return Table(f"Sanity check of {method_name(sanity['method'])}: {verdict}",
-                 ["randomized up to", "mean |Spearman|", "mean SSIM", "cases"], rows,
-                 note=f"Cascading randomization on {sanity['n_cases']} case(s); fails when the fully randomized "
-                      f"model's maps keep mean |rho| or mean SSIM >= {sanity['threshold']}.")
+                 ["randomized up to", "mean |Spearman| [95% CI]", "mean SSIM [95% CI]", "cases"], rows,
+                 note=f"Cascading randomization on {sanity['n_cases']} case(s), {patients} compared, each case one "
+                      f"patient; means over cases inside each volume's foreground, 95% bootstrap CIs over cases. "
+                      f"Fails when the CI of the fully randomized model's mean |rho| or mean SSIM lies at or above "
+                      f"{sanity['threshold']}, passes when both lie below it, undetermined otherwise or with fewer "
+                      f"than {sanity.get('min_patients', 5)} cases compared.")
 
 
 def _view_figures(run: Path, index: dict[str, Any], folder: Path) -> list[FigureResult]:
@@ -226,7 +245,8 @@ def build_volume_report(run: str | Path) -> Path:
     settings = optional_json(run / "volume_config.json") or {}
     subtitle = (f"{index.get('n_cases', '?')} cases of the {index.get('split', '?')} split of "
                 f"{index.get('data', '?')}, model {settings.get('model', '?')}")
-    page = render_page(run_name=run.name, subtitle=subtitle, glance=Glance(lead=lead, tables=[], notes=[]),
+    level = headline_of(faith)["level"] if faith else None
+    page = render_page(run_name=run.name, subtitle=subtitle, glance=Glance(lead=lead, tables=[], notes=[], level=level),
                        sections=sections, config=settings, provenance=None, how_to_read=HOW_TO_READ)
     path = run / REPORT_FILE
     write_text(path, page)

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 
 from tumorcam.errors import TumorcamError
+from tumorcam.evaluate.game import warn_uninformative
+from tumorcam.evaluate.headline import run_headline
 from tumorcam.io import write_json
 from tumorcam.volumes.cases import CaseResult, evaluate_case
 from tumorcam.volumes.settings import SETTINGS_FILE, VolumeSettings
@@ -125,6 +127,7 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
         network = load_user_model(model, weights).to(dev).eval()  # a wrong --model fails before any work
         root = resolve_data(data, out, size, info, log)
         prepared = load_volumes(root)
+        settings.split = resolve_split(prepared, settings.split, settings.cases, warn=info.is_main)
         rows = prepared.indices(settings.split)
         if settings.cases is not None:
             rows = rows[:settings.cases]
@@ -168,15 +171,19 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
                   "channels": list(prepared.channels)}
 
         began = time.perf_counter()
-        write_json(out / "faithfulness.json", faithfulness_file(gathered, settings, header))
+        faithfulness = faithfulness_file(gathered, settings, header)
+        write_json(out / "faithfulness.json", faithfulness)
         write_json(out / "localization.json", localization_file(gathered, settings, header))
         write_json(out / "channels.json", channels_file(gathered, settings, header))
         write_json(out / "segmentation.json", segmentation_file(gathered, settings, header))
         timings["statistics"] = time.perf_counter() - began
 
         began = time.perf_counter()
-        write_json(out / "sanity.json", sanity_file(network, prepared, rows, settings, header, dev))
+        sanity = sanity_file(network, prepared, rows, settings, header, dev)
+        write_json(out / "sanity.json", sanity)
         timings["sanity"] = time.perf_counter() - began
+        faithfulness["headline"] = run_headline(faithfulness, sanity, unit="case")
+        write_json(out / "faithfulness.json", faithfulness)
 
         began = time.perf_counter()
         from tumorcam.run_folder import file_sha256
@@ -199,6 +206,21 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
             for path in partial.values():  # a run that stopped leaves no half-written map file
                 path.unlink(missing_ok=True)
         stop(info)
+
+
+def resolve_split(prepared: Any, split: str | None, cases: int | None = None, warn: bool = True) -> str:
+    """The split a run evaluates: `split`, or (None) `test` when the prepared volumes have a test split,
+    else `all`. A split with training cases (`train`, `all`) when there is a test split warns
+    (`TumorcamWarning`, when `warn`): the Dice and the verdicts then include cases a model trained on
+    the split may have seen."""
+    from tumorcam.data.arrays import warn_training_split
+
+    if split is None:
+        return "test" if list(prepared.splits.get("test", [])) else "all"
+    if warn:
+        warn_training_split(prepared.splits, split, np.asarray(prepared.case_ids).astype(str),
+                            prepared.indices(split)[:cases], "case")
+    return split
 
 
 def check_model(network: torch.nn.Module, images: torch.Tensor, settings: VolumeSettings, spec: str,
@@ -325,15 +347,20 @@ def faithfulness_file(results: list[CaseResult], settings: VolumeSettings, heade
                 row[name]["unit"] = "patient"
             row["per_case"] = {name: finite_list(auc(_stack(results, name, (baseline, method)), settings.steps))
                                for name in CURVES}
+            row["n_maps"], row["n_flat_maps"] = len(results), sum(r.flat[method] for r in results)
             rows.append(row)
     primary = {"method": settings.primary_method, "target": settings.target,
                "layer": _row_layer(settings.primary_method, settings), "baseline": settings.baselines[0]}
     adjust_file(rows, CURVES, primary=primary, alpha=settings.alpha)
+    effects = {name: float(np.nanmedian([r.baseline_effects.get(name, np.nan) for r in results]))
+               for name in dict.fromkeys(n for r in results for n in r.baseline_effects)}
+    warn_uninformative(effects, len(results), unit="case")
+    effects = {name: finite_list([value])[0] for name, value in effects.items()}
     return {**header, "unit": "patient (one case = one patient)", "primary": primary, "alpha": settings.alpha,
             "steps": settings.steps, "schedule": settings.schedule,
             "fractions": step_fractions(settings.steps, settings.schedule).tolist(), "score": settings.score,
-            "baselines": settings.baselines, "seed": settings.seed, "bootstrap": settings.bootstrap,
-            "results": rows}
+            "baselines": settings.baselines, "baseline_effects": effects, "seed": settings.seed,
+            "bootstrap": settings.bootstrap, "results": rows}
 
 
 def localization_file(results: list[CaseResult], settings: VolumeSettings, header: dict[str, Any]) -> dict[str, Any]:
@@ -393,27 +420,41 @@ def segmentation_file(results: list[CaseResult], settings: VolumeSettings, heade
 def sanity_file(network: torch.nn.Module, prepared: Any, rows: np.ndarray, settings: VolumeSettings,
                 header: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """sanity.json: cascading randomization of the primary method's maps on the first `sanity_cases`
-    cases in one batch (region fixed from the intact model)."""
-    from tumorcam.evaluate.sanity import sanity
+    cases (None: every case of the run; 0: skipped), one case at a time (memory stays that of one
+    case), each case one patient: the verdict of `SanityResult` on the cases' mean |rho| and mean
+    SSIM (region fixed from the intact model, compared inside each volume's foreground). One row in
+    `results`, shaped as a row of the slices' sanity.json (docs/evaluate.md); its `verdict`, `reason`,
+    `passes`, `n_compared`, `mean_abs_spearman` and (as `mean_ssim`) `ssim` are repeated at the top."""
+    from tumorcam.evaluate.sanity import (CRITERION, FOREGROUND, LEVEL, MIN_PATIENTS, THRESHOLD_SOURCE, SanityResult,
+                                          region_source, result_row, sanity)
 
-    count = min(settings.sanity_cases, len(rows))
+    count = len(rows) if settings.sanity_cases is None else min(settings.sanity_cases, len(rows))
     if count == 0:
         return {**header, "skipped": "sanity_cases is 0"}
-    images, _ = prepared.tensors(rows[:count])
-    try:
-        result = sanity(network, images.to(device), method=settings.primary_method, target=settings.target,
-                        layer=None if not _uses_layer(settings.primary_method) else settings.layer,
-                        channel=settings.channel, output=settings.output, ig_steps=settings.ig_steps,
-                        seed=settings.seed)
-    except torch.cuda.OutOfMemoryError:
-        raise TumorcamError(f"sanity_cases {count}: {count} volume(s) of {tuple(images.shape[1:])} in one batch do not "
-                            f"fit in the memory of {device}; lower sanity_cases in --config") from None
-    from tumorcam.evaluate.summary import finite_list
-
+    case_ids = [str(c) for c in header["case_ids"][:count]]
+    layer = None if not _uses_layer(settings.primary_method) else settings.layer
+    parts = []
+    for i in range(count):
+        image, _ = prepared.tensors(rows[i:i + 1])
+        try:
+            parts.append(sanity(network, image.to(device), method=settings.primary_method, target=settings.target,
+                                layer=layer, channel=settings.channel, output=settings.output,
+                                ig_steps=settings.ig_steps, seed=settings.seed, patient_ids=case_ids[i:i + 1],
+                                min_patients=MIN_PATIENTS, bootstrap=settings.bootstrap, batch_size=1))
+        except torch.cuda.OutOfMemoryError:
+            raise TumorcamError(f"sanity_cases: case {case_ids[i]} of {tuple(image.shape[1:])} does not fit in the "
+                                f"memory of {device} for the sanity check; use a smaller --prepare-size or "
+                                "sanity_cases 0 in --config") from None
+    result = SanityResult.concat(parts)
+    row = {"method": settings.primary_method, "target": settings.target, "layer": layer,
+           "region": region_source(settings.target), **result_row(result)}
     return {**header, "method": settings.primary_method, "target": settings.target, "n_cases": count,
-            "case_ids": header["case_ids"][:count], "stages": result.stages,
-            "mean_abs_spearman": finite_list(result.mean_abs_spearman), "mean_ssim": finite_list(result.mean_ssim),
-            "n_compared": result.n_compared, "threshold": result.threshold, "passes": result.passes}
+            "case_ids": case_ids, "n_patients": count, "unit": "patient (one case = one patient)",
+            "stages": result.stages, "threshold": result.threshold, "criterion": CRITERION,
+            "threshold_source": THRESHOLD_SOURCE, "min_patients": result.min_patients, "bootstrap": settings.bootstrap,
+            "level": LEVEL, "foreground": FOREGROUND, "seed": settings.seed,
+            "mean_abs_spearman": row["mean_abs_spearman"], "mean_ssim": row["ssim"], "n_compared": row["n_compared"],
+            "verdict": row["verdict"], "reason": row["reason"], "passes": row["passes"], "results": [row]}
 
 
 def run_volume_demo(out: str | Path, *, settings: VolumeSettings | None = None, cases: int = 100, size: int = 32,
@@ -424,7 +465,7 @@ def run_volume_demo(out: str | Path, *, settings: VolumeSettings | None = None, 
     exists), then `run_volumes` on the test split. Returns the report's path (None on ranks other than 0)."""
     from tumorcam.data.synth_volumes import write_synthetic_volumes
     from tumorcam.data.volumes import is_volume_folder, prepare_volumes
-    from tumorcam.device import resolve_device
+    from tumorcam.device import demo_threads, resolve_device
     from tumorcam.io import write_json as write
     from tumorcam.training.distributed import barrier, start
     from tumorcam.volumes.train import DEMO_MODEL, train_demo_unet
@@ -432,6 +473,7 @@ def run_volume_demo(out: str | Path, *, settings: VolumeSettings | None = None, 
     out = Path(out)
     raw, prepared, weights = out / "synthetic-volumes", out / PREPARED_DIR, out / "demo_unet.safetensors"
     info, _ = start(device, timeout=RANK_TIMEOUT)
+    torch.set_num_threads(demo_threads())  # fixed, not from the load: the thread count changes the figures
     if info.is_main:
         if not (raw / "dataset.json").is_file():
             write_synthetic_volumes(raw, cases=cases, size=size, seed=seed)

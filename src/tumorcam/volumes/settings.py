@@ -24,15 +24,16 @@ class VolumeSettings:
 
     `methods` (controls `random` and `predicted-mask` are added), `target`, `layer` (None: the last
     convolution block before the head), `channel` (the explained class) and `output` as in
-    `tumorcam.explain`; `split` of the prepared volumes (`all` for a model trained elsewhere);
+    `tumorcam.explain`; `split` of the prepared volumes (None: `test` when the data has a test split,
+    else `all`; a split with training cases, `train` or `all`, is warned about when there is a test split);
     `cases`: at most this many cases of the split, in case order (None: all). The game: `baselines`,
     `steps` K, `schedule`, `score`, `batch_size` perturbed volumes per forward. Localisation:
     `top_percent`. Per-sequence attribution: `channel_method` and `ablation_baseline`. Sanity:
-    `sanity_cases` cases (0: skip). Statistics: `bootstrap`, `alpha`, `primary_method`; `seed`
+    `sanity_cases` cases (None: every case of the run; 0: skip). Statistics: `bootstrap`, `alpha`, `primary_method`; `seed`
     seeds every random draw (per case: seed + the case's index in the split).
     """
 
-    split: str = "all"
+    split: str | None = None
     cases: int | None = None
     methods: list[str] = field(default_factory=lambda: ["gradcam", "saliency"])
     target: str = "predicted-region"
@@ -48,7 +49,7 @@ class VolumeSettings:
     top_percent: float = 5.0
     channel_method: str = "integrated-gradients"
     ablation_baseline: str = "zero"
-    sanity_cases: int = 2
+    sanity_cases: int | None = None
     primary_method: str = "gradcam"
     bootstrap: int = 1000
     alpha: float = 0.05
@@ -90,14 +91,16 @@ class VolumeSettings:
         if self.cases is not None and (isinstance(self.cases, bool) or not isinstance(self.cases, int)
                                        or self.cases < 1):
             raise TumorcamError(f"--cases: must be an integer >= 1, got {self.cases!r}")
-        if isinstance(self.sanity_cases, bool) or not isinstance(self.sanity_cases, int) or self.sanity_cases < 0:
-            raise TumorcamError(f"sanity_cases: must be an integer >= 0, got {self.sanity_cases!r}")
+        if self.sanity_cases is not None and (isinstance(self.sanity_cases, bool) or not isinstance(self.sanity_cases, int)
+                                              or self.sanity_cases < 0):
+            raise TumorcamError(f"sanity_cases: must be an integer >= 0 (0: skip) or null (every case), "
+                                f"got {self.sanity_cases!r}")
         if self.ablation_baseline not in ("zero", "mean"):
             raise TumorcamError(f"ablation_baseline: choose zero or mean, got {self.ablation_baseline!r}")
         if self.primary_method not in self.methods or getattr(METHODS[self.primary_method], "control", False):
             raise TumorcamError(f"primary_method: {self.primary_method!r} must be one of --methods "
                                 f"{','.join(self.methods)} and not a control")
-        if self.split not in ("train", "val", "test", "all"):
+        if self.split not in (None, "train", "val", "test", "all"):
             raise TumorcamError(f"--split: unknown split {self.split!r} (choose train, val, test or all)")
         if self.channel_method not in CHANNEL_METHODS:
             raise TumorcamError(f"channel_method: unknown method {self.channel_method!r} (choose from "

@@ -129,6 +129,7 @@ class Method(ABC):
     name: ClassVar[str]
     uses_layer: ClassVar[bool] = True
     rectify: ClassVar[str] = "relu"
+    reads_channel: ClassVar[bool] = False  # reads the class `channel` itself (not only through the target)
 
     @abstractmethod
     def attribute(self, scalar: ScalarOutput, images: torch.Tensor, layer: nn.Module | None,

@@ -94,6 +94,7 @@ class Control(Method):
 
 
 class PredictedMask(Control):
+    reads_channel = True
     name = "predicted-mask"
 
     def attribute(self, scalar: ScalarOutput, images: torch.Tensor, layer: nn.Module | None,
@@ -102,6 +103,7 @@ class PredictedMask(Control):
 
 
 class PredictedProbability(Control):
+    reads_channel = True
     name = "predicted-probability"
 
     def attribute(self, scalar: ScalarOutput, images: torch.Tensor, layer: nn.Module | None,
@@ -110,6 +112,7 @@ class PredictedProbability(Control):
 
 
 class DilatedMask(Control):
+    reads_channel = True
     name = "dilated-mask"
 
     def attribute(self, scalar: ScalarOutput, images: torch.Tensor, layer: nn.Module | None,
