@@ -29,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags without a type column (typer's rich panel shows `--force <bool>`)
     help="Explain a brain-tumour segmentation U-Net with Grad-CAM, and measure whether the explanation is true.",
 )
 

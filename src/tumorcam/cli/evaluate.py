@@ -99,7 +99,7 @@ MAP_STAGES = ("faithfulness", "localization", "sanity")
 
 
 def evaluate_command(
-    run: Path = typer.Argument(..., help="Run folder (from `tumorcam train`)."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from `tumorcam train`)."),
     segmentation: bool = typer.Option(False, "--segmentation", help="Dice/IoU per slice, class, patient -> metrics.json."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Deletion/Insertion curves and AUC -> faithfulness.json."),
     localization: bool = typer.Option(False, "--localization", help="Pointing game, energy, top-p% IoU -> localization.json."),
@@ -152,4 +152,6 @@ def _explain_first(run: Run, data: Optional[Path], split: str, patients: Optiona
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_command)
+    from tumorcam.cli._command import Command
+
+    app.command("evaluate", cls=Command)(evaluate_command)

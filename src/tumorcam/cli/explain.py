@@ -56,7 +56,7 @@ def _ids(value: Optional[str]) -> Optional[list[int]]:
 
 
 def explain_command(
-    run: Optional[Path] = typer.Argument(None, help="Run folder (config.json and unet_trained.pth); "
+    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run folder (config.json and unet_trained.pth); "
                                          "not with --model."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared folder; default: the run's config.data."),
     split: Optional[str] = typer.Option(None, "--split", help="test, val, train or all (default: config.explain.split)."),
@@ -78,7 +78,7 @@ def explain_command(
                                          "convolution block before the head)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Slices per forward/backward."),
     untrained: bool = typer.Option(False, "--untrained", help="Explain the network before fine-tuning (seeded build)."),
-    image: Optional[list[Path]] = typer.Option(None, "--image", help="A slice: PNG/JPEG, or DICOM/NIfTI with "
+    image: Optional[list[Path]] = typer.Option(None, "--image", metavar="FILE", help="A slice: PNG/JPEG, or DICOM/NIfTI with "
                                                "the medical extra (repeat for several with --model). With a "
                                                "3-D --model: the NIfTI volumes of one case, one per input "
                                                "channel, in order (CASE_0000.nii.gz, CASE_0001.nii.gz, ...)."),
@@ -190,4 +190,6 @@ def _explain_own_model(run: Optional[Path], images: Optional[list[Path]], out: O
 
 
 def register(app: typer.Typer) -> None:
-    app.command("explain")(explain_command)
+    from tumorcam.cli._command import Command
+
+    app.command("explain", cls=Command)(explain_command)

@@ -149,4 +149,6 @@ def _names(value: Optional[str]) -> Optional[list[str]]:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run")(run_command)
+    from tumorcam.cli._command import Command
+
+    app.command("run", cls=Command)(run_command)

@@ -66,4 +66,6 @@ def train_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
+    from tumorcam.cli._command import Command
+
+    app.command("train", cls=Command)(train_command)
