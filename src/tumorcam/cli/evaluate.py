@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
+from tumorcam.cli._command import THREADS_HELP, use_threads
+
 if TYPE_CHECKING:
     from tumorcam.run_folder import Run
 
@@ -119,12 +121,14 @@ def evaluate_command(
     checkpoint: str = typer.Option("last", "--checkpoint", help="last (unet_trained.pth) or best (unet_best.pth)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default: the run's "
                                          "config.train.device)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=0, metavar="N", help=THREADS_HELP),
 ) -> None:
     """Evaluate a trained run: the chosen stages, or all of them when none is chosen."""
     from tumorcam.run_folder import Run
     from tumorcam.training.distributed import refuse_under_torchrun
 
     refuse_under_torchrun("evaluate")
+    use_threads(threads)
 
     chosen = {"segmentation": segmentation, "faithfulness": faithfulness, "localization": localization, "sanity": sanity}
     names = [name for name, on in chosen.items() if on] or list(STAGES)

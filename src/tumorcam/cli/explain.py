@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from tumorcam.cli._command import THREADS_HELP, use_threads
+
 
 def _names(value: Optional[str]) -> Optional[list[str]]:
     if value is None:
@@ -101,6 +103,7 @@ def explain_command(
                                        "to the next multiple (2, 4, ..., 64) the network takes when it "
                                        "takes no other (the map is cropped back, with a warning)."),
     device: str = typer.Option("auto", "--device", help="With --model: auto, cpu, cuda or cuda:N."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=0, metavar="N", help=THREADS_HELP),
 ) -> None:
     """Heatmaps for the chosen methods, targets and layers, plus Grad-CAM x GT, in RUN/explanations/;
     or, with --model, heatmaps of your own network for each --image, in --out."""
@@ -108,6 +111,7 @@ def explain_command(
     from tumorcam.training.distributed import refuse_under_torchrun
 
     refuse_under_torchrun("explain")
+    use_threads(threads)
 
     if model is not None:
         run_only = {"--data": data, "--split": split, "--patients": patients,
