@@ -107,7 +107,7 @@ def evaluate_command(
     localization: bool = typer.Option(False, "--localization", help="Pointing game, energy, top-p% IoU -> localization.json."),
     sanity: bool = typer.Option(False, "--sanity", help="Cascading layer randomisation -> sanity.json."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Deletion/Insertion steps K (default: the run's config.evaluate.steps)."),
-    baselines: Optional[str] = typer.Option(None, "--baselines", help="Comma list of zero, blur, mean, road, rise (default: the run's config.evaluate.baselines)."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help="Comma list of {baselines} (default: the run's config.evaluate.baselines)."),
     score: Optional[str] = typer.Option(None, "--score", help="target (each map's own), mean-sigmoid (the seed's), predicted-region or dice."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="log (fractions 1e-3..1, log-spaced) or uniform (k/K, the seed's)."),
     top_percent: Optional[float] = typer.Option(None, "--top-percent", help="Localisation: IoU of the top p% of the map."),

@@ -69,12 +69,11 @@ def explain_command(
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N slices in all, after the patient sample "
                                         "(default: config.explain.limit)."),
     ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated file ids of the split, not a sample."),
-    methods: Optional[str] = typer.Option(None, "--methods", "--method", help="gradcam, gradcam++, hirescam, "
-                                          "layercam, saliency, integrated-gradients; controls random, predicted-mask, "
-                                          "predicted-probability, dilated-mask, edges (comma-separated)."),
-    targets: Optional[str] = typer.Option(None, "--targets", "--target", help="mean-logits, predicted-region, "
-                                          "gt-region (comma-separated; --model: one, default predicted-region, "
-                                          "also boundary; none that needs a mask)."),
+    methods: Optional[str] = typer.Option(None, "--methods", "--method", help="{methods}; controls {controls} "
+                                          "(comma-separated)."),
+    targets: Optional[str] = typer.Option(None, "--targets", "--target", help="{targets} (comma-separated; "
+                                          "--model: one, default predicted-region, none that needs a mask: "
+                                          "{mask_targets})."),
     layers: Optional[str] = typer.Option(None, "--layers", "--layer", help="Module paths, e.g. "
                                          "decoder.blocks.4,encoder.layer4 (--model: one; default: the last "
                                          "convolution block before the head)."),
