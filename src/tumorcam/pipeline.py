@@ -115,7 +115,7 @@ class StageLog:
 
 
 def build_config(preset: str = "demo", config: Config | None = None, encoder_weights: str | None = None,
-                 device: str | None = None) -> Config:
+                 device: str | None = None, num_threads: int | None = None) -> Config:
     """The run's config: `config` if given, else the preset's; then the command-line overrides."""
     cfg = config if config is not None else preset_config(preset)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model), train=dataclasses.replace(cfg.train))
@@ -123,6 +123,8 @@ def build_config(preset: str = "demo", config: Config | None = None, encoder_wei
         cfg.model.encoder_weights = encoder_weights
     if device is not None:
         cfg.train.device = device
+    if num_threads is not None:
+        cfg.train.num_threads = num_threads
     return cfg
 
 
@@ -135,6 +137,7 @@ def run_pipeline(
     config: Config | None = None,
     encoder_weights: str | None = None,
     device: str | None = None,
+    num_threads: int | None = None,
     prepare_size: int = 256,
     synthetic_patients: int = 60,
     synthetic_slices: int = 4,
@@ -144,7 +147,8 @@ def run_pipeline(
 
     `data`: None (the synthetic dataset), a prepared folder, a folder of .mat files, the figshare
     zips (a folder holding them, or one zip) or a PNG folder. `config` replaces the preset's
-    config; `encoder_weights` and `device` override it. `log` receives one line per stage.
+    config; `encoder_weights`, `device` and `num_threads` (train.num_threads: every stage's CPU threads,
+    0 automatic) override it. `log` receives one line per stage.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -154,7 +158,7 @@ def run_pipeline(
     if out.is_dir() and not (out / STAGES_FILE).exists() and any(out.iterdir()) and not force:
         raise TumorcamError(f"--out {out}: holds files that `tumorcam run` did not make; choose another folder "
                             "(or pass --force to let the pipeline replace what it writes there)")
-    cfg = build_config(preset, config, encoder_weights, device)
+    cfg = build_config(preset, config, encoder_weights, device, num_threads)
     if cfg.train.num_threads > 0:  # every stage, not training only, on the config's threads (the demo's: fixed)
         import torch
 

@@ -1,7 +1,8 @@
 """The `tumorcam` console script: a thin typer layer over the Python API.
 
 Each command module exposes `register(app)`. Bad input raises `TumorcamError`, which `main`
-prints as one line (`error: ...`) with exit status 2; `--debug` shows the traceback instead. A
+prints as one line (`error: ...`) with exit status 2, as it prints a usage error (a missing or unknown
+option, a bad value); `--debug` shows the traceback instead. A
 `TumorcamWarning` is printed as one line `warning: ...` on stderr (no file or line), each distinct
 message once; other warnings are shown as Python shows them.
 """
@@ -21,14 +22,15 @@ from tumorcam.errors import TumorcamError
 from tumorcam.errors import TumorcamWarning
 
 try:  # recent typer runs on its own copy of click, whose exceptions are not click's
-    from typer._click.exceptions import ClickException
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 except ImportError:  # older typer: click itself
-    from click.exceptions import ClickException
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags without a type column (typer's rich panel shows `--force <bool>`)
     help="Explain a brain-tumour segmentation U-Net with Grad-CAM, and measure whether the explanation is true.",
 )
 
@@ -86,6 +88,15 @@ def _one_line_warnings() -> Iterator[None]:
         yield
 
 
+def usage_message(exc: ClickException) -> str:
+    """Click's message of a usage error on one line, pointing to the command's --help."""
+    message = " ".join(exc.format_message().split()).removesuffix(".")
+    ctx = getattr(exc, "ctx", None) if isinstance(exc, UsageError) else None
+    if ctx is not None:
+        message += f" (see `{ctx.command_path} --help`)"
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning known errors into one line and an exit code, and
     TumorcamWarnings into one line `warning: ...`."""
@@ -99,8 +110,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except ClickException as exc:  # a usage error: typer's own message, exit 2
+    except NoArgsIsHelpError as exc:  # `tumorcam` or `tumorcam data` alone: the help
         exc.show()
+        sys.exit(exc.exit_code)
+    except ClickException as exc:  # a usage error: one line, like bad input
+        typer.echo(f"error: {usage_message(exc)}", err=True)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)

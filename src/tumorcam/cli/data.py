@@ -7,10 +7,12 @@ from typing import Optional
 
 import typer
 
-data_app = typer.Typer(no_args_is_help=True, help="Get, generate and prepare the brain tumour data.")
+from tumorcam.cli._command import Command
+
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Get, generate and prepare the brain tumour data.")
 
 
-@data_app.command("download")
+@data_app.command("download", cls=Command)
 def download_command(
     dest: Path = typer.Option(Path("data/figshare"), "--dest", help="Folder for the zips, cvind.mat and README.txt."),
     base_url: Optional[str] = typer.Option(
@@ -39,7 +41,7 @@ def download_command(
         typer.echo(f"extracted into {dest / EXTRACT_DIR}")
 
 
-@data_app.command("synth")
+@data_app.command("synth", cls=Command)
 def synth_command(
     out: Path = typer.Option(..., "--out", help="New (or empty) folder for the synthetic data."),
     volumes: bool = typer.Option(
@@ -74,10 +76,11 @@ def synth_command(
     typer.echo(f"wrote {len(paths)} slices of {patients} patients and cvind.mat to {out}")
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", cls=Command)
 def prepare_command(
     src: list[Path] = typer.Argument(
         ...,
+        metavar="SRC",
         help="Folder of .mat files, figshare zip(s) or the article zip, a folder of images/ + masks/ PNGs, "
         "or one nnU-Net raw folder (dataset.json + imagesTr/ + labelsTr/) of 3-D volumes.",
     ),

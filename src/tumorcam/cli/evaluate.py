@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
+from tumorcam.cli._command import THREADS_HELP, use_threads
+
 if TYPE_CHECKING:
     from tumorcam.run_folder import Run
 
@@ -99,13 +101,13 @@ MAP_STAGES = ("faithfulness", "localization", "sanity")
 
 
 def evaluate_command(
-    run: Path = typer.Argument(..., help="Run folder (from `tumorcam train`)."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from `tumorcam train`)."),
     segmentation: bool = typer.Option(False, "--segmentation", help="Dice/IoU per slice, class, patient -> metrics.json."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Deletion/Insertion curves and AUC -> faithfulness.json."),
     localization: bool = typer.Option(False, "--localization", help="Pointing game, energy, top-p% IoU -> localization.json."),
     sanity: bool = typer.Option(False, "--sanity", help="Cascading layer randomisation -> sanity.json."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Deletion/Insertion steps K (default: the run's config.evaluate.steps)."),
-    baselines: Optional[str] = typer.Option(None, "--baselines", help="Comma list of zero, blur, mean, road, rise (default: the run's config.evaluate.baselines)."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help="Comma list of {baselines} (default: the run's config.evaluate.baselines)."),
     score: Optional[str] = typer.Option(None, "--score", help="target (each map's own), mean-sigmoid (the seed's), predicted-region or dice."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="log (fractions 1e-3..1, log-spaced) or uniform (k/K, the seed's)."),
     top_percent: Optional[float] = typer.Option(None, "--top-percent", help="Localisation: IoU of the top p% of the map."),
@@ -119,12 +121,14 @@ def evaluate_command(
     checkpoint: str = typer.Option("last", "--checkpoint", help="last (unet_trained.pth) or best (unet_best.pth)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default: the run's "
                                          "config.train.device)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=0, metavar="N", help=THREADS_HELP),
 ) -> None:
     """Evaluate a trained run: the chosen stages, or all of them when none is chosen."""
     from tumorcam.run_folder import Run
     from tumorcam.training.distributed import refuse_under_torchrun
 
     refuse_under_torchrun("evaluate")
+    use_threads(threads)
 
     chosen = {"segmentation": segmentation, "faithfulness": faithfulness, "localization": localization, "sanity": sanity}
     names = [name for name, on in chosen.items() if on] or list(STAGES)
@@ -152,4 +156,6 @@ def _explain_first(run: Run, data: Optional[Path], split: str, patients: Optiona
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_command)
+    from tumorcam.cli._command import Command
+
+    app.command("evaluate", cls=Command)(evaluate_command)

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from tumorcam.cli._command import THREADS_HELP, use_threads
+
 
 def _names(value: Optional[str]) -> Optional[list[str]]:
     if value is None:
@@ -56,7 +58,7 @@ def _ids(value: Optional[str]) -> Optional[list[int]]:
 
 
 def explain_command(
-    run: Optional[Path] = typer.Argument(None, help="Run folder (config.json and unet_trained.pth); "
+    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run folder (config.json and unet_trained.pth); "
                                          "not with --model."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared folder; default: the run's config.data."),
     split: Optional[str] = typer.Option(None, "--split", help="test, val, train or all (default: config.explain.split)."),
@@ -67,18 +69,17 @@ def explain_command(
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N slices in all, after the patient sample "
                                         "(default: config.explain.limit)."),
     ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated file ids of the split, not a sample."),
-    methods: Optional[str] = typer.Option(None, "--methods", "--method", help="gradcam, gradcam++, hirescam, "
-                                          "layercam, saliency, integrated-gradients; controls random, predicted-mask, "
-                                          "predicted-probability, dilated-mask, edges (comma-separated)."),
-    targets: Optional[str] = typer.Option(None, "--targets", "--target", help="mean-logits, predicted-region, "
-                                          "gt-region (comma-separated; --model: one, default predicted-region, "
-                                          "also boundary; none that needs a mask)."),
+    methods: Optional[str] = typer.Option(None, "--methods", "--method", help="{methods}; controls {controls} "
+                                          "(comma-separated)."),
+    targets: Optional[str] = typer.Option(None, "--targets", "--target", help="{targets} (comma-separated; "
+                                          "--model: one, default predicted-region, none that needs a mask: "
+                                          "{mask_targets})."),
     layers: Optional[str] = typer.Option(None, "--layers", "--layer", help="Module paths, e.g. "
                                          "decoder.blocks.4,encoder.layer4 (--model: one; default: the last "
                                          "convolution block before the head)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Slices per forward/backward."),
     untrained: bool = typer.Option(False, "--untrained", help="Explain the network before fine-tuning (seeded build)."),
-    image: Optional[list[Path]] = typer.Option(None, "--image", help="A slice: PNG/JPEG, or DICOM/NIfTI with "
+    image: Optional[list[Path]] = typer.Option(None, "--image", metavar="FILE", help="A slice: PNG/JPEG, or DICOM/NIfTI with "
                                                "the medical extra (repeat for several with --model). With a "
                                                "3-D --model: the NIfTI volumes of one case, one per input "
                                                "channel, in order (CASE_0000.nii.gz, CASE_0001.nii.gz, ...)."),
@@ -101,6 +102,7 @@ def explain_command(
                                        "to the next multiple (2, 4, ..., 64) the network takes when it "
                                        "takes no other (the map is cropped back, with a warning)."),
     device: str = typer.Option("auto", "--device", help="With --model: auto, cpu, cuda or cuda:N."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=0, metavar="N", help=THREADS_HELP),
 ) -> None:
     """Heatmaps for the chosen methods, targets and layers, plus Grad-CAM x GT, in RUN/explanations/;
     or, with --model, heatmaps of your own network for each --image, in --out."""
@@ -108,6 +110,7 @@ def explain_command(
     from tumorcam.training.distributed import refuse_under_torchrun
 
     refuse_under_torchrun("explain")
+    use_threads(threads)
 
     if model is not None:
         run_only = {"--data": data, "--split": split, "--patients": patients,
@@ -190,4 +193,6 @@ def _explain_own_model(run: Optional[Path], images: Optional[list[Path]], out: O
 
 
 def register(app: typer.Typer) -> None:
-    app.command("explain")(explain_command)
+    from tumorcam.cli._command import Command
+
+    app.command("explain", cls=Command)(explain_command)

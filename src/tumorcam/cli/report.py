@@ -8,7 +8,7 @@ import typer
 
 
 def report_command(
-    run: Path = typer.Argument(..., help="Run folder (config.json, metrics.json, explanations/, ...)."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder (config.json, metrics.json, explanations/, ...)."),
 ) -> None:
     """Draw RUN/figures/*.png and write RUN/report.html (missing stages are shown as missing)."""
     from tumorcam.report import build_report
@@ -18,4 +18,6 @@ def report_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("report")(report_command)
+    from tumorcam.cli._command import Command
+
+    app.command("report", cls=Command)(report_command)

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from tumorcam.cli._command import THREADS_HELP, use_threads
 from tumorcam.errors import TumorcamError
 
 
@@ -42,6 +43,9 @@ def run_command(
     baselines: Optional[str] = typer.Option(None, "--baselines", help="Volumes: comma-separated baselines of the "
                                                                       "game (default zero,blur)."),
     channel: Optional[int] = typer.Option(None, "--channel", help="Volumes: the explained class of --model."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=0, metavar="N", help=THREADS_HELP[:-1] + "; every stage's: "
+                                          "the config's train.num_threads). Default: the config's (the demo "
+                                          "presets: 1, so that their figures repeat)."),
 ) -> None:
     """Run the whole pipeline into one run folder, skipping the stages already done; print the report's path.
     With a volume dataset (nnU-Net's raw layout or prepared volumes) and --model, or with --volumes: the
@@ -49,11 +53,12 @@ def run_command(
     from tumorcam.config import Config
     from tumorcam.pipeline import run_pipeline
 
+    use_threads(threads)
     volume_options = {"--model": model, "--weights": weights, "--split": split, "--cases": cases,
                       "--methods": methods, "--baselines": baselines, "--channel": channel}
     if volumes or model is not None or _is_volume_data(data):
         _run_volumes(data, out, volumes, config, device, prepare_size, model, weights, split, cases, methods,
-                     baselines, channel, encoder_weights)
+                     baselines, channel, encoder_weights, threads)
         return
     given = [option for option, value in volume_options.items() if value is not None]
     if given:
@@ -68,6 +73,7 @@ def run_command(
         config=Config.load(config) if config is not None else None,
         encoder_weights=encoder_weights,
         device=device,
+        num_threads=threads,
         prepare_size=256 if prepare_size is None else prepare_size,
         synthetic_patients=synthetic_patients,
         synthetic_slices=synthetic_slices,
@@ -106,7 +112,7 @@ def _is_volume_data(data: Optional[Path]) -> bool:
 def _run_volumes(data: Optional[Path], out: Optional[Path], demo: bool, config: Optional[Path], device: Optional[str],
                  size: Optional[int], model: Optional[str], weights: Optional[Path], split: Optional[str],
                  cases: Optional[int], methods: Optional[str], baselines: Optional[str], channel: Optional[int],
-                 encoder_weights: Optional[str]) -> None:
+                 encoder_weights: Optional[str], threads: Optional[int] = None) -> None:
     """`tumorcam run` on volumes: the demo (--volumes) or --data DATASET --model MODULE:FACTORY."""
     from tumorcam.volumes.run import run_volume_demo, run_volumes
     from tumorcam.volumes.settings import VolumeSettings
@@ -125,7 +131,7 @@ def _run_volumes(data: Optional[Path], out: Optional[Path], demo: bool, config: 
         if data is not None or model is not None or weights is not None:
             raise TumorcamError("--volumes: the demo makes its own data and model; leave out --data, --model, --weights")
         report = run_volume_demo(out or Path("runs") / "volumes", settings=settings, size=size or 32,
-                                 device=device or "auto", log=log)
+                                 device=device or "auto", threads=threads, log=log)
     else:
         if data is None:
             raise TumorcamError("--model: a run of your network needs its volumes: --data DATASET (nnU-Net's raw "
@@ -149,4 +155,6 @@ def _names(value: Optional[str]) -> Optional[list[str]]:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run")(run_command)
+    from tumorcam.cli._command import Command
+
+    app.command("run", cls=Command)(run_command)

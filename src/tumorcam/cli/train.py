@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from tumorcam.cli._command import THREADS_HELP, use_threads
+
 
 def train_command(
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared folder (`tumorcam data prepare`). "
@@ -27,8 +29,7 @@ def train_command(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     compile_model: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights init, batch order and augmentation."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (0: torch's default; "
-                                          "1 is often fastest on a busy machine)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=0, metavar="N", help=THREADS_HELP),
 ) -> None:
     """Fine-tune the U-Net: validation Dice/IoU every epoch, best and last checkpoints, resume.
 
@@ -39,6 +40,7 @@ def train_command(
     from tumorcam.run_folder import CONFIG_FILE, Run
     from tumorcam.training import train
 
+    use_threads(threads)
     if resume and preset is None and (out / CONFIG_FILE).is_file():
         config = Run.open(out).config
     else:
@@ -66,4 +68,6 @@ def train_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
+    from tumorcam.cli._command import Command
+
+    app.command("train", cls=Command)(train_command)

@@ -187,7 +187,7 @@ class ResumableDownloader:
     def _append(self, response: requests.Response, offset: int, total: int | None, name: str) -> None:
         self.part.parent.mkdir(parents=True, exist_ok=True)
         with open(self.part, "ab") as out, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, desc=name, disable=not self.progress
+            total=total, initial=offset, unit="B", unit_scale=True, desc=f"download {name}", disable=not self.progress
         ) as bar:
             for chunk in response.iter_content(chunk_size=_CHUNK):
                 out.write(chunk)

@@ -137,7 +137,7 @@ def _train(config: Config, out: Path, resume: bool, info: distributed.Distribute
         for group in optimizer.param_groups:
             group["lr"] = lr  # from the config given now, also over a resumed optimiser's saved value
         row = _run_epoch(step, train_split, epoch, n_steps, tc.batch_size, tc.seed, device, info,
-                         desc=f"epoch {epoch}/{tc.epochs}")
+                         desc=f"train epoch {epoch}/{tc.epochs}")
         if not math.isfinite(row["loss"]):
             last = (f"the last good checkpoint (epoch {epoch - 1}) is {out / WEIGHTS_FILE}" if epoch > 1
                     else "no checkpoint was written")

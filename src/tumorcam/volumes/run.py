@@ -458,11 +458,12 @@ def sanity_file(network: torch.nn.Module, prepared: Any, rows: np.ndarray, setti
 
 
 def run_volume_demo(out: str | Path, *, settings: VolumeSettings | None = None, cases: int = 100, size: int = 32,
-                    epochs: int = 30, device: str = "auto", seed: int = 0,
+                    epochs: int = 30, device: str = "auto", seed: int = 0, threads: int | None = None,
                     log: Callable[[str], None] = print) -> Path | None:
     """The volume demo: synthetic volumes in nnU-Net's layout (OUT/synthetic-volumes), prepared at
     `size`^3, the demo U-Net trained on their train split (OUT/demo_unet.safetensors; kept when it
-    exists), then `run_volumes` on the test split. Returns the report's path (None on ranks other than 0)."""
+    exists), then `run_volumes` on the test split, on `threads` CPU threads (None or 0: `demo_threads()`, fixed
+    whatever the load, so that the figures are the same on every run). Returns the report's path (None on ranks other than 0)."""
     from tumorcam.data.synth_volumes import write_synthetic_volumes
     from tumorcam.data.volumes import is_volume_folder, prepare_volumes
     from tumorcam.device import demo_threads, resolve_device
@@ -473,7 +474,7 @@ def run_volume_demo(out: str | Path, *, settings: VolumeSettings | None = None, 
     out = Path(out)
     raw, prepared, weights = out / "synthetic-volumes", out / PREPARED_DIR, out / "demo_unet.safetensors"
     info, _ = start(device, timeout=RANK_TIMEOUT)
-    torch.set_num_threads(demo_threads())  # fixed, not from the load: the thread count changes the figures
+    torch.set_num_threads(threads or demo_threads())  # fixed, not from the load: the thread count changes the figures
     if info.is_main:
         if not (raw / "dataset.json").is_file():
             write_synthetic_volumes(raw, cases=cases, size=size, seed=seed)

@@ -1,0 +1,57 @@
+"""The class of every `tumorcam` command: typer's, with an argument that has a metavar (RUN, SRC...)
+shown by that name alone in --help, without typer's Python type beside it (`<list[Path]>`), and the
+names of the registries (`{methods}`, `{controls}`, `{targets}`, `{mask_targets}`, `{baselines}` in an option's help)
+filled in from `tumorcam.explain` and `tumorcam.evaluate.baselines` when --help is shown (not at import:
+they import torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from typer.core import TyperArgument, TyperCommand
+
+
+def registry_names() -> dict[str, str]:
+    """`{methods}` etc. -> the registry's names, comma-separated, in its order."""
+    from tumorcam.evaluate.baselines import BASELINES
+    from tumorcam.explain import METHODS, TARGETS
+    from tumorcam.explain.methods.controls import is_control
+
+    return {"{methods}": ", ".join(name for name, method in METHODS.items() if not is_control(method)),
+            "{controls}": ", ".join(name for name, method in METHODS.items() if is_control(method)),
+            "{targets}": ", ".join(TARGETS), "{baselines}": ", ".join(BASELINES),
+            "{mask_targets}": ", ".join(name for name, target in TARGETS.items() if target.needs_masks)}
+
+
+class Command(TyperCommand):
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        params = [param for param in self.get_params(ctx) if "{" in (getattr(param, "help", None) or "")]
+        if params:
+            names = registry_names()
+            for param in params:
+                for key, value in names.items():
+                    param.help = param.help.replace(key, value)
+        super().format_help(ctx, formatter)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:
+            if isinstance(param, TyperArgument) and param.metavar is not None:
+                param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+        return params
+
+
+THREADS_HELP = ("CPU threads for torch (0: automatic, torch's default lowered to the cores the load leaves idle; "
+                "1 is often fastest on a busy machine).")
+
+
+def use_threads(threads: int | None) -> None:
+    """`--threads N`: torch's CPU threads for the rest of the command (`tumorcam.device.cpu_threads`);
+    not given: as the root set them (automatic)."""
+    if threads is None:
+        return
+    import torch
+
+    from tumorcam.device import cpu_threads
+
+    torch.set_num_threads(cpu_threads(threads))
