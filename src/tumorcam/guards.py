@@ -129,8 +129,7 @@ def check_model(model: nn.Module, images: torch.Tensor, *, output: Output = None
     a model explained batch after batch, or method after method, is checked on its first call only.
 
     Call `check_images` first."""
-    from tumorcam.explain import explaining
-    from tumorcam.explain.methods.base import Logits
+    from tumorcam.explain.methods.base import Logits, explaining
 
     if len(images) == 0:
         return channel_of(channel, None, required=required)

@@ -25,11 +25,10 @@ The package is callable: `tumorcam.explain(...)` is `tumorcam.explain.explain(..
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import sys
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -44,7 +43,7 @@ from tumorcam.errors import TumorcamError, unknown_name
 from tumorcam.explain.layers import INPUT_LAYER, candidate_layers, resolve_layer
 from tumorcam.explain.maps import normalize, rectify, times_mask, upsample
 from tumorcam.explain.methods import METHODS, Method, Options, ScalarOutput
-from tumorcam.explain.methods.base import Logits, Output
+from tumorcam.explain.methods.base import Logits, Output, explaining
 from tumorcam.explain.targets import (
     TARGETS,
     TargetFn,
@@ -65,24 +64,6 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise unknown_name("method", name, METHODS)
     return METHODS[name]
-
-
-@contextlib.contextmanager
-def explaining(model: nn.Module) -> Iterator[None]:
-    """Eval mode, parameters frozen (only the layer and what follows it are recorded for backward);
-    afterwards every module gets its own mode back and every parameter its own flag."""
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode
 
 
 check_images = guards.check_images  # kept here for the modules that import it from tumorcam.explain

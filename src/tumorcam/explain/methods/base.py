@@ -14,9 +14,10 @@ LayerCAM): one forward with a hook on the layer, one backward of sum_b s_b. It d
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -59,6 +60,24 @@ def select_output(out: Any, output: Output) -> torch.Tensor:
     if not isinstance(picked, torch.Tensor):
         raise TumorcamError(f"output: the logits must be a tensor (B, C, *spatial), got {type(picked).__name__}")
     return picked
+
+
+@contextlib.contextmanager
+def explaining(model: nn.Module) -> Iterator[None]:
+    """Eval mode, parameters frozen (only the layer and what follows it are recorded for backward);
+    afterwards every module gets its own mode back and every parameter its own flag."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
 
 
 class Logits(nn.Module):
