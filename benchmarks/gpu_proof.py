@@ -985,7 +985,7 @@ def _bf16_agreement(record: Recorder, run: Path | None, prepared: Path, sizes: d
     steps = sizes["steps"] or evaluate_cfg.steps
     ig_steps = sizes["ig_steps"] or explain_cfg.ig_steps
     if run is not None:
-        from tumorcam.model import load_run_model
+        from tumorcam.run_folder import load_run_model
 
         model, config = load_run_model(run, "last", dev)
         size, what = config.train.size, f"trained: {run.name}/unet_trained.pth"

@@ -17,7 +17,7 @@ from tumorcam.config import preset
 from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
 from tumorcam.evaluate.segmentation import evaluate_segmentation
-from tumorcam.model import load_run_model
+from tumorcam.run_folder import load_run_model
 from tumorcam.training import train
 
 

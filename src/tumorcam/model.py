@@ -17,7 +17,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from tumorcam.config import Config, ModelConfig
+from tumorcam.config import ModelConfig
 from tumorcam.errors import TumorcamError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -115,20 +115,3 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             f"{len(expected - set(state))} missing, or shapes differ)"
         ) from None
     return model
-
-
-def load_run_model(run: str | Path, which: str = "last", device: str | torch.device = "cpu", *,
-                   config: Config | None = None) -> tuple[GrayUnet, Config]:
-    """The trained model of a run folder (`last`: unet_trained.pth, `best`: unet_best.pth), in eval mode;
-    `config` is the run's when the caller has read it already (`tumorcam.Run.model`)."""
-    run = Path(run)
-    if config is None:
-        from tumorcam.run_folder import Run
-
-        config = Run.open(run).config
-    name = CHECKPOINTS[which]
-    if not (run / name).is_file():
-        raise TumorcamError(f"{run}: no trained model ({name} missing); run `tumorcam train` first")
-    model = GrayUnet(config.model.encoder, encoder_weights=None, classes=config.model.classes)
-    load_weights(model, run / name)
-    return model.to(device).eval(), config

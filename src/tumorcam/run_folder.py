@@ -72,7 +72,7 @@ class Run:
 
     def model(self, checkpoint: str = "last") -> GrayUnet:
         """The trained network, in eval mode on `device`: `last` (unet_trained.pth) or `best` (unet_best.pth)."""
-        from tumorcam.model import CHECKPOINTS, load_run_model
+        from tumorcam.model import CHECKPOINTS
 
         if checkpoint not in CHECKPOINTS:
             raise TumorcamError(f"checkpoint: unknown checkpoint {checkpoint!r} (choose {' or '.join(CHECKPOINTS)})")
@@ -144,3 +144,20 @@ def as_run(run: str | Path | Run, device: str | torch.device | None = None) -> R
     if device is None:
         return run
     return Run(run.path, run.config, device)
+
+
+def load_run_model(run: str | Path, which: str = "last", device: str | torch.device = "cpu", *,
+                   config: Config | None = None) -> tuple[GrayUnet, Config]:
+    """The trained model of a run folder (`last`: unet_trained.pth, `best`: unet_best.pth), in eval mode;
+    `config` is the run's when the caller has read it already (`tumorcam.Run.model`)."""
+    from tumorcam.model import CHECKPOINTS, GrayUnet, load_weights
+
+    run = Path(run)
+    if config is None:
+        config = Run.open(run).config
+    name = CHECKPOINTS[which]
+    if not (run / name).is_file():
+        raise TumorcamError(f"{run}: no trained model ({name} missing); run `tumorcam train` first")
+    model = GrayUnet(config.model.encoder, encoder_weights=None, classes=config.model.classes)
+    load_weights(model, run / name)
+    return model.to(device).eval(), config
