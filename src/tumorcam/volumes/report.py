@@ -175,7 +175,7 @@ def _sanity_table(sanity: dict[str, Any]) -> Table:
 def _view_figures(run: Path, index: dict[str, Any], folder: Path) -> list[FigureResult]:
     from tumorcam.data.volumes import load_volumes
     from tumorcam.report.volumes import draw_orthogonal_views
-    from tumorcam.volumes.run import data_folder
+    from tumorcam.volumes.settings import data_folder
 
     prepared = load_volumes(data_folder(run, index["data"]))
     row_of = {str(c): i for i, c in enumerate(prepared.case_ids)}

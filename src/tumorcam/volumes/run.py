@@ -42,7 +42,7 @@ from tumorcam.evaluate.game import warn_uninformative
 from tumorcam.evaluate.headline import run_headline
 from tumorcam.io import write_json
 from tumorcam.volumes.cases import CaseResult, evaluate_case
-from tumorcam.volumes.settings import SETTINGS_FILE, VolumeSettings
+from tumorcam.volumes.settings import SETTINGS_FILE, VolumeSettings, data_label
 
 EXPLANATIONS_DIR = "explanations"
 NIFTI_DIR = "nifti"
@@ -166,7 +166,7 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
             return None
         assert gathered is not None
         gathered.sort(key=lambda r: r.index)
-        header = {"data": _data_label(root, out), "split": settings.split, "n_cases": len(rows),
+        header = {"data": data_label(root, out), "split": settings.split, "n_cases": len(rows),
                   "case_ids": np.asarray(prepared.case_ids[rows]).astype(str).tolist(), "size": prepared.size,
                   "channels": list(prepared.channels)}
 
@@ -244,21 +244,6 @@ def check_model(network: torch.nn.Module, images: torch.Tensor, settings: Volume
                             " a run on volumes needs logits (1, C_out, D, H, W) on the input's grid")
     if not 0 <= settings.channel < logits.shape[1]:
         raise TumorcamError(f"--channel {settings.channel}: --model {spec} has {logits.shape[1]} output channel(s)")
-
-
-def _data_label(root: Path, out: Path) -> str:
-    """The prepared folder as the run's files name it: relative to the run folder when inside it (so a
-    run's files do not depend on where the run folder is), else its absolute path."""
-    try:
-        return str(root.resolve().relative_to(out.resolve()))
-    except ValueError:
-        return str(root.resolve())
-
-
-def data_folder(run: str | Path, label: str) -> Path:
-    """The prepared folder of a run's `data` label (`_data_label`)."""
-    path = Path(label)
-    return path if path.is_absolute() or not (Path(run) / path).is_dir() else Path(run) / path
 
 
 def _uses_layer(method: str) -> bool:

@@ -130,3 +130,18 @@ class VolumeSettings:
         from tumorcam.io import read_json_object
 
         return cls.from_dict(read_json_object(path), str(path), defaults)
+
+
+def data_label(root: Path, out: Path) -> str:
+    """The prepared folder as the run's files name it: relative to the run folder when inside it (so a
+    run's files do not depend on where the run folder is), else its absolute path."""
+    try:
+        return str(root.resolve().relative_to(out.resolve()))
+    except ValueError:
+        return str(root.resolve())
+
+
+def data_folder(run: str | Path, label: str) -> Path:
+    """The prepared folder of a run's `data` label (`data_label`)."""
+    path = Path(label)
+    return path if path.is_absolute() or not (Path(run) / path).is_dir() else Path(run) / path
