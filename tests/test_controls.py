@@ -9,7 +9,7 @@ import torch
 from scipy import ndimage
 
 from tumorcam.explain import METHODS, compute_maps
-from tumorcam.explain.methods.controls import dilation_margin, is_control, sobel_magnitude
+from tumorcam.explain.methods.controls import dilation_margin, sobel_magnitude
 
 CONTROLS = ("predicted-mask", "predicted-probability", "dilated-mask", "edges")
 
@@ -34,8 +34,8 @@ def _maps(method: str, logits: torch.Tensor, images: torch.Tensor | None = None,
 def test_controls_are_registered_layer_free_unrectified_controls():
     for name in (*CONTROLS, "random"):
         method = METHODS[name]
-        assert is_control(method) and not method.uses_layer and method.rectify == "none", name
-    assert not any(is_control(METHODS[name]) for name in ("gradcam", "gradcam++", "saliency", "integrated-gradients"))
+        assert method.control and not method.uses_layer and method.rectify == "none", name
+    assert not any(METHODS[name].control for name in ("gradcam", "gradcam++", "saliency", "integrated-gradients"))
 
 
 def test_predicted_mask_is_logits_above_zero_for_every_target():

@@ -75,7 +75,7 @@ BATCH_CASES = [
 
 def test_every_registered_method_is_checked_batched():
     """The controls (a random network's mask is often all on or off) are checked batched in test_controls.py."""
-    explanations = {name for name, method in METHODS.items() if not getattr(method, "control", False)}
+    explanations = {name for name, method in METHODS.items() if not method.control}
     assert {method for method, _ in BATCH_CASES} == explanations | {"random"}
 
 

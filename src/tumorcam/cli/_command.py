@@ -15,10 +15,9 @@ def registry_names() -> dict[str, str]:
     """`{methods}` etc. -> the registry's names, comma-separated, in its order."""
     from tumorcam.evaluate.baselines import BASELINES
     from tumorcam.explain import METHODS, TARGETS
-    from tumorcam.explain.methods.controls import is_control
 
-    return {"{methods}": ", ".join(name for name, method in METHODS.items() if not is_control(method)),
-            "{controls}": ", ".join(name for name, method in METHODS.items() if is_control(method)),
+    return {"{methods}": ", ".join(name for name, method in METHODS.items() if not method.control),
+            "{controls}": ", ".join(name for name, method in METHODS.items() if method.control),
             "{targets}": ", ".join(TARGETS), "{baselines}": ", ".join(BASELINES),
             "{mask_targets}": ", ".join(name for name, target in TARGETS.items() if target.needs_masks)}
 

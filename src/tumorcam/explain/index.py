@@ -41,9 +41,8 @@ def entry_file(method: str, target: str, layer: str, model: str, times_gt: bool)
 def method_is_control(method: str) -> bool:
     """The method registry's control flag; False for a method the registry does not know."""
     from tumorcam.explain.methods import METHODS
-    from tumorcam.explain.methods.controls import is_control
 
-    return method in METHODS and is_control(METHODS[method])
+    return method in METHODS and METHODS[method].control
 
 
 @dataclass

@@ -40,6 +40,7 @@ import torch
 from tumorcam.errors import TumorcamError
 from tumorcam.evaluate.game import warn_uninformative
 from tumorcam.evaluate.headline import run_headline
+from tumorcam.explain import METHODS
 from tumorcam.io import write_json
 from tumorcam.volumes.cases import CaseResult, evaluate_case
 from tumorcam.volumes.settings import SETTINGS_FILE, VolumeSettings, data_label
@@ -135,7 +136,7 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
             raise TumorcamError(f"--split {settings.split}: no case in {root}")
         images, _ = prepared.tensors(rows[:1])
         check_model(network, images.to(dev), settings, model, root)
-        if settings.layer is None and any(_uses_layer(m) for m in settings.methods):
+        if settings.layer is None and any(METHODS[m].uses_layer for m in settings.methods):
             settings.layer = default_layer(network, images.to(dev))
             log(f"layer: {settings.layer} (the last convolution block before the head)")
         if info.is_main:
@@ -246,12 +247,6 @@ def check_model(network: torch.nn.Module, images: torch.Tensor, settings: Volume
         raise TumorcamError(f"--channel {settings.channel}: --model {spec} has {logits.shape[1]} output channel(s)")
 
 
-def _uses_layer(method: str) -> bool:
-    from tumorcam.explain import METHODS
-
-    return METHODS[method].uses_layer
-
-
 def _progress(items: list[int], show: bool) -> Any:
     if not show:
         return items
@@ -263,18 +258,12 @@ def _progress(items: list[int], show: bool) -> Any:
 def _row_layer(method: str, settings: VolumeSettings) -> str:
     from tumorcam.explain import INPUT_LAYER
 
-    return str(settings.layer) if _uses_layer(method) else INPUT_LAYER
+    return str(settings.layer) if METHODS[method].uses_layer else INPUT_LAYER
 
 
 def _describe(method: str, settings: VolumeSettings) -> dict[str, Any]:
     return {"method": method, "target": "none" if method == "random" else settings.target,
-            "layer": _row_layer(method, settings), "model": "trained", "control": _is_control(method)}
-
-
-def _is_control(method: str) -> bool:
-    from tumorcam.explain import METHODS
-
-    return bool(getattr(METHODS[method], "control", False))
+            "layer": _row_layer(method, settings), "model": "trained", "control": METHODS[method].control}
 
 
 def _write_index(folder: Path, settings: VolumeSettings, header: dict[str, Any],
@@ -294,7 +283,7 @@ def write_case_maps(target: Path, prepared: Any, row: int, maps: dict[str, np.nd
 
     shape = tuple(int(n) for n in prepared.shapes[row])
     for method in settings.methods:
-        if _is_control(method):
+        if METHODS[method].control:
             continue
         volume = torch.from_numpy(np.asarray(maps[method], dtype=np.float32))[None, None]
         if tuple(volume.shape[2:]) != shape:
@@ -417,7 +406,7 @@ def sanity_file(network: torch.nn.Module, prepared: Any, rows: np.ndarray, setti
     if count == 0:
         return {**header, "skipped": "sanity_cases is 0"}
     case_ids = [str(c) for c in header["case_ids"][:count]]
-    layer = None if not _uses_layer(settings.primary_method) else settings.layer
+    layer = None if not METHODS[settings.primary_method].uses_layer else settings.layer
     parts = []
     for i in range(count):
         image, _ = prepared.tensors(rows[i:i + 1])

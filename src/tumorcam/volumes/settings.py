@@ -97,7 +97,7 @@ class VolumeSettings:
                                 f"got {self.sanity_cases!r}")
         if self.ablation_baseline not in ("zero", "mean"):
             raise TumorcamError(f"ablation_baseline: choose zero or mean, got {self.ablation_baseline!r}")
-        if self.primary_method not in self.methods or getattr(METHODS[self.primary_method], "control", False):
+        if self.primary_method not in self.methods or METHODS[self.primary_method].control:
             raise TumorcamError(f"primary_method: {self.primary_method!r} must be one of --methods "
                                 f"{','.join(self.methods)} and not a control")
         if self.split not in (None, "train", "val", "test", "all"):

@@ -149,6 +149,7 @@ class Method(ABC):
     uses_layer: ClassVar[bool] = True
     rectify: ClassVar[str] = "relu"
     reads_channel: ClassVar[bool] = False  # reads the class `channel` itself (not only through the target)
+    control: ClassVar[bool] = False  # a control (random map, the model's own output), not an explanation
 
     @abstractmethod
     def attribute(self, scalar: ScalarOutput, images: torch.Tensor, layer: nn.Module | None,

@@ -35,11 +35,6 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
 
-def is_control(method: Method) -> bool:
-    """Whether a method is a control (the controls here and the random map), not an explanation."""
-    return bool(getattr(method, "control", False))
-
-
 def dilation_margin(size: int) -> int:
     """m = max(1, round(size / 32)) px: 7 at 224, 3 at 96."""
     return max(1, round(size / 32))
