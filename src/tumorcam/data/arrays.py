@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 ARRAY_FILES = ("images.npy", "masks.npy", "labels.npy", "pids.npy", "file_ids.npy")
 CLASS_NAMES = {1: "meningioma", 2: "glioma", 3: "pituitary"}
 SPLITS = ("train", "val", "test")
+CHUNK = 256  # rows of a prepared folder moved to a device and resized at a time
 
 
 def rows_of_split(splits: dict[str, list], split: str, keys: np.ndarray) -> np.ndarray:

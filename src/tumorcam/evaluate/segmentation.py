@@ -22,14 +22,24 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tumorcam.errors import TumorcamError
+from tumorcam.data.arrays import CHUNK
 from tumorcam.io import write_json
-from tumorcam.evaluate.metrics import EMPTY_MASK_CONVENTION, summarize
+from tumorcam.evaluate.metrics import EMPTY_MASK_CONVENTION, dice_iou, summarize
 from tumorcam.model import CHECKPOINTS
 from tumorcam.run_folder import Run, as_run
-from tumorcam.training.data import CHUNK
-from tumorcam.inference import score
+from tumorcam.inference import predict_masks
+
+
+def score(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, batch_size: int,
+          device: torch.device, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-slice Dice and IoU (CPU float32 tensors) of the model's masks against `masks`;
+    predictions are made at the images' size and compared at the masks' size."""
+    pred = predict_masks(model, images, batch_size, device, amp, out_size=masks.shape[-1])
+    dice, iou = dice_iou(pred, masks.to(pred.device))
+    return dice.cpu(), iou.cpu()
 
 
 def evaluate_segmentation(run: str | Path | Run, data: str | Path | None = None, split: str = "test", *,

@@ -14,9 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tumorcam.data.arrays import PreparedData
-
-CHUNK = 256  # rows moved to the device and resized at a time
+from tumorcam.data.arrays import CHUNK, PreparedData
 
 
 @dataclass

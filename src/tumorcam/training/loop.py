@@ -34,13 +34,13 @@ from tumorcam import __version__
 from tumorcam.config import Config
 from tumorcam.data.arrays import PreparedData, load_prepared
 from tumorcam.errors import TumorcamError
+from tumorcam.evaluate.segmentation import score
 from tumorcam.io import atomic_path, write_json, write_text
 from tumorcam.model import BEST_WEIGHTS_FILE, WEIGHTS_FILE, build_model, save_weights
 from tumorcam.training import distributed
 from tumorcam.training.data import DeviceSplit, epoch_batches, load_split, steps_per_epoch
 from tumorcam.device import setup_backend
 from tumorcam.training.losses import make_loss
-from tumorcam.inference import score
 from tumorcam.training.state import STATE_FILE, load_state, save_state, unwrap
 from tumorcam.training.step import TrainStep, make_optimizer
 
