@@ -34,19 +34,15 @@ KNOWN_CYCLES: list[frozenset[str]] = []
 # component, and the edges that hold it together:
 KNOWN_PACKAGE_CYCLES: list[frozenset[str]] = [
     frozenset({
-        # guards.check_model runs the model through explain.methods.base (Logits, explaining), and
-        # data.arrays/data.volumes, evaluate.* and explain call the guards
-        "tumorcam.guards",
         # explain.volume_files draws its figures with report.figures/report.volumes, and the report
         # reads explain.index
         "tumorcam.report",
-        # Run.explanations reads explain.index; explain.run/explain.image open a Run
+        # Run.explanations reads explain.index; explain.run/explain.image and evaluate.inputs/segmentation
+        # open a Run
         "tumorcam.run_folder",
         # evaluate.* explain maps; report.results/figures read evaluate.headline/summary/metrics
         "tumorcam.evaluate",
         "tumorcam.explain",
-        # data.arrays/data.volumes call the guards (check_images, warn_intensity)
-        "tumorcam.data",
     }),
 ]
 

@@ -45,16 +45,14 @@ import sys
 import warnings
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from tumorcam.errors import TumorcamError, TumorcamWarning
-
-if TYPE_CHECKING:
-    from tumorcam.explain.methods.base import Output
+from tumorcam.logits import Logits, Output, explaining
 
 _PACKAGE = str(Path(__file__).resolve().parent)
 PROBABILITY_MODULES = (nn.Sigmoid, nn.Softmax, nn.Softmax2d)
@@ -129,8 +127,6 @@ def check_model(model: nn.Module, images: torch.Tensor, *, output: Output = None
     a model explained batch after batch, or method after method, is checked on its first call only.
 
     Call `check_images` first."""
-    from tumorcam.explain.methods.base import Logits, explaining
-
     if len(images) == 0:
         return channel_of(channel, None, required=required)
     key = (tuple(images.shape[1:]), images.dtype, images.device.type,

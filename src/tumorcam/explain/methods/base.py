@@ -14,86 +14,17 @@ LayerCAM): one forward with a hook on the layer, one backward of sum_b s_b. It d
 
 from __future__ import annotations
 
-import contextlib
-import difflib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from tumorcam.errors import TumorcamError
 from tumorcam.explain.targets import TargetFn, check_channel, target_scores
-
-Output = int | str | Callable[[Any], torch.Tensor] | None
-
-
-def select_output(out: Any, output: Output) -> torch.Tensor:
-    """The logits tensor in a model's output: the output itself (`output` None), `out[output]` (an index
-    of a tuple or list, a key of a dict) or `output(out)` (a callable)."""
-    if callable(output):
-        picked = output(out)
-    elif output is None:
-        picked = out
-        if isinstance(out, Mapping):
-            raise TumorcamError(f"output: the model returns a dict with keys {', '.join(map(str, out))}; "
-                                "choose the logits with output=KEY")
-        if isinstance(out, (tuple, list)):
-            raise TumorcamError(f"output: the model returns a {type(out).__name__} of {len(out)}; "
-                                "choose the logits with output=INDEX")
-    elif isinstance(out, Mapping):
-        if output not in out:
-            nearest = difflib.get_close_matches(str(output), [str(k) for k in out], n=1, cutoff=0.5)
-            hint = f" (did you mean {nearest[0]}?)" if nearest else ""
-            raise TumorcamError(f"output: the model's dict has no key {output!r}{hint}; keys: "
-                                f"{', '.join(map(str, out))}")
-        picked = out[output]
-    elif isinstance(out, (tuple, list)) and isinstance(output, int):
-        if not -len(out) <= output < len(out):
-            raise TumorcamError(f"output: index {output} is out of range for the model's {type(out).__name__} "
-                                f"of {len(out)}")
-        picked = out[output]
-    else:
-        raise TumorcamError(f"output: cannot pick {output!r} from the model's {type(out).__name__} output")
-    if not isinstance(picked, torch.Tensor):
-        raise TumorcamError(f"output: the logits must be a tensor (B, C, *spatial), got {type(picked).__name__}")
-    return picked
-
-
-@contextlib.contextmanager
-def explaining(model: nn.Module) -> Iterator[None]:
-    """Eval mode, parameters frozen (only the layer and what follows it are recorded for backward);
-    afterwards every module gets its own mode back and every parameter its own flag."""
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode
-
-
-class Logits(nn.Module):
-    """The model with its logits picked: x (B, C_in, *spatial) -> z (B, C, *spatial)."""
-
-    def __init__(self, model: nn.Module, output: Output = None) -> None:
-        super().__init__()
-        self.model = model
-        self.output = output
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = select_output(self.model(x), self.output)
-        if logits.dim() != x.dim() or logits.shape[0] != x.shape[0]:
-            raise TumorcamError(f"output: the logits must be (B, C, *spatial) like the images {tuple(x.shape)}, "
-                                f"got {tuple(logits.shape)}")
-        return logits
+from tumorcam.logits import Logits, Output, explaining, select_output  # noqa: F401 - where methods import them from
 
 
 class ScalarOutput(nn.Module):
