@@ -21,6 +21,7 @@ from tumorcam.data.arrays import load_prepared
 from tumorcam.evaluate.stats import holm
 from tumorcam.io import save_npz, write_json
 from tumorcam.evaluate.metrics import summarize
+from tumorcam.evaluate.segmentation import write_examples
 from tumorcam.model import build_model, save_weights
 
 SIZE = 64
@@ -170,8 +171,10 @@ def make_run(root: Path, prepared: Path, sections: tuple[str, ...] = SECTIONS, s
                     train=TrainConfig(size=SIZE, epochs=3))
     config.save(run / "config.json")
     torch.manual_seed(seed)
-    save_weights(build_model(config.model), run / "unet_trained.pth")
+    model = build_model(config.model)
+    save_weights(model, run / "unet_trained.pth")
     data = load_prepared(prepared)
+    write_examples(run, model, data, SIZE, torch.device("cpu"), "unet_trained.pth")  # Figure 5's predicted masks
     rows = data.indices("test")
     file_ids = np.asarray(data.file_ids[rows], dtype=np.int64)
     masks = np.asarray(data.masks[rows])

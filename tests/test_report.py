@@ -334,3 +334,49 @@ def test_fmt_ci_reads_both_ci_shapes() -> None:
     assert fmt_ci({"mean": 0.5, "ci95": [0.4, 0.6]}) == "0.500 [0.400, 0.600]"
     assert fmt_ci({"mean": 0.5, "ci_low": None, "ci_high": None}) == "0.500"
     assert fmt_ci({"mean": None}) == "n/a" and fmt_ci(None) == "n/a"
+
+
+def test_figure_5_reads_the_saved_predictions_and_names_the_command_when_they_are_missing(full_run: Path) -> None:
+    from tumorcam.evaluate.examples import EXAMPLES_FILE, load_examples
+
+    examples = load_examples(full_run)
+    assert len(examples.file_ids) == 3 and examples.predicted.shape == (3, 64, 64) and examples.size == 64
+    build_report(full_run)
+    assert (full_run / "figures" / "fig5_predicted_mask.png").is_file()
+
+    (full_run / EXAMPLES_FILE).unlink()
+    html = build_report(full_run).read_text().replace("&#x27;", "'")
+
+    assert not (full_run / "figures" / "fig5_predicted_mask.png").exists()
+    assert "figures_data/examples.npz is missing (written by `tumorcam evaluate RUN --segmentation`)" in html
+
+
+NEVER_RUNS_THE_NETWORK = """
+import sys
+opened = []
+
+
+def hook(event, args):
+    if event == "open":
+        opened.append(str(args[0]))
+
+
+sys.addaudithook(hook)
+from tumorcam.report import build_report
+build_report(sys.argv[1])
+print(sorted(m for m in ("tumorcam.inference", "tumorcam.model", "segmentation_models_pytorch") if m in sys.modules))
+print(sorted({p for p in opened if p.endswith(".pth")}))
+"""
+
+
+def test_the_report_never_loads_or_runs_the_network(full_run: Path) -> None:
+    """Building the report imports neither tumorcam.inference nor tumorcam.model and opens no .pth."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = subprocess.run([sys.executable, "-c", NEVER_RUNS_THE_NETWORK, str(full_run)], capture_output=True,
+                            text=True, env=env, timeout=300, check=True)
+    assert result.stdout.split("\n")[-3:-1] == ["[]", "[]"], result.stdout + result.stderr
+    assert (full_run / "figures" / "fig5_predicted_mask.png").is_file()

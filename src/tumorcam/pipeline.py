@@ -5,7 +5,7 @@ Stages and what they leave in OUT (the run folder):
     synth             synthetic/ (figshare .mat layout)        only without --data
     prepare           prepared/ (the prepared arrays)           unless --data is already prepared
     train             config.json, unet_trained.pth, unet_best.pth, history.json
-    segmentation      metrics.json
+    segmentation      metrics.json, figures_data/examples.npz (Figure 5's predicted masks)
     explain           explanations/ (trained model)
     explain-untrained explanations/ (model before fine-tuning, the paper's Figure 2)
     faithfulness      faithfulness.json
@@ -33,6 +33,7 @@ from typing import Any
 
 from tumorcam.config import Config, preset as preset_config
 from tumorcam.errors import TumorcamError
+from tumorcam.evaluate.examples import EXAMPLES_FILE
 from tumorcam.io import remove_outputs, write_json
 
 STAGES_FILE = "stages.json"
@@ -254,7 +255,7 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
 
     explain_stamp = stamp("explain", explain_settings, train_stamp)
     stages += [
-        Stage("segmentation", ("metrics.json",), stamp("segmentation", {"split": cfg.evaluate.split}, train_stamp),
+        Stage("segmentation", ("metrics.json", EXAMPLES_FILE), stamp("segmentation", {"split": cfg.evaluate.split}, train_stamp),
               current_config(lambda: _evaluate_segmentation(out, cfg.evaluate.split))),
         Stage("explain", ("explanations",), explain_stamp, explain(False)),
         Stage("explain-untrained", ("explanations/index.json",), stamp("explain-untrained", untrained_methods, explain_stamp),

@@ -12,6 +12,10 @@ against the prepared masks (`tumorcam.evaluate.metrics`). Writes `RUN/metrics.js
      "per_slice": [{"file_id", "pid", "label", "dice", "iou"}]}
 
 where CI = {"mean", "ci_low", "ci_high", "n"} (95% percentile bootstrap of the mean).
+
+With the run's own data (`data=None`) it also writes `RUN/figures_data/examples.npz`, the predicted
+masks of Figure 5's example slices (`tumorcam.evaluate.examples`), so that the report never runs
+the network.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tumorcam.errors import TumorcamError
-from tumorcam.data.arrays import CHUNK
+from tumorcam.data.arrays import CHUNK, PreparedData
 from tumorcam.io import write_json
+from tumorcam.evaluate.examples import N_EXAMPLES, example_rows, save_examples
 from tumorcam.evaluate.metrics import EMPTY_MASK_CONVENTION, dice_iou, summarize
 from tumorcam.model import CHECKPOINTS
 from tumorcam.run_folder import Run, as_run
@@ -84,4 +89,18 @@ def evaluate_segmentation(run: str | Path | Run, data: str | Path | None = None,
     doc["per_slice"] = [{"file_id": int(f), "pid": str(p), "label": int(lab), "dice": float(d), "iou": float(i)}
                         for f, p, lab, d, i in zip(file_ids, pids, labels, dice_np, iou_np)]
     write_json(run.path / "metrics.json", doc)
+    if data is None:
+        write_examples(run.path, model, prepared, size, device, CHECKPOINTS[checkpoint])
     return doc
+
+
+def write_examples(run: str | Path, model: nn.Module, prepared: PreparedData, size: int, device: torch.device,
+                   checkpoint: str) -> Path:
+    """Predict Figure 5's example slices (`example_rows`) at the training size `size`, without
+    autocast, and save them to RUN/figures_data/examples.npz (`tumorcam.evaluate.examples`)."""
+    rows = example_rows(prepared, N_EXAMPLES)
+    if len(rows) == 0:
+        raise TumorcamError(f"{prepared.root}: no slice to show in Figure 5")
+    images, _ = prepared.tensors(rows, size)
+    predicted = predict_masks(model, images, len(rows), device, amp=False).cpu()
+    return save_examples(run, prepared.file_ids[rows], predicted[:, 0].numpy(), size, checkpoint)

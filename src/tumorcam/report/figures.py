@@ -268,16 +268,16 @@ def draw_deletion_insertion(contents: RunContents) -> Figure:
 
 
 def draw_predicted_mask(contents: RunContents) -> Figure:
-    """(5) Slices and the predicted mask, with the ground truth for comparison and the Dice."""
+    """(5) Slices and the predicted mask, with the ground truth for comparison and the Dice; the
+    predictions are read from RUN/figures_data/examples.npz (the segmentation stage writes them)."""
     from tumorcam.errors import TumorcamError
     from tumorcam.evaluate.metrics import dice_iou
 
     prepared = _need(contents.prepared)
     try:
-        predictions = results.predict_examples(contents.run, prepared, MAX_ROWS)
+        images, masks, predicted, rows = results.read_examples(contents.run, prepared)
     except TumorcamError as exc:
         raise MissingInput(str(exc)) from None
-    images, masks, predicted, rows = predictions
     import torch
 
     dice, _ = dice_iou(torch.from_numpy(predicted), torch.from_numpy(masks))

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tumorcam.data.arrays import PreparedData
+from tumorcam.errors import TumorcamError
+from tumorcam.evaluate.examples import (EXAMPLES_COMMAND, EXAMPLES_FILE, example_rows,  # noqa: F401 (re-exported)
+                                        load_examples, one_per_class_first)
 from tumorcam.evaluate.headline import method_name, run_headline
 
 if TYPE_CHECKING:
@@ -103,31 +106,18 @@ def segmentation_table(metrics: dict[str, Any]) -> Table:
 
 # --- prediction examples -----------------------------------------------------------------------------
 
-def example_rows(prepared: PreparedData, limit: int) -> np.ndarray:
-    """Test-split rows to show (all rows without a test split): one per class first, then in order."""
-    rows = prepared.indices("test")
-    if len(rows) == 0:
-        rows = prepared.indices("all")
-    return rows[one_per_class_first(np.asarray(prepared.labels[rows]), limit)]
-
-
-def one_per_class_first(labels: np.ndarray, limit: int) -> np.ndarray:
-    """Positions to show: the first of each class (in class order), then the others in order, up to `limit`."""
-    firsts = [int(np.flatnonzero(labels == c)[0]) for c in sorted(set(labels.tolist()))]
-    chosen = set(firsts)
-    rest = [i for i in range(len(labels)) if i not in chosen]
-    return np.array((firsts + rest)[:limit], dtype=np.int64)
-
-
-def predict_examples(run: Run, prepared: PreparedData, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Images (N,S,S), ground-truth and predicted masks (N,S,S) bool and rows of a few test slices,
-    predicted by the run's last checkpoint at its training size, on `run.device`."""
-    from tumorcam.inference import predict_masks
-
-    rows = example_rows(prepared, limit)
-    images, masks = prepared.tensors(rows, run.config.train.size)
-    predicted = predict_masks(run.model("last"), images, len(rows), run.device, amp=False).cpu()
-    return images[:, 0].numpy(), masks[:, 0].numpy() > 0.5, predicted[:, 0].numpy(), rows
+def read_examples(run: Run, prepared: PreparedData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Images (N,S,S), ground-truth and predicted masks (N,S,S) bool and rows of
+    Figure 5's slices, read from RUN/figures_data/examples.npz (written by the segmentation stage; the
+    report never runs the network). A missing file is a `TumorcamError` naming the command that writes it."""
+    examples = load_examples(run.path)
+    order = {int(f): i for i, f in enumerate(np.asarray(prepared.file_ids))}
+    if any(int(f) not in order for f in examples.file_ids):
+        raise TumorcamError(f"{EXAMPLES_FILE} holds slices that are not in {prepared.root}; write it again with "
+                            f"`{EXAMPLES_COMMAND}`")
+    rows = np.array([order[int(f)] for f in examples.file_ids], dtype=np.int64)
+    images, masks = prepared.tensors(rows, examples.size)
+    return images[:, 0].numpy(), masks[:, 0].numpy() > 0.5, examples.predicted, rows
 
 
 # --- what a row is -----------------------------------------------------------------------------------
