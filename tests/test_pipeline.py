@@ -58,7 +58,7 @@ def test_tumorcam_run_end_to_end_then_a_rerun_skips_every_stage(tmp_path: Path, 
     stages = json.loads((run / STAGES_FILE).read_text())["stages"]
     assert list(stages) == ALL_STAGES and all(s["status"] == "done" for s in stages.values())
     for name in ("config.json", "unet_trained.pth", "unet_best.pth", "history.json", "metrics.json",
-                 "explanations/index.json", "faithfulness.json", "localization.json", "sanity.json"):
+                 "figures_data/examples.npz", "explanations/index.json", "faithfulness.json", "localization.json", "sanity.json"):
         assert (run / name).is_file(), name
     index = json.loads((run / "explanations" / "index.json").read_text())
     assert {e["model"] for e in index["entries"]} == {"trained", "untrained"}

@@ -105,3 +105,28 @@ def test_bad_input(tiny_run, tmp_path):
         evaluate_segmentation(run, checkpoint="first")
     with pytest.raises(TumorcamError, match="not a prepared folder"):
         evaluate_segmentation(run, data=tmp_path)
+
+
+def test_writes_figure_5_examples_as_the_report_once_predicted_them(tiny_run, tmp_path):
+    """examples.npz: the report's example rows (one per class first), predicted by the last checkpoint
+    at the training size without autocast, as the report did before it stopped running the network."""
+    from tumorcam.evaluate.examples import EXAMPLES_FILE, N_EXAMPLES, example_rows, load_examples
+
+    run, data = tiny_run
+    (run / EXAMPLES_FILE).unlink(missing_ok=True)
+    evaluate_segmentation(run, split="val")
+    examples = load_examples(run)
+    prepared = load_prepared(data)
+    rows = example_rows(prepared, N_EXAMPLES)
+    np.testing.assert_array_equal(examples.file_ids, np.asarray(prepared.file_ids[rows]))
+    model, _ = load_run_model(run)
+    images, _ = prepared.tensors(rows, 32)
+    with torch.no_grad():
+        expected = model(images).numpy()[:, 0] > 0
+    assert examples.size == 32 and examples.checkpoint == "unet_trained.pth"
+    np.testing.assert_array_equal(examples.predicted, expected)
+
+    (run / EXAMPLES_FILE).unlink()
+    evaluate_segmentation(run, data=data, split="val")  # another data folder than the run's: not written
+    assert not (run / EXAMPLES_FILE).exists()
+    evaluate_segmentation(run, split="val")
