@@ -107,3 +107,24 @@ def test_channel_shares_from_a_channel_result_summary():
     assert _png(fig).startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="summary: no channel to draw"):
         draw_channel_shares({"channels": {}})
+
+
+def test_report_command_builds_the_report_of_a_run_on_volumes(tmp_path, capsys):
+    """`tumorcam report RUN` on a run folder made by a run on volumes (volume_config.json, no
+    config.json) builds its report with build_volume_report instead of refusing it."""
+    import json
+
+    from tumorcam.cli import main
+
+    run = tmp_path / "volume-run"
+    run.mkdir()
+    (run / "volume_config.json").write_text(json.dumps({"model": "tiny-unet3d", "weights": None, "data": "cases"}))
+    (run / "segmentation.json").write_text(json.dumps(
+        {"dice": {"mean": 0.8, "ci_low": 0.7, "ci_high": 0.9}, "n_cases": 2}))
+
+    main(["report", str(run)])
+
+    assert capsys.readouterr().out.strip() == str(run / "report.html")
+    page = (run / "report.html").read_text()
+    assert "model tiny-unet3d" in page and "Segmentation: Dice 0.800 [0.700, 0.900] over 2 cases" in page
+    assert not (run / "config.json").exists()

@@ -7,14 +7,29 @@ from pathlib import Path
 import typer
 
 
-def report_command(
-    run: Path = typer.Argument(..., metavar="RUN", help="Run folder (config.json, metrics.json, explanations/, ...)."),
-) -> None:
-    """Draw RUN/figures/*.png and write RUN/report.html (missing stages are shown as missing)."""
+def build_run_report(run: str | Path) -> Path:
+    """The report of any run folder, by its kind: a run on volumes (volume_config.json, no config.json)
+    gets `tumorcam.volumes.report.build_volume_report`, every other folder `tumorcam.report.build_report`
+    (which names a folder that is not a run). Both read the folder's JSON and saved arrays only."""
+    from tumorcam.run_folder import CONFIG_FILE
+    from tumorcam.volumes.settings import SETTINGS_FILE
+
+    run = Path(run)
+    if (run / SETTINGS_FILE).is_file() and not (run / CONFIG_FILE).is_file():
+        from tumorcam.volumes.report import build_volume_report
+
+        return build_volume_report(run)
     from tumorcam.report import build_report
 
-    path = build_report(run)
-    typer.echo(str(path))
+    return build_report(run)
+
+
+def report_command(
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder: a trained run (config.json, metrics.json, "
+                               "explanations/, ...) or a run on volumes (volume_config.json)."),
+) -> None:
+    """Draw RUN/figures/*.png and write RUN/report.html (missing stages are shown as missing)."""
+    typer.echo(str(build_run_report(run)))
 
 
 def register(app: typer.Typer) -> None:
