@@ -3,7 +3,7 @@
 Maps are Gaussian bumps on each slice's tumour (their maxima are known), the model is an
 untrained small U-Net, and the JSON files follow docs/training.md and docs/evaluate.md: the
 evaluation files are patient-level, every comparison with a raw p, a Holm-adjusted p (family
-"primary" for the primary row's two tests against random, "exploratory" for every other) and a
+"primary" for the primary row's four tests (vs random and vs the mask), "exploratory" for every other) and a
 verdict read from the adjusted p. Their numbers are made up (12 patients, 24 slices) and chosen so
 that raw and adjusted p differ and every verdict appears.
 """

@@ -440,9 +440,11 @@ def glance_tables(faithfulness: dict[str, Any]) -> list[Table]:
     note = ("AUC: mean over patients of each patient's mean AUC (area under the score curve over the step "
             "k/K); 95% CI by cluster bootstrap over patients. p: two-sided Wilcoxon signed-rank test of the "
             "patients' mean AUC differences against the random map of the same target; adjusted p: Holm within "
-            "its family (primary: the primary row's two tests; exploratory: every other test of the file). "
-            f"Verdicts at alpha = {fmt(faithfulness.get('alpha', 0.05), 2)} on the adjusted p; \"vs predicted "
-            "mask\": the same test against the predicted-mask control (exploratory).")
+            "its family (primary: the primary row's four tests, against random and against the predicted mask; "
+            "exploratory: every other test of the file). "
+            f"Verdicts at alpha = {fmt(faithfulness.get('alpha', 0.05), 2)} on the adjusted p, each with its effect "
+            "size: the Hodges-Lehmann estimate of the paired difference with its 95% bootstrap CI over patients; "
+            "\"vs predicted mask\": the same test against the predicted-mask control.")
     tables = [Table(f"Deletion and Insertion per method ({n})", headers,
                     [_glance_row(r, _method_label(r, with_layer) + (" (primary)" if r is primary else ""))
                      for r in methods], note, groups)]
