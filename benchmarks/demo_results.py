@@ -15,7 +15,9 @@ means) and appears in the docs only between marker comments
 whose content is `render(NAME, results)`; the files are rewritten atomically (temporary file, then
 rename). tests/test_demo_results.py re-renders every block and fails when one differs.
 
-It lives in benchmarks/ beside the other scripts that turn runs into the figures the docs quote
+It reads the files with the package's reader (`tumorcam.io.optional_json`) and finds the primary row
+by `tumorcam.evaluate.summary.is_primary_row`; `write_atomic` keeps a doc file's mode, which
+`tumorcam.io.write_text` does not. It lives in benchmarks/ beside the other scripts that turn runs into the figures the docs quote
 (`benchmarks/results/`), which the tests already import that way; it is not part of the package
 (it reads the repository's docs, not a user's run).
 """
@@ -32,6 +34,9 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from tumorcam.evaluate.summary import is_primary_row
+from tumorcam.io import optional_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path("docs/demo-results.json")
@@ -99,14 +104,6 @@ FIELDS = {
 
 # ---------------------------------------------------------------------------------------------- reading
 
-def read_json(path: Path) -> Any:
-    """A JSON file, or None when it is absent."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-
-
 def _get(data: Any, *keys: Any) -> Any:
     for key in keys:
         if isinstance(data, Mapping):
@@ -116,12 +113,6 @@ def _get(data: Any, *keys: Any) -> Any:
         else:
             return None
     return data
-
-
-def is_primary_row(row: Mapping[str, Any], primary: Mapping[str, Any]) -> bool:
-    """As `tumorcam.evaluate.summary.is_primary_row` (kept here so the script reads runs of other versions)."""
-    return (all(row.get(k) == primary.get(k) for k in ("method", "target", "layer", "baseline"))
-            and row.get("model", "trained") == "trained" and not row.get("times_gt", False))
 
 
 def _reference_row(rows: list[dict[str, Any]], method: str, primary: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -206,18 +197,18 @@ def extract_slices(run: Path) -> dict[str, Any]:
     """The slice demo's figures from a finished run folder (config, provenance, metrics, faithfulness,
     localization, sanity, stages)."""
     run = Path(run)
-    faithfulness = read_json(run / "faithfulness.json")
-    metrics = read_json(run / "metrics.json")
+    faithfulness = optional_json(run / "faithfulness.json")
+    metrics = optional_json(run / "metrics.json")
     if faithfulness is None or metrics is None:
         raise SystemExit(f"{run}: not a finished `tumorcam run` folder (no faithfulness.json or metrics.json)")
-    config = read_json(run / "config.json") or {}
-    stages = _get(read_json(run / "stages.json"), "stages") or {}
+    config = optional_json(run / "config.json") or {}
+    stages = _get(optional_json(run / "stages.json"), "stages") or {}
     patient = _get(metrics, "per_patient", "summary", "dice") or {}
     out: dict[str, Any] = {
         "source": str(run), "commit": _commit(),
         "finished": max((s.get("finished") for s in stages.values() if s.get("finished")), default=None),
         "preset": config.get("preset"), "epochs": _get(config, "train", "epochs"), "size": _get(config, "train", "size"),
-        "threads": _get(read_json(run / "provenance.json"), "cpu_threads"),
+        "threads": _get(optional_json(run / "provenance.json"), "cpu_threads"),
         "n_patients": faithfulness.get("n_patients"), "n_slices": faithfulness.get("n_slices"),
         "dice_mean": _get(metrics, "overall", "dice", "mean"),
         "dice_patient": patient.get("mean"), "dice_patient_ci_low": patient.get("ci_low"),
@@ -226,9 +217,9 @@ def extract_slices(run: Path) -> dict[str, Any]:
         "dice_n_slices": _get(metrics, "overall", "n"),
     }
     out.update(primary_figures(faithfulness))
-    localization = read_json(run / "localization.json")
+    localization = optional_json(run / "localization.json")
     out["holm_localization_tests"] = sum(holm_counts(localization).values())
-    sanity = read_json(run / "sanity.json") or {}
+    sanity = optional_json(run / "sanity.json") or {}
     out["sanity"] = {r["method"]: _verdict(r) for r in sanity.get("results") or []
                      if r.get("model", "trained") == "trained" and r.get("method")}
     out.update(_seconds({name: s.get("seconds") for name, s in stages.items()}))
@@ -238,13 +229,13 @@ def extract_slices(run: Path) -> dict[str, Any]:
 def extract_volumes(run: Path) -> dict[str, Any]:
     """The volume demo's figures from a finished `tumorcam run --volumes` folder."""
     run = Path(run)
-    faithfulness = read_json(run / "faithfulness.json")
-    segmentation = read_json(run / "segmentation.json")
+    faithfulness = optional_json(run / "faithfulness.json")
+    segmentation = optional_json(run / "segmentation.json")
     if faithfulness is None or segmentation is None:
         raise SystemExit(f"{run}: not a finished `tumorcam run --volumes` folder (no faithfulness.json or "
                          "segmentation.json)")
-    training = read_json(run / "demo_training.json") or {}
-    timings = read_json(run / "timings.json") or {}
+    training = optional_json(run / "demo_training.json") or {}
+    timings = optional_json(run / "timings.json") or {}
     dice = segmentation.get("dice") or {}
     out: dict[str, Any] = {
         "source": str(run), "commit": _commit(),
@@ -255,14 +246,14 @@ def extract_volumes(run: Path) -> dict[str, Any]:
         "dice_patient_ci_low": dice.get("ci_low"), "dice_patient_ci_high": dice.get("ci_high"),
         "dice_n_patients": segmentation.get("n_cases"),
         "val_dice": training.get("val_dice_mean"),
-        "train_cases": len(_get(read_json(run / "prepared" / "splits.json"), "train") or []) or None,
+        "train_cases": len(_get(optional_json(run / "prepared" / "splits.json"), "train") or []) or None,
     }
     out.update(primary_figures(faithfulness))
-    localization = read_json(run / "localization.json")
+    localization = optional_json(run / "localization.json")
     out["holm_localization_tests"] = sum(holm_counts(localization).values())
-    sanity = read_json(run / "sanity.json") or {}
+    sanity = optional_json(run / "sanity.json") or {}
     out["sanity"] = {sanity["method"]: _verdict(sanity)} if sanity.get("method") else {}
-    out.update(_channels(read_json(run / "channels.json")))
+    out.update(_channels(optional_json(run / "channels.json")))
     seconds = dict(timings.get("seconds") or {})
     if isinstance(training.get("seconds"), (int, float)):
         seconds = {"train": training["seconds"], **seconds}
@@ -474,12 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.render or args.check:
-        results = read_json(args.json)
+        results = optional_json(args.json)
         if results is None:
             print(f"{args.json}: missing", file=sys.stderr)
             return 1
     else:
-        previous = read_json(args.json) or {}
+        previous = optional_json(args.json) or {}
         results = {"about": ABOUT, "fields": FIELDS, "slices": extract_slices(args.run),
                    "volumes": extract_volumes(args.volumes) if args.volumes else previous.get("volumes")}
         write_atomic(args.json, json.dumps(results, indent=2) + "\n")

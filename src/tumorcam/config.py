@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 from tumorcam.errors import TumorcamError
 
+DEMO_THREADS = 1  # the demos' CPU threads (`demo` preset, volume demo): fixed, so their figures never follow the load
+
 
 Check = tuple[Callable[[Any], bool], str]  # a value rule of a config field and what it asks
 POSITIVE_INT: Check = (lambda v: v >= 1, "must be >= 1")
@@ -176,10 +178,10 @@ def preset(name: str) -> Config:
         return Config(
             preset="demo",
             model=ModelConfig(encoder_weights="none"),
-            # num_threads fixed (tumorcam.device.DEMO_THREADS): the thread count changes the reduction order,
+            # num_threads fixed (DEMO_THREADS): the thread count changes the reduction order,
             # so the automatic one (from the load average) would change the demo's figures from run to run
             train=TrainConfig(size=96, epochs=6, batch_size=8, lr=2e-3, schedule="cosine", loss="dice+bce",
-                              augment=True, num_threads=1),
+                              augment=True, num_threads=DEMO_THREADS),
             # sized so `tumorcam run` fits 5 min on 2 CPU cores: every test patient (12 of the synthetic
             # default), 2 slices each, the primary target and baseline only, K = 8 log-spaced steps
             explain=ExplainConfig(patients=None, slices_per_patient=2, limit=None, targets=["predicted-region"],

@@ -8,6 +8,7 @@ import re
 
 import torch
 
+from tumorcam.config import DEMO_THREADS
 from tumorcam.errors import TumorcamError
 
 
@@ -34,7 +35,6 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
-DEMO_THREADS = 1  # the demos' CPU threads (`demo` preset, volume demo): fixed, so their figures never follow the load
 
 
 def demo_threads() -> int:

@@ -163,29 +163,34 @@ def _failure(model: nn.Module, logits_of: nn.Module, images: torch.Tensor, exc: 
     if isinstance(stride, int) and stride > 1 and any(s % stride for s in spatial):
         divisor, who = stride, "encoder"
     else:
-        divisor, who = _divisor(logits_of, images), "model"
+        divisor, who = smallest_multiple(logits_of, images), "model"
     if divisor is None:
         line = (str(exc).strip().splitlines() or [""])[0]
         return TumorcamError(f"images: the model fails on spatial size {spatial} ({line}); pad or resize the "
                              "images to a size it takes")
-    padded = tuple(divisor * math.ceil(s / divisor) for s in spatial)
     return TumorcamError(f"images: spatial size {spatial} is not divisible by {divisor}, which the {who} needs; "
-                         f"pad or resize (e.g. to {padded})")
+                         f"pad or resize (e.g. to {padded_shape(spatial, divisor)})")
 
 
-def _divisor(logits_of: nn.Module, images: torch.Tensor) -> int | None:
-    """The smallest power of two d (`DIVISORS`) such that the model takes zeros of the images' size
-    padded up to multiples of d; None when none does."""
-    spatial = images.shape[2:]
+def padded_shape(shape: Any, multiple: int) -> tuple[int, ...]:
+    """Each axis of `shape` rounded up to a multiple of `multiple`."""
+    return tuple(multiple * math.ceil(int(n) / multiple) for n in shape)
+
+
+def smallest_multiple(logits_of: nn.Module, images: torch.Tensor) -> int | None:
+    """The smallest power of two d (`DIVISORS`) such that `logits_of` takes zeros of the images' size
+    padded up to multiples of d and returns logits on that padded grid; None when none does."""
+    spatial = tuple(images.shape[2:])
     for d in DIVISORS:
-        if all(s % d == 0 for s in spatial):
+        padded = padded_shape(spatial, d)
+        if padded == spatial:
             continue  # this size failed already
-        padded = [d * math.ceil(s / d) for s in spatial]
         try:
-            logits_of(images.new_zeros((1, images.shape[1], *padded)))
+            logits = logits_of(images.new_zeros((1, images.shape[1], *padded)))
         except Exception:  # noqa: BLE001 - any failure: not this divisor
             continue
-        return d
+        if tuple(logits.shape[2:]) == padded:
+            return d
     return None
 
 
@@ -208,6 +213,11 @@ def flat_maps(maps: torch.Tensor) -> torch.Tensor:
         return torch.zeros(len(maps), dtype=torch.bool, device=maps.device)
     flat = maps.flatten(1)
     return flat.amax(dim=1) == flat.amin(dim=1)
+
+
+def count_flat(maps: Any) -> int:
+    """How many of the maps (N, *spatial) (a tensor or an array) are flat (`flat_maps`)."""
+    return int(flat_maps(torch.as_tensor(maps)).sum())
 
 
 def warn_flat_maps(maps: torch.Tensor, method: str, layer: str) -> None:

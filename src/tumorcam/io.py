@@ -88,6 +88,16 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def optional_json(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON object in the file `path`; None when the file is missing, unreadable, not JSON or not
+    an object (the caller then says what is missing)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON object in the file `path`; an unreadable file, bad JSON or another JSON value is one
     error naming the file."""

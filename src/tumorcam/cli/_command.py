@@ -2,12 +2,15 @@
 shown by that name alone in --help, without typer's Python type beside it (`<list[Path]>`), and the
 names of the registries (`{methods}`, `{controls}`, `{targets}`, `{mask_targets}`, `{baselines}` in an option's help)
 filled in from `tumorcam.explain` and `tumorcam.evaluate.baselines` when --help is shown (not at import:
-they import torch)."""
+they import torch); and what several commands share: `--threads` (`use_threads`) and the run's
+headline in the terminal (`echo_headline`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import typer
 from typer.core import TyperArgument, TyperCommand
 
 
@@ -54,3 +57,22 @@ def use_threads(threads: int | None) -> None:
     from tumorcam.device import cpu_threads
 
     torch.set_num_threads(cpu_threads(threads))
+
+
+TERMINAL_COLOURS = {"green": typer.colors.GREEN, "amber": typer.colors.YELLOW, "red": typer.colors.RED,
+                    "grey": typer.colors.WHITE}
+
+
+def echo_headline(run: Path) -> None:
+    """The run's headline (faithfulness.json's), coloured by its level: the last lines of `tumorcam run`
+    (before the report's path) and of `tumorcam evaluate`; nothing when the run has no faithfulness.json."""
+    from tumorcam.io import optional_json
+    from tumorcam.report.results import headline_of
+
+    faithfulness = optional_json(run / "faithfulness.json")
+    if not faithfulness:
+        return
+    head = headline_of(faithfulness)
+    colour = TERMINAL_COLOURS.get(head.get("colour", "grey"), typer.colors.WHITE)
+    typer.echo(typer.style(f"headline: {head['level']}", fg=colour, bold=True))
+    typer.echo(typer.style(head["sentence"], fg=colour))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from tumorcam.cli._command import THREADS_HELP, use_threads
+from tumorcam.cli._command import Command, THREADS_HELP, echo_headline, use_threads
 
 if TYPE_CHECKING:
     from tumorcam.run_folder import Run
@@ -52,7 +52,6 @@ def _faithfulness(run: Path, data: Optional[Path], split: str, options: dict[str
                      f"{row['score']:<17} deletion AUC {_fmt(row['deletion']['mean'])}  "
                      f"insertion AUC {_fmt(row['insertion']['mean'])}  vs random: {verdicts['vs_random']}  "
                      f"vs mask: {verdicts['vs_mask']}")
-    lines.append(f"headline: {doc['headline']['level']}: {doc['headline']['sentence']}")
     return "\n".join(lines)
 
 
@@ -142,6 +141,8 @@ def evaluate_command(
         _explain_first(folder, data, split, patients, slices_per_patient)
     for name in names:
         typer.echo(STAGES[name](run, data, split, options))
+    if {"faithfulness", "sanity"} & set(names):
+        echo_headline(run)  # after both: the sanity stage completes the headline
 
 
 def _explain_first(run: Run, data: Optional[Path], split: str, patients: Optional[int],
@@ -156,6 +157,4 @@ def _explain_first(run: Run, data: Optional[Path], split: str, patients: Optiona
 
 
 def register(app: typer.Typer) -> None:
-    from tumorcam.cli._command import Command
-
     app.command("evaluate", cls=Command)(evaluate_command)

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from tumorcam.cli._command import THREADS_HELP, use_threads
+from tumorcam.cli._command import Command, THREADS_HELP, use_threads
 
 
 def _names(value: Optional[str]) -> Optional[list[str]]:
@@ -193,6 +193,4 @@ def _explain_own_model(run: Optional[Path], images: Optional[list[Path]], out: O
 
 
 def register(app: typer.Typer) -> None:
-    from tumorcam.cli._command import Command
-
     app.command("explain", cls=Command)(explain_command)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tumorcam.cli._command import THREADS_HELP, use_threads
+from tumorcam.cli._command import Command, THREADS_HELP, echo_headline, use_threads
 from tumorcam.errors import TumorcamError
 
 
@@ -43,9 +43,9 @@ def run_command(
     baselines: Optional[str] = typer.Option(None, "--baselines", help="Volumes: comma-separated baselines of the "
                                                                       "game (default zero,blur)."),
     channel: Optional[int] = typer.Option(None, "--channel", help="Volumes: the explained class of --model."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=0, metavar="N", help=THREADS_HELP[:-1] + "; every stage's: "
-                                          "the config's train.num_threads). Default: the config's (the demo "
-                                          "presets: 1, so that their figures repeat)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=0, metavar="N", help=THREADS_HELP + " Every stage's: the config's "
+                                          "train.num_threads. Default: the config's (the demo presets: 1, so "
+                                          "that their figures repeat)."),
 ) -> None:
     """Run the whole pipeline into one run folder, skipping the stages already done; print the report's path.
     With a volume dataset (nnU-Net's raw layout or prepared volumes) and --model, or with --volumes: the
@@ -81,25 +81,6 @@ def run_command(
     )
     echo_headline(report.parent)
     typer.echo(str(report))
-
-
-TERMINAL_COLOURS = {"green": typer.colors.GREEN, "amber": typer.colors.YELLOW, "red": typer.colors.RED,
-                    "grey": typer.colors.WHITE}
-
-
-def echo_headline(run: Path) -> None:
-    """The run's headline (faithfulness.json's), coloured by its level, as the last lines before the
-    report's path; nothing when the run has no faithfulness.json."""
-    from tumorcam.report.build import optional_json
-    from tumorcam.report.results import headline_of
-
-    faithfulness = optional_json(run / "faithfulness.json")
-    if not faithfulness:
-        return
-    head = headline_of(faithfulness)
-    colour = TERMINAL_COLOURS.get(head.get("colour", "grey"), typer.colors.WHITE)
-    typer.echo(typer.style(f"headline: {head['level']}", fg=colour, bold=True))
-    typer.echo(typer.style(head["sentence"], fg=colour))
 
 
 def _is_volume_data(data: Optional[Path]) -> bool:
@@ -155,6 +136,4 @@ def _names(value: Optional[str]) -> Optional[list[str]]:
 
 
 def register(app: typer.Typer) -> None:
-    from tumorcam.cli._command import Command
-
     app.command("run", cls=Command)(run_command)

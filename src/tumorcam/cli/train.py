@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tumorcam.cli._command import THREADS_HELP, use_threads
+from tumorcam.cli._command import Command, THREADS_HELP, use_threads
 
 
 def train_command(
@@ -68,6 +68,4 @@ def train_command(
 
 
 def register(app: typer.Typer) -> None:
-    from tumorcam.cli._command import Command
-
     app.command("train", cls=Command)(train_command)

@@ -300,23 +300,17 @@ def channel_range(channel: np.ndarray, path: Path, foreground: np.ndarray | None
     return np.float64(lo), np.float64(hi)  # float64 scalars: the scaling is computed in float64, then stored float32
 
 
-def normalize_channel(channel: np.ndarray, path: Path, foreground: np.ndarray | None | bool = True) -> np.ndarray:
-    """Clip to the 0.5th..99.5th percentile of the foreground voxels, scale to [0, 1] (float32) and set
-    the background to 0. `foreground`: a mask (D, H, W), None (every voxel), or True: the channel's
-    own (`foreground_mask` of the channel alone)."""
-    if foreground is True:
-        foreground = foreground_mask(channel[None])
-    lo, hi = channel_range(channel, path, foreground)
-    scaled = ((np.clip(channel, lo, hi) - lo) / (hi - lo)).astype(np.float32)
-    if foreground is not None:
-        scaled[~foreground] = 0
-    return scaled
+def normalize_channel(channel: np.ndarray, path: Path) -> np.ndarray:
+    """One channel (D, H, W) as `normalize_case` scales it on its own: clipped to the 0.5th..99.5th
+    percentile of its foreground voxels, scaled to [0, 1] (float32), the background set to 0."""
+    return normalize_case(channel[None], [path])[0][0]
 
 
 def normalize_case(images: np.ndarray, paths: Sequence[Path], region: np.ndarray | None = None
                    ) -> tuple[np.ndarray, list[float | None], list[float]]:
-    """A case (C, D, H, W) normalized channel by channel (`normalize_channel`) from its common foreground
-    (`foreground_mask`): (images (C, D, H, W) float32 in [0, 1], the background value per channel,
+    """A case (C, D, H, W) normalized channel by channel from its common foreground (`foreground_mask`):
+    each channel clipped to the 0.5th..99.5th percentile of the foreground voxels, scaled to [0, 1]
+    and its background set to 0. Returns (images (C, D, H, W) float32 in [0, 1], the background value per channel,
     the share of the `region`'s voxels (D, H, W) bool above hi per channel, i.e. clipped at 1; 0 for
     an empty or absent region)."""
     background = background_values(images)

@@ -140,14 +140,16 @@ class ChannelResult:
             "bootstrap": bootstrap,
             "channels": per_channel,
             "top_channel": None if top is None else names[top],
-            "tests": self._tests(top, alpha),
+            "tests": self._tests(top, alpha, bootstrap=bootstrap, level=level, seed=seed),
             "agreement": self._agreement(),
             "per_slice": {key: {name: finite_list(values[:, c]) for c, name in enumerate(names)}
                           for key, values in (("share", self.shares), ("dice_drop", self.dice_drop))},
         }
 
-    def _tests(self, top: int | None, alpha: float) -> list[dict[str, Any]]:
-        """Every channel's drop against 0, then the top channel against each other channel; one Holm."""
+    def _tests(self, top: int | None, alpha: float, *, bootstrap: int, level: float,
+               seed: int) -> list[dict[str, Any]]:
+        """Every channel's drop against 0, then the top channel against each other channel; one Holm;
+        effect-size CIs with `bootstrap` resamples at `level`, seeded with `seed`."""
         names, drop, ids = self.channel_names, self.dice_drop, self.unit_ids
         plan = [(VS_ZERO, c, None) for c in range(len(names))]
         if top is not None:
@@ -155,7 +157,8 @@ class ChannelResult:
         rows = []
         for kind, c, other in plan:
             reference = np.zeros(len(drop)) if other is None else drop[:, other]
-            row = paired_comparison(drop[:, c], reference, ids, lower_is_better=False, test="wilcoxon", alpha=alpha)
+            row = paired_comparison(drop[:, c], reference, ids, lower_is_better=False, test="wilcoxon", alpha=alpha,
+                                    resamples=bootstrap, level=level, seed=seed)
             row["positive_share"] = row.pop("better_share")
             del row["lower_is_better"]
             versus = None if other is None else names[other]
@@ -165,7 +168,7 @@ class ChannelResult:
         adjusted = holm([row["p_value"] for row in rows])
         m = sum(p is not None for p in adjusted)
         for row, p_adjusted in zip(rows, adjusted, strict=True):
-            word = verdict(p_adjusted, row["estimate"], int(row.get("n_patients", row["n_pairs"])), lower_is_better=False, alpha=alpha)
+            word = verdict(p_adjusted, row["estimate"], int(row["n_patients"]), lower_is_better=False, alpha=alpha)
             row.update(p_adjusted=p_adjusted, adjusted_over=m, family=EXPLORATORY, verdict=WORDS[row["kind"]][word])
         return rows
 

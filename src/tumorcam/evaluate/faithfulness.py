@@ -34,7 +34,8 @@ from torch import nn
 from tumorcam.errors import TumorcamError
 from tumorcam.evaluate.baselines import BASELINES
 from tumorcam.evaluate.game import CURVES, Curves, PerturbationGame, as_masks
-from tumorcam.evaluate.headline import count_flat, headline, run_headline
+from tumorcam.evaluate.headline import headline, run_headline
+from tumorcam.guards import count_flat
 from tumorcam.evaluate.ranking import auc, check_schedule, check_steps, step_fractions
 from tumorcam.evaluate.reference import Reference, as_maps, reference_maps, units
 from tumorcam.evaluate.summary import (
@@ -114,8 +115,11 @@ class FaithfulnessResult:
         row["per_slice"] = per_slice
         # the call's comparisons are its primary family: Holm over the (up to) four
         adjust_file([row], CURVES, primary={key: row.get(key) for key in PRIMARY_KEYS}, alpha=alpha)
-        verdict = sanity if sanity is None or isinstance(sanity, dict) else \
-            {"verdict": sanity.verdict, "n_patients": sanity.n_patients, "reason": sanity.reason}
+        if sanity is None or isinstance(sanity, dict):
+            verdict = sanity
+        else:
+            decided, reason = sanity.decide()  # one bootstrap of the final CIs for both
+            verdict = {"verdict": decided, "n_patients": sanity.n_patients, "reason": reason}
         row["headline"] = headline(row, primary={"method": "The map", **{k: row.get(k) for k in PRIMARY_KEYS}},
                                    alpha=alpha, sanity=verdict, unit=self.unit,
                                    flat={"n_flat": self.n_flat_maps, "n_maps": len(self.unit_ids)})
@@ -187,20 +191,21 @@ def faithfulness(
             guards.warn_empty_regions(int((game.region.flatten(1).sum(dim=1) == 0).sum()), len(images))
         curves = game.curves(maps)
         reference_curves = None if compared is None else game.curves(compared)
-        mask_curves = game.curves(predicted_mask_maps(model, images, channel, output)) if mask_reference else None
+        mask_curves = (game.curves(predicted_mask_maps(model, images, channel, output, batch_size))
+                       if mask_reference else None)
     return FaithfulnessResult(curves=curves, reference_curves=reference_curves, unit_ids=unit_ids, unit=unit,
                               baseline=baseline, score=score, schedule=schedule,
                               reference=reference if reference is None or isinstance(reference, str) else "given",
-                              seed=seed, mask_curves=mask_curves, n_flat_maps=count_flat(maps.cpu()))
+                              seed=seed, mask_curves=mask_curves, n_flat_maps=count_flat(maps))
 
 
-def predicted_mask_maps(model: nn.Module, images: torch.Tensor, channel: int, output: Output) -> torch.Tensor:
+def predicted_mask_maps(model: nn.Module, images: torch.Tensor, channel: int, output: Output,
+                        batch_size: int) -> torch.Tensor:
     """The predicted-mask control of `images` (B, *spatial): 1 where the model predicts class
-    `channel`, else 0 (`tumorcam.explain`'s "predicted-mask" method)."""
+    `channel`, else 0 (`tumorcam.explain`'s "predicted-mask" method), `batch_size` images at a time."""
     from tumorcam.explain import explain
 
-    return explain(model, images, method="predicted-mask", channel=channel, output=output,
-                   batch_size=max(1, len(images)))
+    return explain(model, images, method="predicted-mask", channel=channel, output=output, batch_size=batch_size)
 
 
 def check_options(steps: int | None = None, baselines: list[str] | tuple[str, ...] | None = None,
@@ -259,7 +264,7 @@ def evaluate_faithfulness(
     needs that score. `patients` and `slices_per_patient` select the slices (`load_inputs`).
     """
     from tumorcam.evaluate.inputs import load_inputs
-    from tumorcam.io import write_json
+    from tumorcam.io import optional_json, write_json
 
     run = Path(run)
     check_options(steps, baselines, score, schedule, batch_size)  # the options given, before any loading
@@ -321,36 +326,21 @@ def evaluate_faithfulness(
         "patient_ids": patient_ids.tolist(),
         "results": results,
     }
-    out["headline"] = run_headline(out, read_sanity(run))
+    out["headline"] = run_headline(out, optional_json(run / "sanity.json"))
     write_json(run / "faithfulness.json", out)
     return out
-
-
-def read_sanity(run: Path) -> dict[str, Any] | None:
-    """RUN/sanity.json when it exists and reads as a JSON object, else None."""
-    import json
-
-    path = Path(run) / "sanity.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def write_headline(run: str | Path) -> dict[str, Any] | None:
     """Recompute RUN/faithfulness.json's `headline` from it and RUN/sanity.json (after the sanity
     check ran) and write it back; None when the run has no faithfulness.json."""
-    import json
-
-    from tumorcam.io import write_json
+    from tumorcam.io import optional_json, write_json
 
     run = Path(run)
-    try:
-        faithfulness = json.loads((run / "faithfulness.json").read_text())
-    except (OSError, ValueError):
+    faithfulness = optional_json(run / "faithfulness.json")
+    if faithfulness is None:
         return None
-    faithfulness["headline"] = run_headline(faithfulness, read_sanity(run))
+    faithfulness["headline"] = run_headline(faithfulness, optional_json(run / "sanity.json"))
     write_json(run / "faithfulness.json", faithfulness)
     return faithfulness["headline"]
 

@@ -304,17 +304,14 @@ def baseline_effect(intact: torch.Tensor, perturbed: torch.Tensor) -> float:
     return float(1 - np.median(ratio)) if ratio.size else float("nan")
 
 
-def warn_uninformative(effects: dict[str, float], images: int, unit: str = "image") -> list[str]:
+def warn_uninformative(effects: dict[str, float], images: int, unit: str = "image") -> None:
     """One `TumorcamWarning` per baseline whose effect (`baseline_effect`, a median over `images` of
-    `unit`) is within `UNINFORMATIVE_EFFECT` of 0; returns the messages."""
-    messages = []
+    `unit`) is within `UNINFORMATIVE_EFFECT` of 0."""
     for name, effect in effects.items():
         if np.isfinite(effect) and abs(effect) <= UNINFORMATIVE_EFFECT:
-            messages.append(f"baseline {name!r}: the fully perturbed image keeps {1 - effect:.0%} of the intact score "
-                            f"(median over {images} {unit}{'' if images == 1 else 's'}); its AUCs say little "
-                            "(uninformative baseline)")
-            guards.warn(messages[-1])
-    return messages
+            guards.warn(f"baseline {name!r}: the fully perturbed image keeps {1 - effect:.0%} of the intact score "
+                        f"(median over {images} {unit}{'' if images == 1 else 's'}); its AUCs say little "
+                        "(uninformative baseline)")
 
 
 def deletion_insertion(model_fn: ModelFn, images: torch.Tensor, maps: torch.Tensor, **options: Any) -> Curves:

@@ -25,22 +25,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-import torch
-
-from tumorcam.evaluate.summary import is_primary_row
-from tumorcam.guards import flat_maps
+from tumorcam.evaluate.summary import PRIMARY_COMPARISONS, is_primary_row
+from tumorcam.evaluate.summary import PRIMARY_METRICS as CURVES
 
 SUPPORTED, NO_MORE_THAN_MASK, UNSUPPORTED, UNDETERMINED = "supported", "no-more-than-mask", "unsupported", "undetermined"
 LEVELS = (SUPPORTED, NO_MORE_THAN_MASK, UNSUPPORTED, UNDETERMINED)
 COLOURS = {SUPPORTED: "green", NO_MORE_THAN_MASK: "amber", UNSUPPORTED: "red", UNDETERMINED: "grey"}
-CURVES = ("deletion", "insertion")
-QUESTIONS = {"vs_random": "random", "vs_mask": "the predicted mask"}
 FLAT_SHARE = 0.5  # more than this share of flat primary maps makes the headline undetermined
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "layercam": "LayerCAM",
                 "saliency": "Saliency", "integrated-gradients": "Integrated Gradients", "random": "the random map",
                 "predicted-mask": "the predicted mask", "predicted-probability": "the predicted probability",
-                "dilated-mask": "the dilated mask", "edges": "the edge map"}
+                "dilated-mask": "the dilated predicted mask", "edges": "the image's edges"}
 
 
 def method_name(method: Any) -> str:
@@ -60,7 +55,7 @@ def primary_tests(row: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     verdict None. Each: question, curve, verdict, estimate with its CI, mean difference, raw and
     adjusted p, family, n_pairs, and the primary map's own AUC (mean with CI)."""
     tests = []
-    for key in QUESTIONS:
+    for key in PRIMARY_COMPARISONS:
         for curve in CURVES:
             summary = (row or {}).get(curve) or {}
             test = summary.get(key) if isinstance(summary.get(key), dict) else {}
@@ -192,9 +187,3 @@ def run_headline(faithfulness: Mapping[str, Any], sanity: Mapping[str, Any] | No
     return headline(row, primary=primary, alpha=float(faithfulness.get("alpha", 0.05)),
                     sanity=sanity_row(sanity, primary), flat=flat, unit=unit)
 
-
-def count_flat(maps: Any) -> int:
-    """How many of the maps (N, *spatial) are flat: every pixel equal (an all-zero map included;
-    `guards.flat_maps`)."""
-    values = torch.as_tensor(np.asarray(maps, dtype=np.float32))
-    return int(flat_maps(values).sum()) if values.numel() else 0

@@ -92,6 +92,7 @@ CRITERION = ("per patient, the mean |Spearman rho| and the mean SSIM between the
              "min_patients patients were compared")
 MIN_PATIENTS, RESAMPLES, LEVEL, CHUNK = 5, 1000, 0.95, 16
 PASSES, FAILS, UNDETERMINED = "passes", "fails", "undetermined"
+PASSED = {PASSES: True, FAILS: False}  # `passes` of a verdict: None for undetermined
 FOREGROUND = ("both measures are computed inside the image's foreground: the voxels where any channel differs from "
               "that channel's value at the first (corner) voxel; every voxel when there is none")
 THRESHOLD_SOURCE = ("Adebayo et al. (2018) judge the similarity curves by eye and give no numeric cut-off; "
@@ -315,12 +316,15 @@ class SanityResult:
         means = [self.patient_means(values, k)[0] for k in range(len(self.compared))]
         return np.array([m.std() if m.size else np.nan for m in means], dtype=np.float64)
 
-    def _stage_cis(self, values: np.ndarray) -> list[dict[str, Any]]:
+    def _stage_cis(self, values: np.ndarray, last: bool = False) -> list[dict[str, Any]]:
+        """Per stage (or, with `last`, the fully randomised one only), `cluster_bootstrap_ci` of `values`
+        over the compared maps' patients."""
         from tumorcam.evaluate.stats import cluster_bootstrap_ci
 
-        return [cluster_bootstrap_ci(np.where(row, np.asarray(values, np.float64)[k], np.nan), self.units,
+        stages = range(len(self.compared))[-1:] if last else range(len(self.compared))
+        return [cluster_bootstrap_ci(np.where(self.compared[k], np.asarray(values, np.float64)[k], np.nan), self.units,
                                      resamples=self.resamples, level=self.level, seed=self.seed)
-                for k, row in enumerate(self.compared)]
+                for k in stages]
 
     @property
     def mean_spearman(self) -> np.ndarray:
@@ -357,9 +361,11 @@ class SanityResult:
         """Per stage, `cluster_bootstrap_ci` of SSIM over patients: {"mean", "ci_low", "ci_high", ...}."""
         return self._stage_cis(self.ssim)
 
-    def decide(self, threshold: float | None = None) -> tuple[str, str | None]:
+    def decide(self, threshold: float | None = None,
+               final_cis: tuple[dict[str, Any], dict[str, Any]] | None = None) -> tuple[str, str | None]:
         """(verdict, reason) at the fully randomised stage against `threshold` (default `self.threshold`);
-        see `verdict` and `reason`."""
+        see `verdict` and `reason`. `final_cis`: the last stage's |rho| and SSIM CIs when the caller has
+        them already (`abs_spearman_ci[-1]`, `ssim_ci[-1]`), else they are bootstrapped here."""
         t = self.threshold if threshold is None else float(threshold)
         n_maps = self.n_compared[-1] if self.stages else 0
         if n_maps == 0:
@@ -367,7 +373,9 @@ class SanityResult:
         if self.n_patients < self.min_patients:
             return UNDETERMINED, (f"{self.n_patients} patient{'s' if self.n_patients != 1 else ''} compared; at least "
                                   f"{self.min_patients} are needed")
-        cis = {"|Spearman|": self._final_ci(np.abs(self.spearman)), "SSIM": self._final_ci(self.ssim)}
+        rho_ci, ssim_ci = final_cis or (self._stage_cis(np.abs(self.spearman), last=True)[0],
+                                        self._stage_cis(self.ssim, last=True)[0])
+        cis = {"|Spearman|": rho_ci, "SSIM": ssim_ci}
         if any(ci["ci_low"] >= t for ci in cis.values()):
             return FAILS, None
         if all(ci["ci_high"] < t for ci in cis.values()):
@@ -376,12 +384,6 @@ class SanityResult:
                       if ci["ci_high"] >= t]
         verb = "straddles" if len(straddling) == 1 else "straddle"
         return UNDETERMINED, f"{' and '.join(straddling)} {verb} the threshold {t:g}"
-
-    def _final_ci(self, values: np.ndarray) -> dict[str, Any]:
-        from tumorcam.evaluate.stats import cluster_bootstrap_ci
-
-        return cluster_bootstrap_ci(np.where(self.compared[-1], np.asarray(values, np.float64)[-1], np.nan),
-                                    self.units, resamples=self.resamples, level=self.level, seed=self.seed)
 
     @property
     def verdict(self) -> str:
@@ -399,12 +401,13 @@ class SanityResult:
     @property
     def passes(self) -> bool | None:
         """True for the verdict "passes", False for "fails", None for "undetermined"."""
-        return {PASSES: True, FAILS: False}.get(self.verdict)
+        return PASSED.get(self.verdict)
 
     def fails(self, threshold: float | None = None) -> bool | None:
         """The verdict against `threshold` (default `self.threshold`): True for "fails", False for
         "passes", None for "undetermined"."""
-        return {FAILS: True, PASSES: False}.get(self.decide(threshold)[0])
+        passed = PASSED.get(self.decide(threshold)[0])
+        return None if passed is None else not passed
 
     def final_patient_means(self) -> dict[str, list]:
         """At the fully randomised stage, each compared patient's mean |rho| and mean SSIM."""
@@ -416,16 +419,16 @@ class SanityResult:
                 "ssim": finite_list(similarity)}
 
     @classmethod
-    def concat(cls, parts: list[SanityResult], **fields: Any) -> SanityResult:
-        """One result of the maps of `parts` (the same stages; chunks of one set of images), in order;
-        `fields` (patient_ids, threshold, ...) replace the first part's."""
+    def concat(cls, parts: list[SanityResult]) -> SanityResult:
+        """One result of the maps of `parts` (the same stages; chunks of one set of images), in order,
+        with the first part's settings."""
         if not parts:
             raise TumorcamError("images: no image to check")
         first = parts[0]
         ids = [p.patient_ids for p in parts]
         joined = None if any(i is None for i in ids) else np.concatenate(ids)
         values = {"threshold": first.threshold, "patient_ids": joined, "min_patients": first.min_patients,
-                  "resamples": first.resamples, "seed": first.seed, "level": first.level, **fields}
+                  "resamples": first.resamples, "seed": first.seed, "level": first.level}
         return cls(stages=list(first.stages), spearman=np.concatenate([p.spearman for p in parts], axis=1),
                    ssim=np.concatenate([p.ssim for p in parts], axis=1), **values)
 
@@ -585,28 +588,29 @@ def result_row(result: SanityResult) -> dict[str, Any]:
         return [ci["ci_low"], ci["ci_high"]]
 
     rho_cis, ssim_cis = result.abs_spearman_ci, result.ssim_ci
-    verdict, reason = result.decide()
+    verdict, reason = result.decide(final_cis=(rho_cis[-1], ssim_cis[-1]))
+    spearman, abs_spearman, similarity = result.mean_spearman, result.mean_abs_spearman, result.mean_ssim
     return {
-        "spearman": finite_list(result.mean_spearman),
+        "spearman": finite_list(spearman),
         "spearman_std": finite_list(result.std_spearman),
-        "mean_abs_spearman": finite_list(result.mean_abs_spearman),
+        "mean_abs_spearman": finite_list(abs_spearman),
         "mean_abs_spearman_ci": [pair(ci) for ci in rho_cis],
-        "ssim": finite_list(result.mean_ssim),
+        "ssim": finite_list(similarity),
         "ssim_std": finite_list(result.std_ssim),
         "ssim_ci": [pair(ci) for ci in ssim_cis],
         "n_compared": result.n_compared,
         "patients_compared": result.patients_compared,
-        "final_spearman": finite_list(result.mean_spearman[-1:])[0],
-        "final_mean_abs_spearman": finite_list(result.mean_abs_spearman[-1:])[0],
+        "final_spearman": finite_list(spearman[-1:])[0],
+        "final_mean_abs_spearman": finite_list(abs_spearman[-1:])[0],
         "final_mean_abs_spearman_ci": pair(rho_cis[-1]),
-        "final_ssim": finite_list(result.mean_ssim[-1:])[0],
+        "final_ssim": finite_list(similarity[-1:])[0],
         "final_ssim_ci": pair(ssim_cis[-1]),
         "per_patient": result.final_patient_means(),
         "n_patients": result.n_patients,
         "min_patients": result.min_patients,
         "verdict": verdict,
         "reason": reason,
-        "passes": {PASSES: True, FAILS: False}.get(verdict),
+        "passes": PASSED.get(verdict),
     }
 
 
@@ -700,7 +704,7 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
         "n_patients": len(set(units.tolist())),
         "unit": "patient" if patient_ids is not None else "slice (no patient ids)",
         "file_ids": inputs.file_ids[rows].tolist(),
-        "patient_ids": None if patient_ids is None else np.asarray(patient_ids)[rows].astype(str).tolist(),
+        "patient_ids": None if patient_ids is None else units.tolist(),
         "stages": stages,
         "threshold": cfg.sanity_threshold,
         "criterion": CRITERION,

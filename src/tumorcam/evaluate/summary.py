@@ -104,11 +104,11 @@ def adjust_file(rows: list[dict[str, Any]], metrics: Iterable[str], *, primary: 
             summary = row.get(metric)
             if not isinstance(summary, dict):
                 continue
-            for key in ("vs_random", "vs_mask"):
+            for key in PRIMARY_COMPARISONS:  # the comparisons of every row; the primary row's are the family
                 comparison = summary.get(key)
                 if not isinstance(comparison, dict):
                     continue
-                is_primary = i in primary_rows and key in PRIMARY_COMPARISONS and metric in PRIMARY_METRICS
+                is_primary = i in primary_rows and metric in PRIMARY_METRICS
                 families[PRIMARY if is_primary else EXPLORATORY].append(comparison)
     for comparison in families[PRIMARY] + families[EXPLORATORY]:
         if "lower_is_better" not in comparison:

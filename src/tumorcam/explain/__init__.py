@@ -40,7 +40,7 @@ from torch import nn
 from tumorcam import guards
 from tumorcam.device import autocast
 from tumorcam.errors import TumorcamError, unknown_name
-from tumorcam.explain.layers import INPUT_LAYER, candidate_layers, resolve_layer
+from tumorcam.explain.layers import INPUT_LAYER, candidate_layers, default_layer, resolve_layer
 from tumorcam.explain.maps import normalize, rectify, times_mask, upsample
 from tumorcam.explain.methods import METHODS, Method, Options, ScalarOutput
 from tumorcam.explain.methods.base import Logits, Output, explaining
@@ -64,9 +64,6 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise unknown_name("method", name, METHODS)
     return METHODS[name]
-
-
-check_images = guards.check_images  # kept here for the modules that import it from tumorcam.explain
 
 
 def explain(
@@ -190,10 +187,9 @@ def _maps(model: nn.Module, images: torch.Tensor, chosen: Method, weights: Targe
           channel: int, output: Output, masks: torch.Tensor | None, batch_size: int, amp: bool, ig_steps: int,
           seed: Seed) -> torch.Tensor:
     """The engine of `explain` and `explain_components`: the method's maps of `images`, batch by batch,
-    at `layer` (a path or module, chosen by the caller)."""
-    check_images(images)
+    at `layer` (a path or module, chosen by the caller; None for a layer-free method). The callers
+    have checked the images and the batch size."""
     count = images.shape[0]
-    _check_batch_size(batch_size)
     if masks is not None:
         masks = torch.as_tensor(masks).to(images.device)
         if masks.dim() == 0 or masks.shape[0] != count:
@@ -211,7 +207,7 @@ def _maps(model: nn.Module, images: torch.Tensor, chosen: Method, weights: Targe
     with explaining(model):
         module = None
         if chosen.uses_layer:
-            module = resolve_layer(model, candidate_layers(model, images[:1])[0] if layer is None else layer)
+            module = resolve_layer(model, layer)
         for start in range(0, count, batch_size):
             part = slice(start, start + batch_size)
             scalar = ScalarOutput(model, weights, None if masks is None else masks[part], output=output,
@@ -243,7 +239,6 @@ def compute_maps(
     amp: bool = False,
 ) -> torch.Tensor:
     """`explain` of the whole batch in one pass (the caller batches), channel 0 of a plain tensor output."""
-    check_images(images)
     return explain(model, images, method=method, target=target, layer=layer, channel=0, masks=masks,
                    ig_steps=ig_steps, seed=seed, amp=amp, batch_size=max(1, images.shape[0]))
 
@@ -311,7 +306,7 @@ def explain_components(
         seed = [seeds[b] for b in index]
     if chosen.uses_layer and layer is None:
         with explaining(model):
-            layer = candidate_layers(model, images[:1], log=True)[0]
+            layer = default_layer(model, images[:1])
     maps = _maps(model, images[image_index.to(images.device)], chosen, partial(lesion_weights, channel=channel),
                  layer=layer, channel=channel, output=output, masks=masks, batch_size=batch_size, amp=amp,
                  ig_steps=ig_steps, seed=seed)

@@ -188,9 +188,9 @@ def unit_range(pixels: np.ndarray, option: str) -> np.ndarray:
 
 
 def input_channels(model: nn.Module) -> int:
-    """C_in of the model's first convolution (in `model.modules()` order); 1 for a model without one."""
-    conv = first_convolution(model)
-    return 1 if conv is None else conv.in_channels
+    """C_in of the model's first convolution (in `model.modules()` order, `guards.input_channels`); 1 for
+    a model without one."""
+    return guards.input_channels(model) or 1
 
 
 def model_input(slice_: np.ndarray, channels: int, imagenet: bool = False) -> torch.Tensor:

@@ -56,7 +56,6 @@ from tumorcam.explain.methods.base import Output
 from tumorcam.user_model import first_line
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-PAD_MULTIPLES = (2, 4, 8, 16, 32, 64)  # the multiples tried when the network does not take a volume's shape
 CHANNEL_FILE = re.compile(r"(?P<case>.+)_(?P<index>\d{4})")
 
 
@@ -111,49 +110,27 @@ def read_channels(paths: Sequence[Path], channels: int) -> tuple[np.ndarray, np.
     return case, affine
 
 
-def padded_shape(shape: Sequence[int], multiple: int) -> tuple[int, ...]:
-    """Each axis of `shape` rounded up to a multiple of `multiple`."""
-    return tuple(-(-int(n) // multiple) * multiple for n in shape)
-
-
 def network_multiple(model: nn.Module, x: torch.Tensor, output: Output = None) -> tuple[int, str | None]:
-    """(1, None) when a no-grad forward of x (1, C, *spatial) works (a `TumorcamError` of the output
-    selection is left to the explanation); else (m, its failure), m the first of `PAD_MULTIPLES` for
-    which a zero volume padded to `padded_shape(spatial, m)` gives logits on its own grid, or 0 when
-    none does. The failure is the first line of the error, or the logits' shape on another grid."""
+    """(1, None) when a no-grad forward of x (1, C, *spatial) gives logits on x's grid (a
+    `TumorcamError` of the output selection is left to the explanation); else (m, its failure), m
+    the smallest multiple of `guards.DIVISORS` the network takes (`guards.smallest_multiple`), or 0
+    when none does. The failure is the first line of the error, or the logits' shape on another grid."""
     from tumorcam.explain import explaining
     from tumorcam.explain.methods.base import Logits
 
-    def failure(volume: torch.Tensor) -> str | None:
+    logits_of = Logits(model, output)
+    with explaining(model), torch.no_grad():
         try:
-            with torch.no_grad():
-                logits = Logits(model, output)(volume)
+            logits = logits_of(x)
         except TumorcamError:
-            raise
+            return 1, None
         except Exception as exc:  # noqa: BLE001 - the user's network failed on this shape
-            return first_line(exc)
-        if tuple(logits.shape[2:]) != tuple(volume.shape[2:]):
-            return f"logits {tuple(logits.shape)} for input {tuple(volume.shape)}"
-        return None
-
-    spatial = tuple(x.shape[2:])
-    with explaining(model):
-        try:
-            first = failure(x)
-        except TumorcamError:
-            return 1, None
-        if first is None:
-            return 1, None
-        for multiple in PAD_MULTIPLES:
-            shape = padded_shape(spatial, multiple)
-            if shape == spatial:
-                continue
-            try:
-                if failure(x.new_zeros((*x.shape[:2], *shape))) is None:
-                    return multiple, first
-            except TumorcamError:
-                continue
-    return 0, first
+            failure = first_line(exc)
+        else:
+            if tuple(logits.shape[2:]) == tuple(x.shape[2:]):
+                return 1, None
+            failure = f"logits {tuple(logits.shape)} for input {tuple(x.shape)}"
+        return guards.smallest_multiple(logits_of, x) or 0, failure
 
 
 @contextlib.contextmanager
@@ -223,10 +200,10 @@ def explain_volume_files(
     given = f"the case's shape {grid}" if size is None else f"the --size {size} cube"
     if multiple == 0:
         raise TumorcamError(f"{model_name}: cannot take {given} ({failure}), nor that shape padded to a multiple of "
-                            f"{', '.join(map(str, PAD_MULTIPLES))}; give --size N, a cube the network takes (e.g. "
+                            f"{', '.join(map(str, guards.DIVISORS))}; give --size N, a cube the network takes (e.g. "
                             "a multiple of 2^k for a U-Net that halves each axis k times)")
     if multiple > 1:
-        target_shape = padded_shape(grid, multiple)
+        target_shape = guards.padded_shape(grid, multiple)
         x = F.pad(x, [p for n, m in zip(reversed(grid), reversed(target_shape)) for p in (0, m - n)])
         guards.warn(f"--image {names}: {model_name} cannot take {given} ({failure}); padded it with zeros at the "
                     f"end of each axis to {target_shape}, a multiple of {multiple}, and cropped the map back to "

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from tumorcam.io import write_text
+from tumorcam.io import optional_json, write_text
 from tumorcam.report import results
 from tumorcam.report.contents import RunContents, Section as Part, load_run_contents
 from tumorcam.report.figures import FigureResult, make_figures
@@ -124,9 +123,3 @@ def _glance(contents: RunContents) -> Glance:
     return Glance(lead, tables, notes, level)
 
 
-def optional_json(path: Path) -> dict[str, Any] | None:
-    """The JSON in `path`, None when the file is missing or unreadable (its report part then says so)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

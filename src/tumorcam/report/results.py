@@ -13,8 +13,7 @@ import numpy as np
 
 from tumorcam.data.arrays import PreparedData
 from tumorcam.errors import TumorcamError
-from tumorcam.evaluate.examples import (EXAMPLES_COMMAND, EXAMPLES_FILE, example_rows,  # noqa: F401 (re-exported)
-                                        load_examples, one_per_class_first)
+from tumorcam.evaluate.examples import EXAMPLES_COMMAND, EXAMPLES_FILE, load_examples, one_per_class_first
 from tumorcam.evaluate.headline import method_name, run_headline
 
 if TYPE_CHECKING:
@@ -299,11 +298,6 @@ def primary_row(faithfulness: dict[str, Any]) -> dict[str, Any] | None:
     return next((r for r in faithfulness["results"] if is_primary_row(r, primary)), None)
 
 
-VERSUS_RANDOM = {"better": "is better than random", "worse": "is worse than random",
-                 "not shown to differ": "is not shown to differ from random",
-                 "undetermined": "is undetermined against random"}
-
-
 def headline_of(faithfulness: dict[str, Any]) -> dict[str, Any]:
     """faithfulness.json's `headline`; for a file written before it existed, made from the file alone
     (no sanity check: at best `undetermined`)."""
@@ -572,7 +566,7 @@ def sanity_series(sanity: dict[str, Any]) -> list[SanityPanel]:
         for r in sanity["results"]:
             values = r.get(metric)
             if values is not None:
-                word = _sanity_word(r)
+                word = sanity_word(r)
                 label = (f"{r.get('method')} ({r.get('target')}{', control' if is_control(r) else ''})"
                          + {"passes": "", "fails": " FAILS"}.get(word, " undetermined"))
                 lines[label] = [np.nan if v is None else float(v) for v in values]
@@ -586,7 +580,7 @@ def sanity_series(sanity: dict[str, Any]) -> list[SanityPanel]:
     return panels
 
 
-def _sanity_word(row: dict[str, Any]) -> str:
+def sanity_word(row: dict[str, Any]) -> str:
     """A row's verdict: its `verdict`, or from `passes` in a sanity.json written before verdicts."""
     verdict = row.get("verdict")
     if verdict in ("passes", "fails", "undetermined"):
@@ -594,12 +588,15 @@ def _sanity_word(row: dict[str, Any]) -> str:
     return {True: "passes", False: "fails"}.get(row.get("passes"), "undetermined")
 
 
+def ci_cell(mean: Any, ci: Any) -> str:
+    """"mean [low, high]" of a mean and a sanity.json CI [low, high] (or none); "n/a" without a mean."""
+    low, high = ci if isinstance(ci, list) and len(ci) == 2 else (None, None)
+    return "n/a" if mean is None else fmt_ci({"mean": mean, "ci_low": low, "ci_high": high})
+
+
 def _sanity_ci_cell(row: dict[str, Any], metric: str) -> str:
     """The similarity after full randomisation, with its 95% CI over patients where the row has one."""
-    ci = row.get(SANITY_CIS[metric][1])
-    low, high = ci if isinstance(ci, list) and len(ci) == 2 else (None, None)
-    mean = _last(row.get(metric))
-    return "n/a" if mean is None else fmt_ci({"mean": mean, "ci_low": low, "ci_high": high})
+    return ci_cell(_last(row.get(metric)), row.get(SANITY_CIS[metric][1]))
 
 
 def _sanity_scope(sanity: dict[str, Any]) -> str:
@@ -632,7 +629,7 @@ def sanity_tables(sanity: dict[str, Any]) -> Table:
 def sanity_verdict(row: dict[str, Any]) -> str:
     """"passes", "FAILS", or "undetermined: REASON" (a sanity.json written before verdicts: "undetermined
     (original maps flat)")."""
-    word = _sanity_word(row)
+    word = sanity_word(row)
     if word != "undetermined":
         return {"passes": "passes", "fails": "FAILS"}[word]
     if "verdict" not in row:
@@ -646,14 +643,14 @@ def sanity_summary(sanity: dict[str, Any]) -> list[str]:
     methods = [r for r in sanity["results"] if not is_control(r)]
     groups = {verdict: sorted({str(r.get("method")) + (f" ({r['reason']})" if verdict == "undetermined"
                                                          and r.get("reason") else "")
-                               for r in methods if _sanity_word(r) == verdict})
+                               for r in methods if sanity_word(r) == verdict})
               for verdict in ("passes", "fails", "undetermined")}
     parts = [f"{verdict}: {', '.join(names)}" for verdict, names in groups.items() if names] or ["no method checked"]
     line = f"Sanity check ({_sanity_scope(sanity)}): " + "; ".join(parts)
     for r in (r for r in sanity["results"] if is_control(r)):
         name, verdict = str(r.get("method")), sanity_verdict(r)
         if name in WEIGHT_FREE_CONTROLS:
-            verdict += (", as it should (it never reads the weights)" if _sanity_word(r) == "fails"
+            verdict += (", as it should (it never reads the weights)" if sanity_word(r) == "fails"
                         else ": it never reads the weights, so check the test")
         line += f"; control {name} ({r.get('target')}): {verdict}"
     return [line + "."]

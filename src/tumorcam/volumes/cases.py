@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from tumorcam.errors import TumorcamError
+from tumorcam.guards import flat_maps
 from tumorcam.volumes.settings import VolumeSettings
 
 
@@ -98,4 +99,4 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
                       deletion=deletion, insertion=insertion, localization=localization,
                       shares=np.asarray(shares[0], dtype=np.float64), dice_drop=np.asarray(dice_drop[0], np.float64),
                       dice=float(dice_iou(region[None], truth[None])[0][0]), predicted_voxels=int(region.sum()),
-                      flat={m: bool(h.max() == h.min()) for m, h in maps.items()}, baseline_effects=effects)
+                      flat={m: bool(flat_maps(h)[0]) for m, h in maps.items()}, baseline_effects=effects)

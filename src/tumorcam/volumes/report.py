@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from tumorcam.io import write_text
-from tumorcam.report.build import optional_json
+from tumorcam.io import optional_json, write_text
 from tumorcam.report.figures import FigureResult, save_figure
 from tumorcam.report.html import Glance, Section, render_page
-from tumorcam.report.results import Table, effect_phrase, fmt, fmt_ci, fmt_p, headline_of, method_name
+from tumorcam.report.results import (Table, ci_cell, effect_phrase, fmt_ci, fmt_p, headline_of, method_name,
+                                     sanity_word)
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -152,14 +152,9 @@ def _sanity_table(sanity: dict[str, Any]) -> Table:
     row = (sanity.get("results") or [{}])[0]
     stage_cis = (row.get("mean_abs_spearman_ci") or [None] * len(sanity["stages"]),
                  row.get("ssim_ci") or [None] * len(sanity["stages"]))
-
-    def cell(mean: Any, ci: Any) -> str:
-        low, high = ci if isinstance(ci, list) and len(ci) == 2 else (None, None)
-        return "n/a" if mean is None else fmt_ci({"mean": mean, "ci_low": low, "ci_high": high})
-
-    rows = [[stage, cell(rho, rho_ci), cell(s, s_ci), str(n)] for stage, rho, s, n, rho_ci, s_ci in
+    rows = [[stage, ci_cell(rho, rho_ci), ci_cell(s, s_ci), str(n)] for stage, rho, s, n, rho_ci, s_ci in
             zip(sanity["stages"], sanity["mean_abs_spearman"], sanity["mean_ssim"], sanity["n_compared"], *stage_cis)]
-    verdict = sanity.get("verdict") or {True: "passes", False: "fails", None: "undetermined"}[sanity["passes"]]
+    verdict = sanity_word(sanity)
     if verdict == "undetermined" and sanity.get("reason"):
         verdict += f" ({sanity['reason']})"
     patients = row.get("n_patients", sanity["n_cases"])

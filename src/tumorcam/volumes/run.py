@@ -172,8 +172,7 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
                   "channels": list(prepared.channels)}
 
         began = time.perf_counter()
-        faithfulness = faithfulness_file(gathered, settings, header)
-        write_json(out / "faithfulness.json", faithfulness)
+        faithfulness = faithfulness_file(gathered, settings, header)  # written with its headline, after sanity
         write_json(out / "localization.json", localization_file(gathered, settings, header))
         write_json(out / "channels.json", channels_file(gathered, settings, header))
         write_json(out / "segmentation.json", segmentation_file(gathered, settings, header))
@@ -436,11 +435,11 @@ def run_volume_demo(out: str | Path, *, settings: VolumeSettings | None = None, 
                     log: Callable[[str], None] = print) -> Path | None:
     """The volume demo: synthetic volumes in nnU-Net's layout (OUT/synthetic-volumes), prepared at
     `size`^3, the demo U-Net trained on their train split (OUT/demo_unet.safetensors; kept when it
-    exists), then `run_volumes` on the test split, on `threads` CPU threads (None or 0: `demo_threads()`, fixed
-    whatever the load, so that the figures are the same on every run). Returns the report's path (None on ranks other than 0)."""
+    exists), then `run_volumes` on the test split, on `threads` CPU threads (`cpu_threads`: 0 is automatic;
+    None: `demo_threads()`, fixed whatever the load, so that the figures are the same on every run). Returns the report's path (None on ranks other than 0)."""
     from tumorcam.data.synth_volumes import write_synthetic_volumes
     from tumorcam.data.volumes import is_volume_folder, prepare_volumes
-    from tumorcam.device import demo_threads, resolve_device
+    from tumorcam.device import cpu_threads, demo_threads, resolve_device
     from tumorcam.io import write_json as write
     from tumorcam.training.distributed import barrier, start
     from tumorcam.volumes.train import DEMO_MODEL, train_demo_unet
@@ -448,7 +447,8 @@ def run_volume_demo(out: str | Path, *, settings: VolumeSettings | None = None, 
     out = Path(out)
     raw, prepared, weights = out / "synthetic-volumes", out / PREPARED_DIR, out / "demo_unet.safetensors"
     info, _ = start(device, timeout=RANK_TIMEOUT)
-    torch.set_num_threads(threads or demo_threads())  # fixed, not from the load: the thread count changes the figures
+    # fixed, not from the load, unless asked: the thread count changes the figures
+    torch.set_num_threads(demo_threads() if threads is None else cpu_threads(threads))
     if info.is_main:
         if not (raw / "dataset.json").is_file():
             write_synthetic_volumes(raw, cases=cases, size=size, seed=seed)
