@@ -1,7 +1,8 @@
 """The library's exception, a `ValueError` whose message names the parameter at fault, and its warning.
 
-Library calls name their own parameters (`layer`, `method`, `target`, `masks`, ...); the CLI catches
-`TumorcamError` and prints the message as one line.
+Library calls name their own parameters (`layer`, `method`, `target`, `masks`, ...) and never a
+command-line flag: `TumorcamError("steps: must be >= 1", param="steps")`. The CLI catches it, writes
+the parameter as its flag (`--steps: must be >= 1`, `cli.flag_message`) and prints one line.
 """
 
 from __future__ import annotations
@@ -11,7 +12,17 @@ from collections.abc import Iterable
 
 
 class TumorcamError(ValueError):
-    """Bad input or a failed step, with a message that names the parameter, file or option at fault."""
+    """Bad input or a failed step, with a message that names the parameter or file at fault.
+
+    Args:
+        message: what is wrong; starts with `param:` when a parameter is at fault.
+        param: the library parameter at fault (`steps`, `methods`, `data`, ...), or None for a file or
+            a failed step. The CLI shows it as the command's flag.
+    """
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class TumorcamWarning(UserWarning):
@@ -24,4 +35,5 @@ def unknown_name(parameter: str, name: str, choices: Iterable[str]) -> TumorcamE
     choices = list(choices)
     nearest = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
     hint = f" (did you mean {nearest[0]}?)" if nearest else ""
-    return TumorcamError(f"{parameter}: unknown {parameter} {name!r}{hint}; choose from {', '.join(choices)}")
+    return TumorcamError(f"{parameter}: unknown {parameter} {name!r}{hint}; choose from {', '.join(choices)}",
+                         param=parameter)

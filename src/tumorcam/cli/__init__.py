@@ -88,6 +88,26 @@ def _one_line_warnings() -> Iterator[None]:
         yield
 
 
+# Library parameters whose flag is not `--` + the name with `_` as `-` (one place for the mapping).
+FLAGS: dict[str, str] = {
+    "method": "--methods", "target": "--targets", "baseline": "--baselines", "layer": "--layer",
+    "channel": "--channel", "weights": "--weights", "out": "--out", "run": "RUN", "images": "--image",
+    "num_threads": "--threads", "sanity_cases": "--sanity-cases", "sanity_slices": "--sanity-slices",
+}
+
+
+def flag_message(exc: TumorcamError) -> str:
+    """The message of a library error with its parameter written as the command's flag:
+    `steps: must be >= 1` (param `steps`) -> `--steps: must be >= 1`."""
+    message = str(exc)
+    if exc.param is None:
+        return message
+    flag = FLAGS.get(exc.param, "--" + exc.param.replace("_", "-"))
+    if message.startswith(exc.param):
+        return flag + message[len(exc.param):]
+    return f"{flag}: {message}"
+
+
 def usage_message(exc: ClickException) -> str:
     """Click's message of a usage error on one line, pointing to the command's --help."""
     message = " ".join(exc.format_message().split()).removesuffix(".")
@@ -108,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     except TumorcamError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {flag_message(exc)}", err=True)
         sys.exit(2)
     except NoArgsIsHelpError as exc:  # `tumorcam` or `tumorcam data` alone: the help
         exc.show()
