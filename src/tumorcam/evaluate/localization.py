@@ -125,6 +125,15 @@ def localization(maps: torch.Tensor, masks: torch.Tensor, *, patient_ids: Any = 
     scores = localization_scores(maps, masks, top_percent=top_percent, seed=seed)
     reference_scores = None if compared is None else localization_scores(compared, masks, top_percent=top_percent,
                                                                           seed=seed)
+    return summarize_localization(scores, reference_scores, unit_ids, unit, seed=seed, bootstrap=bootstrap,
+                                  alpha=alpha)
+
+
+def summarize_localization(scores: dict[str, np.ndarray], reference_scores: dict[str, np.ndarray] | None,
+                           unit_ids: np.ndarray, unit: str, *, seed: int = 0, bootstrap: int = 1000,
+                           alpha: float = 0.05) -> dict[str, dict[str, Any]]:
+    """The row of `localization` from per-image `scores` (`localization_scores`) and those of the
+    reference maps (None: no test), with the unit of each image."""
     row: dict[str, dict[str, Any]] = {}
     for metric in METRICS:
         versus = None if reference_scores is None else reference_scores[metric]
