@@ -77,7 +77,8 @@ def _check_config(config: Config) -> None:
     if not config.data:
         raise TumorcamError("data: no prepared folder given", param="data")
     if tc.size < 32 or tc.size % 32:
-        raise TumorcamError(f"train.size {tc.size}: the U-Net needs a multiple of 32 (e.g. 96, 224, 256)", param="train.size")
+        raise TumorcamError(f"train.size {tc.size}: the U-Net needs a multiple of 32 (e.g. 96, 224, 256)",
+                            param="train.size")
     if tc.epochs < 1:
         raise TumorcamError(f"train.epochs {tc.epochs}: must be at least 1", param="train.epochs")
     if tc.batch_size < 1 or tc.eval_batch_size < 1:
