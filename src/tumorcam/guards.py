@@ -255,7 +255,7 @@ def warn_intensity(image: np.ndarray, training: np.ndarray, source: str) -> None
     warn when the image's s lies outside [lo - m, hi + m], m = max(0.5 (hi - lo), 0.25)
     (`INTENSITY_MARGIN`, `INTENSITY_FLOOR`): half the training range beyond either end, and at least
     a quarter of the unit range, so that a narrow training set does not flag every other slice.
-    `source` names the image (`--image FILE`).
+    `source` names the image (its path).
     """
     if len(training) == 0:
         return
