@@ -246,7 +246,7 @@ def test_the_model_form_and_the_run_form_do_not_mix(workdir: Path, capsys):
         (["explain", "--image", "y.png"], "RUN: give a run folder, or --image FILE --model MODULE:FACTORY"),
         (["explain", "runs/demo", "--weights", "w.pth"], "--weights: only with --model"),
         (["explain", "--image", "y.png", "--image", "sub/y.png", "--model", "tests_helper_module:make", "--out", "o"],
-         "--image: y.png and sub/y.png would both write y.npy in --out"),
+         "--image: y.png and sub/y.png would both write y.npy in the out folder"),
     ]:
         code, _, err = _cli(args, capsys)
         assert code == 2 and err.count("\n") == 1 and message in err, (args, err)

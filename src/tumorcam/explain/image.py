@@ -317,7 +317,8 @@ def explain_files(
     for path in paths:
         other = by_stem.setdefault(image_stem(path), path)
         if other != path:
-            raise TumorcamError(f"images: {other} and {path} would both write {image_stem(path)}.npy in out", param="images")
+            raise TumorcamError(f"images: {other} and {path} would both write {image_stem(path)}.npy in the out folder",
+                                param="images")
     checked_method(method, target)
     device = torch.device(device)
     model = model.to(device)
