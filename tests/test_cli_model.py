@@ -183,7 +183,7 @@ def test_an_input_the_network_fails_on_is_one_line_with_the_tensor_shape(workdir
     code, _, err = _cli(["explain", "--image", "x.png", "--model", "tests_helper_module:make_square_only", "--out",
                          "out"], capsys)
     assert code == 2 and err.count("\n") == 1
-    assert err == ("error: --model tests_helper_module:make_square_only: the network failed on --image x.png given as "
+    assert err == ("error: --model tests_helper_module:make_square_only: the network failed on x.png given as "
                    "a tensor (1, 1, 64, 96) (RuntimeError: expected a square image, got 64 x 96)\n"), err
     assert not (workdir / "out").exists()
 
@@ -193,7 +193,7 @@ def test_weights_of_another_architecture_or_pickled_are_refused(workdir: Path, c
     code, _, err = _cli(["explain", "--image", "y.png", "--model", "tests_helper_module:make", "--weights",
                          "grey.pth", "--out", "out"], capsys)
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith("error: --weights grey.pth: does not fit the network of --model tests_helper_module:make:")
+    assert err.startswith("error: --weights grey.pth: does not fit the network of model tests_helper_module:make:")
     assert "encoder.conv1.weight: (64, 1, 7, 7) in the file, (64, 3, 7, 7) in the model" in err
     assert "missing (e.g. segmentation_head" not in err and "2 of another shape" not in err
 
@@ -230,7 +230,7 @@ def test_load_user_model_finds_the_current_directory_and_restores_sys_path(workd
 
     assert importlib.util.find_spec("tests_helper_module") is None  # only the current directory holds it
     before = list(sys.path)
-    with pytest.raises(TumorcamError, match="--model tests_helper_module:make_broken"):
+    with pytest.raises(TumorcamError, match="model tests_helper_module:make_broken"):
         load_user_model("tests_helper_module:make_broken")
     assert load_user_model("tests_helper_module:make_grey").encoder.conv1.in_channels == 1
     assert sys.path == before
@@ -246,7 +246,7 @@ def test_the_model_form_and_the_run_form_do_not_mix(workdir: Path, capsys):
         (["explain", "--image", "y.png"], "RUN: give a run folder, or --image FILE --model MODULE:FACTORY"),
         (["explain", "runs/demo", "--weights", "w.pth"], "--weights: only with --model"),
         (["explain", "--image", "y.png", "--image", "sub/y.png", "--model", "tests_helper_module:make", "--out", "o"],
-         "--image: y.png and sub/y.png would both write y.npy in --out"),
+         "--image: y.png and sub/y.png would both write y.npy in the out folder"),
     ]:
         code, _, err = _cli(args, capsys)
         assert code == 2 and err.count("\n") == 1 and message in err, (args, err)
@@ -254,15 +254,15 @@ def test_the_model_form_and_the_run_form_do_not_mix(workdir: Path, capsys):
 
 def test_the_input_rule_scale_then_repeat_then_optional_imagenet():
     pixels = np.array([[-5.0, 0.0], [2.0, 8.0]], np.float32)
-    x = unit_range(pixels, "--image a.png")
+    x = unit_range(pixels, "a.png")
     np.testing.assert_array_equal(x, [[0, 0], [0.25, 1]])
     three = model_input(x, 3)
     assert three.shape == (1, 3, 2, 2) and all(torch.equal(three[0, c], torch.from_numpy(x)) for c in range(3))
     normalised = model_input(x, 3, imagenet=True)
     np.testing.assert_allclose(normalised[0, :, 1, 1].numpy(), [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224,
                                                                  (1 - 0.406) / 0.225], rtol=1e-6)
-    with pytest.raises(TumorcamError, match="--image a.png: the image has no positive values"):
-        unit_range(np.zeros((2, 2)), "--image a.png")
+    with pytest.raises(TumorcamError, match="a.png: the image has no positive values"):
+        unit_range(np.zeros((2, 2)), "a.png")
     first_conv = nn.Sequential(nn.Identity(), nn.Conv2d(4, 2, 3), nn.Conv2d(2, 1, 1))
     assert input_channels(first_conv) == 4 and input_channels(nn.Linear(3, 3)) == 1
 

@@ -94,7 +94,7 @@ def test_roundtrip(raw: Path, prepared: tuple[Path, dict]) -> None:
     assert tuple(x.shape) == (4, 4, 16, 16, 16) and tuple(m.shape) == (4, 1, 16, 16, 16) and str(x.dtype) == "torch.float32"
     flair = images[:, 3]
     assert flair[data.masks].mean() > flair[~data.masks & (flair > 0)].mean() + 0.3
-    with pytest.raises(TumorcamError, match="--split: unknown split 'dev'"):
+    with pytest.raises(TumorcamError, match="split: unknown split 'dev'"):
         data.indices("dev")
 
 
@@ -210,13 +210,13 @@ def test_region_labels_and_refusals(raw: Path, tmp_path: Path) -> None:
             prepare_volumes(raw, tmp_path / "never", region_labels=labels, workers=1)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    with pytest.raises(TumorcamError, match="^--out .*full: exists and is not empty"):
+    with pytest.raises(TumorcamError, match="^out .*full: exists and is not empty"):
         prepare_volumes(raw, tmp_path / "full", workers=1)
-    with pytest.raises(TumorcamError, match="^--out .*full: exists and is not empty"):
+    with pytest.raises(TumorcamError, match="^out .*full: exists and is not empty"):
         write_synthetic_volumes(tmp_path / "full")
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"] and not (tmp_path / "never").exists()
     (tmp_path / "core" / "splits.json").unlink()
-    with pytest.raises(TumorcamError, match=r"^--data .*core: not a prepared volume folder \(missing splits.json\)"):
+    with pytest.raises(TumorcamError, match=r"^data .*core: not a prepared volume folder \(missing splits.json\)"):
         load_volumes(tmp_path / "core")
 
 

@@ -180,8 +180,8 @@ def test_a_shape_no_padding_fixes_is_one_error_naming_size(workdir: Path):
                 raise RuntimeError(f"Expected size 16 but got size {x.shape[2]}")
             return self.conv(x)
 
-    with pytest.raises(TumorcamError, match=r"^--model: cannot take the case's shape \(20, 20, 20\) \(RuntimeError: "
-                                            r"Expected size 16 but got size 20\), nor .*; give --size N, a cube"):
+    with pytest.raises(TumorcamError, match=r"^model: cannot take the case's shape \(20, 20, 20\) \(RuntimeError: "
+                                            r"Expected size 16 but got size 20\), nor .*; give a size N, a cube"):
         explain_volume_files(OnlyCube16(), ["CASE_0000.nii.gz", "CASE_0001.nii.gz"], "never")
     assert not (workdir / "never").exists()
     written = explain_volume_files(OnlyCube16(), ["CASE_0000.nii.gz", "CASE_0001.nii.gz"], "cube", size=16,

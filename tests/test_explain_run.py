@@ -206,7 +206,7 @@ def test_the_index_records_the_sample_control_flags_and_the_weights(run: Path):
 
 def test_load_inputs_refuses_other_slices_until_explained_again(run: Path, capsys):
     explain_run(run, methods=["random"], targets=["mean-logits"])
-    with pytest.raises(TumorcamError, match=r"explain other slices than --patients 1 --slices-per-patient 1 selects; "
+    with pytest.raises(TumorcamError, match=r"explain other slices than patients=1 slices_per_patient=1 selects; "
                                             r"run `tumorcam explain .* --patients 1 --slices-per-patient 1` first"):
         load_inputs(run, device="cpu", with_model=False, patients=1, slices_per_patient=1)
     assert len(_index(run)["entries"]) == 1 and _index(run)["patients"] is None  # loading made nothing
@@ -218,7 +218,7 @@ def test_load_inputs_refuses_other_slices_until_explained_again(run: Path, capsy
     assert len(inputs.file_ids) == 1 and _index(run)["patients"] == 1
     assert "note:" not in capsys.readouterr().err
     (run / WEIGHTS_FILE).unlink()
-    with pytest.raises(TumorcamError, match=r"explain other slices than --patients 2 selects, and there is no "
+    with pytest.raises(TumorcamError, match=r"explain other slices than patients=2 selects, and there is no "
                                             r"trained model \(unet_trained.pth\) to remake them"):
         load_inputs(run, device="cpu", with_model=False, patients=2)
     with pytest.raises(TumorcamError, match="are of the test split, not val, and there is no trained model"):
@@ -241,15 +241,15 @@ def test_load_inputs_takes_maps_without_a_hash_as_they_are(run: Path, capsys):
 def test_bad_requests_fail_with_a_clear_message(run: Path, tmp_path: Path):
     from conftest import write_blob_prepared
 
-    with pytest.raises(TumorcamError, match="--ids and --limit: give one or the other"):
+    with pytest.raises(TumorcamError, match="limit: not with ids"):
         explain_run(run, limit=2, ids=[11])
-    with pytest.raises(TumorcamError, match="--ids and --patients"):
+    with pytest.raises(TumorcamError, match="patients: not with ids"):
         explain_run(run, patients=1, ids=[11])
-    with pytest.raises(TumorcamError, match="--slices-per-patient 0: must be at least 1"):
+    with pytest.raises(TumorcamError, match="slices_per_patient 0: must be at least 1"):
         explain_run(run, slices_per_patient=0)
-    with pytest.raises(TumorcamError, match=r"--ids: file id\(s\) 1 not in the test split"):
+    with pytest.raises(TumorcamError, match=r"ids: file id\(s\) 1 not in the test split"):
         explain_run(run, ids=[11, 1])
-    with pytest.raises(TumorcamError, match="--split: unknown split 'tset'"):
+    with pytest.raises(TumorcamError, match="split: unknown split 'tset'"):
         explain_run(run, split="tset")
     no_masks = write_blob_prepared(tmp_path / "no-masks")
     np.save(no_masks / "masks.npy", np.zeros((24, 64, 64), bool), allow_pickle=False)

@@ -190,7 +190,7 @@ def test_score_target_follows_the_map_target() -> None:
     assert target_score("none", "target") == "mean-sigmoid"  # a generated random map
     assert target_score("predicted-region", "dice") == "dice"
     assert target_score("gt-region", "mean-sigmoid") == "mean-sigmoid"
-    with pytest.raises(TumorcamError, match="--score target: no score for maps of target 'top-class'"):
+    with pytest.raises(TumorcamError, match="score target: no score for maps of target 'top-class'"):
         target_score("top-class", "target")
 
 
@@ -439,11 +439,11 @@ def test_evaluate_faithfulness_needs_a_run_with_maps(tmp_path: Path, blob_prepar
         evaluate_faithfulness(no_maps)
     assert not (no_maps / "explanations").exists()  # nothing is made as a side effect of loading
     run = make_run(tmp_path, blob_prepared)
-    with pytest.raises(TumorcamError, match="--baselines"):
+    with pytest.raises(TumorcamError, match="baselines: unknown baseline"):
         evaluate_faithfulness(run, baselines=["zero", "noise"])
-    with pytest.raises(TumorcamError, match="--steps"):
+    with pytest.raises(TumorcamError, match="steps: K must be"):
         evaluate_faithfulness(run, steps=0)
-    with pytest.raises(TumorcamError, match="--schedule"):
+    with pytest.raises(TumorcamError, match="schedule: unknown schedule"):
         evaluate_faithfulness(run, schedule="linear")
     assert not (run / "faithfulness.json").exists()
 

@@ -185,9 +185,9 @@ def test_intensities_far_from_the_training_slices_are_warned():
     training = np.clip(np.random.default_rng(0).uniform(0, 1, (8, 32, 32)), 0, 1).astype(np.float32)
     dark = np.zeros((32, 32), np.float32)
     dark[0, 0] = 1.0  # one hot pixel: after x / max(x) everything else is black
-    with pytest.warns(TumorcamWarning, match=r"^--image dark.png: its intensities after preparation lie far from "
+    with pytest.warns(TumorcamWarning, match=r"^dark.png: its intensities after preparation lie far from "
                                              r"the training data's"):
-        warn_intensity(dark, training, "--image dark.png")
+        warn_intensity(dark, training, "dark.png")
     with warnings.catch_warnings():
         warnings.simplefilter("error", TumorcamWarning)
         warn_intensity(training[0], training, "--image same.png")

@@ -243,9 +243,9 @@ def test_pick_slices_takes_one_per_patient_first() -> None:
 
 def test_evaluate_sanity_writes_the_contract_names(tmp_path: Path, blob_prepared: Path) -> None:
     run = make_run(tmp_path, blob_prepared)
-    with pytest.raises(TumorcamError, match="--methods: no maps of hirescam"):
+    with pytest.raises(TumorcamError, match="methods: no maps of hirescam"):
         evaluate_sanity(run, methods=["hirescam"])
-    with pytest.raises(TumorcamError, match="--methods random: the random map is not sanity-checked"):
+    with pytest.raises(TumorcamError, match="methods random: the random map is not sanity-checked"):
         evaluate_sanity(run, methods=["random"])
     out = evaluate_sanity(run)  # default (sanity_slices null): every explained slice, 4 of 2 patients
     assert json.loads((run / "sanity.json").read_text()) == json.loads(json.dumps(out))

@@ -101,7 +101,7 @@ def test_bad_input(tiny_run, tmp_path):
         evaluate_segmentation(tmp_path)
     with pytest.raises(TumorcamError, match="unknown split 'dev'"):
         evaluate_segmentation(run, split="dev")
-    with pytest.raises(TumorcamError, match="--checkpoint"):
+    with pytest.raises(TumorcamError, match="checkpoint: unknown checkpoint"):
         evaluate_segmentation(run, checkpoint="first")
     with pytest.raises(TumorcamError, match="not a prepared folder"):
         evaluate_segmentation(run, data=tmp_path)

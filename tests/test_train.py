@@ -127,7 +127,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(blob_prepared,
 def test_bad_input_gets_one_clear_error(blob_prepared, tmp_path):
     with pytest.raises(TumorcamError, match="not a prepared folder"):
         train(tiny_config(tmp_path), tmp_path / "run")
-    with pytest.raises(TumorcamError, match=r"--resume: .*train_state.pth does not exist"):
+    with pytest.raises(TumorcamError, match=r"resume: .*train_state.pth does not exist"):
         train(tiny_config(blob_prepared), tmp_path / "empty", resume=True)
     with pytest.raises(TumorcamError, match="unknown device"):
         train(tiny_config(blob_prepared, device="tpu"), tmp_path / "run")
@@ -148,7 +148,7 @@ def test_bad_input_gets_one_clear_error(blob_prepared, tmp_path):
 
 def test_unknown_and_unavailable_devices():
     assert resolve_device("cpu").type == "cpu"
-    with pytest.raises(TumorcamError, match="--device 'gpu'"):
+    with pytest.raises(TumorcamError, match="device 'gpu'"):
         resolve_device("gpu")
     if not torch.cuda.is_available():
         with pytest.raises(TumorcamError, match="CUDA is not available"):

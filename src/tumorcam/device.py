@@ -1,4 +1,4 @@
-"""Pick the torch device from a `--device` value and set the process up for it."""
+"""Pick the torch device from a `device` value and set the process up for it."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if re.fullmatch(r"cuda(:\d+)?", name or ""):
         if not torch.cuda.is_available():
-            raise TumorcamError(f"--device {name}: CUDA is not available here (use --device cpu or auto)")
+            raise TumorcamError(f"device {name}: CUDA is not available here (use cpu or auto)", param="device")
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise TumorcamError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise TumorcamError(f"device {name}: only {torch.cuda.device_count()} CUDA device(s) here", param="device")
         return device
-    raise TumorcamError(f"--device {name!r}: unknown device (choose auto, cpu, cuda or cuda:N)")
+    raise TumorcamError(f"device {name!r}: unknown device (choose auto, cpu, cuda or cuda:N)", param="device")
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

@@ -108,13 +108,14 @@ def channel_of(channel: Any, classes: int | None, *, required: bool = True) -> i
     if channel is None:
         if required and classes is not None and classes > 1:
             raise TumorcamError(f"channel: the model has {classes} output channels (classes); choose the one to "
-                                f"explain, 0..{classes - 1}")
+                                f"explain, 0..{classes - 1}", param="channel")
         return 0
     if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
-        raise TumorcamError(f"channel: expected an integer class index, got {channel!r}")
+        raise TumorcamError(f"channel: expected an integer class index, got {channel!r}", param="channel")
     channel = int(channel)
     if classes is not None and not 0 <= channel < classes:
-        raise TumorcamError(f"channel: the model has {classes} output channel(s) (0..{classes - 1}), got {channel}")
+        raise TumorcamError(f"channel: the model has {classes} output channel(s) (0..{classes - 1}), got {channel}",
+                            param="channel")
     return channel
 
 
@@ -254,7 +255,7 @@ def warn_intensity(image: np.ndarray, training: np.ndarray, source: str) -> None
     warn when the image's s lies outside [lo - m, hi + m], m = max(0.5 (hi - lo), 0.25)
     (`INTENSITY_MARGIN`, `INTENSITY_FLOOR`): half the training range beyond either end, and at least
     a quarter of the unit range, so that a narrow training set does not flag every other slice.
-    `source` names the image (`--image FILE`).
+    `source` names the image (its path).
     """
     if len(training) == 0:
         return

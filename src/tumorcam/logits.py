@@ -29,26 +29,27 @@ def select_output(out: Any, output: Output) -> torch.Tensor:
         picked = out
         if isinstance(out, Mapping):
             raise TumorcamError(f"output: the model returns a dict with keys {', '.join(map(str, out))}; "
-                                "choose the logits with output=KEY")
+                                "choose the logits with output=KEY", param="output")
         if isinstance(out, (tuple, list)):
             raise TumorcamError(f"output: the model returns a {type(out).__name__} of {len(out)}; "
-                                "choose the logits with output=INDEX")
+                                "choose the logits with output=INDEX", param="output")
     elif isinstance(out, Mapping):
         if output not in out:
             nearest = difflib.get_close_matches(str(output), [str(k) for k in out], n=1, cutoff=0.5)
             hint = f" (did you mean {nearest[0]}?)" if nearest else ""
             raise TumorcamError(f"output: the model's dict has no key {output!r}{hint}; keys: "
-                                f"{', '.join(map(str, out))}")
+                                f"{', '.join(map(str, out))}", param="output")
         picked = out[output]
     elif isinstance(out, (tuple, list)) and isinstance(output, int):
         if not -len(out) <= output < len(out):
             raise TumorcamError(f"output: index {output} is out of range for the model's {type(out).__name__} "
-                                f"of {len(out)}")
+                                f"of {len(out)}", param="output")
         picked = out[output]
     else:
-        raise TumorcamError(f"output: cannot pick {output!r} from the model's {type(out).__name__} output")
+        raise TumorcamError(f"output: cannot pick {output!r} from the model's {type(out).__name__} output", param="output")
     if not isinstance(picked, torch.Tensor):
-        raise TumorcamError(f"output: the logits must be a tensor (B, C, *spatial), got {type(picked).__name__}")
+        raise TumorcamError(f"output: the logits must be a tensor (B, C, *spatial), got {type(picked).__name__}",
+                            param="output")
     return picked
 
 
@@ -82,5 +83,5 @@ class Logits(nn.Module):
         logits = select_output(self.model(x), self.output)
         if logits.dim() != x.dim() or logits.shape[0] != x.shape[0]:
             raise TumorcamError(f"output: the logits must be (B, C, *spatial) like the images {tuple(x.shape)}, "
-                                f"got {tuple(logits.shape)}")
+                                f"got {tuple(logits.shape)}", param="output")
         return logits

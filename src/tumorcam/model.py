@@ -53,9 +53,9 @@ def build_model(cfg: ModelConfig) -> GrayUnet:
             return GrayUnet(cfg.encoder, encoder_weights="imagenet", classes=cfg.classes)
         except (urllib.error.URLError, OSError, RuntimeError, ValueError) as exc:
             raise TumorcamError(
-                f"--encoder-weights imagenet: could not load ImageNet weights for {cfg.encoder} "
+                f"model.encoder_weights imagenet: could not load ImageNet weights for {cfg.encoder} "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); offline, use "
-                "--encoder-weights none, or --encoder-weights PATH with a local encoder state_dict or safetensors file"
+                "none, or the PATH of a local encoder state_dict or safetensors file", param="model.encoder_weights"
             ) from None
     model = GrayUnet(cfg.encoder, encoder_weights=None, classes=cfg.classes)
     _load_encoder_file(model, Path(weights))
@@ -63,18 +63,20 @@ def build_model(cfg: ModelConfig) -> GrayUnet:
 
 
 def _load_encoder_file(model: GrayUnet, path: Path) -> None:
-    state = read_state_dict(path, option="--encoder-weights")
+    state = read_state_dict(path, param="model.encoder_weights")
     state = {k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = model.encoder.load_state_dict(state, strict=False)
     if unexpected or len(missing) == len(model.encoder.state_dict()):
-        raise TumorcamError(f"--encoder-weights {path}: not a {model.name} encoder state_dict "
-                            f"({len(unexpected)} unexpected keys, {len(missing)} missing)")
+        raise TumorcamError(f"model.encoder_weights {path}: not a {model.name} encoder state_dict "
+                            f"({len(unexpected)} unexpected keys, {len(missing)} missing)", param="model.encoder_weights")
 
 
-def read_state_dict(path: Path, option: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Read a state_dict without unpickling code: safetensors, or torch.load(weights_only=True)."""
+def read_state_dict(path: Path, param: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a state_dict without unpickling code: safetensors, or torch.load(weights_only=True); errors
+    name `param` (the parameter that gave `path`), else the checkpoint."""
+    option = param or "checkpoint"
     if not path.is_file():
-        raise TumorcamError(f"{option} {path}: no such file")
+        raise TumorcamError(f"{option} {path}: no such file", param=param)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -85,10 +87,12 @@ def read_state_dict(path: Path, option: str = "checkpoint") -> dict[str, torch.T
         pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if pickled:
             raise TumorcamError(f"{option} {path}: holds a pickled {pickled.group(1)}, which torch.load(weights_only="
-                                "True) refuses; save model.state_dict() with torch.save, or a .safetensors file") from None
-        raise TumorcamError(f"{option} {path}: not a readable weights file ({type(exc).__name__})") from None
+                                "True) refuses; save model.state_dict() with torch.save, or a .safetensors file",
+                                param=param) from None
+        raise TumorcamError(f"{option} {path}: not a readable weights file ({type(exc).__name__})",
+                            param=param) from None
     if not isinstance(state, dict):
-        raise TumorcamError(f"{option} {path}: holds a {type(state).__name__}, not a state_dict")
+        raise TumorcamError(f"{option} {path}: holds a {type(state).__name__}, not a state_dict", param=param)
     return state
 
 

@@ -88,7 +88,7 @@ class Run:
         if data is None:
             if not self.config.data:
                 raise TumorcamError(f"data: {self.path / CONFIG_FILE} names no prepared data folder; "
-                                    "give one (--data DIR)")
+                                    "give one", param="data")
             data = Path(self.config.data)
             if not data.is_absolute() and not data.is_dir() and (self.path / data).is_dir():
                 data = self.path / data

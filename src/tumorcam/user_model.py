@@ -6,8 +6,8 @@
 with no arguments; it must return a `torch.nn.Module`. The weights, when given, are a
 state_dict: a `.safetensors` file, or a `torch.save` file read with
 `torch.load(weights_only=True)`, which never runs code from the file; they must fit the model
-exactly (`load_state_dict(strict=True)`). Every failure is one `TumorcamError` naming `--model`
-or `--weights` and the value at fault.
+exactly (`load_state_dict(strict=True)`). Every failure is one `TumorcamError` naming `model`
+or `weights` (its `param`) and the value at fault.
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ def first_line(exc: BaseException) -> str:
 
 def load_user_model(spec: str, weights: str | Path | None = None) -> nn.Module:
     """The module `FACTORY()` of `spec` = "MODULE:FACTORY", with the state_dict of `weights` loaded."""
-    option = f"--model {spec}"
+    option = f"model {spec}"
     module_name, colon, factory_path = spec.partition(":")
     if not colon or not module_name or not factory_path or ":" in factory_path:
         raise TumorcamError(f"{option}: expected MODULE:FACTORY, e.g. {EXAMPLE} (a function in my_models.py "
-                            "that returns the network)")
+                            "that returns the network)", param="model")
     with _cwd_first():
         importlib.invalidate_caches()
         try:
@@ -58,43 +58,43 @@ def load_user_model(spec: str, weights: str | Path | None = None) -> nn.Module:
         except ModuleNotFoundError as exc:
             if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
                 raise TumorcamError(f"{option}: no module named {module_name!r} in the current directory or "
-                                    "on the Python path") from None
-            raise TumorcamError(f"{option}: importing {module_name} failed ({first_line(exc)})") from None
+                                    "on the Python path", param="model") from None
+            raise TumorcamError(f"{option}: importing {module_name} failed ({first_line(exc)})", param="model") from None
         except Exception as exc:  # noqa: BLE001 - the user's module failed to run
-            raise TumorcamError(f"{option}: importing {module_name} failed ({first_line(exc)})") from None
+            raise TumorcamError(f"{option}: importing {module_name} failed ({first_line(exc)})", param="model") from None
         factory: object = module
         for part in factory_path.split("."):
             if not hasattr(factory, part):
                 names = [n for n in dir(factory) if not n.startswith("_")]
                 nearest = difflib.get_close_matches(part, names, n=1, cutoff=0.5)
                 hint = f" (did you mean {nearest[0]}?)" if nearest else ""
-                raise TumorcamError(f"{option}: {module_name} has no {factory_path!r}{hint}")
+                raise TumorcamError(f"{option}: {module_name} has no {factory_path!r}{hint}", param="model")
             factory = getattr(factory, part)
         if not callable(factory):
             raise TumorcamError(f"{option}: {factory_path} is an object of type {type(factory).__name__}, "
-                                "not a factory to call")
+                                "not a factory to call", param="model")
         try:
             model = factory()
         except Exception as exc:  # noqa: BLE001 - the user's factory failed
-            raise TumorcamError(f"{option}: calling {factory_path}() failed ({first_line(exc)})") from None
+            raise TumorcamError(f"{option}: calling {factory_path}() failed ({first_line(exc)})", param="model") from None
     if not isinstance(model, nn.Module):
         raise TumorcamError(f"{option}: {factory_path}() returned an object of type {type(model).__name__}, "
-                            "not a torch.nn.Module")
+                            "not a torch.nn.Module", param="model")
     if weights is not None:
         load_state(model, Path(weights), spec)
     return model
 
 
 def load_state(model: nn.Module, path: Path, spec: str) -> None:
-    """Load the state_dict at `path` into `model` (built by --model `spec`), strictly."""
+    """Load the state_dict at `path` into `model` (built by `spec`), strictly."""
     from tumorcam.model import read_state_dict
 
-    option = f"--weights {path}"
-    state = read_state_dict(path, option="--weights")
+    option = f"weights {path}"
+    state = read_state_dict(path, param="weights")
     loose = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
     if loose:
         raise TumorcamError(f"{option}: not a state_dict: entries {', '.join(loose[:5])} are not tensors "
-                            "(save model.state_dict(), not a training checkpoint)")
+                            "(save model.state_dict(), not a training checkpoint)", param="weights")
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -109,6 +109,6 @@ def load_state(model: nn.Module, path: Path, spec: str) -> None:
             key = shapes[0]
             found.append(f"{len(shapes)} of another shape (e.g. {key}: {tuple(state[key].shape)} in the file, "
                          f"{tuple(expected[key].shape)} in the model)")
-        raise TumorcamError(f"{option}: does not fit the network of --model {spec}: {len(expected)} entries "
-                            f"expected, {'; '.join(found)}")
+        raise TumorcamError(f"{option}: does not fit the network of model {spec}: {len(expected)} entries "
+                            f"expected, {'; '.join(found)}", param="weights")
     model.load_state_dict(state, strict=True)

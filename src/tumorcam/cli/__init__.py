@@ -93,16 +93,25 @@ FLAGS: dict[str, str] = {
     "method": "--methods", "target": "--targets", "baseline": "--baselines", "layer": "--layer",
     "channel": "--channel", "weights": "--weights", "out": "--out", "run": "RUN", "images": "--image",
     "num_threads": "--threads", "sanity_cases": "--sanity-cases", "sanity_slices": "--sanity-slices",
+    "channel_paths": "--image", "model.encoder_weights": "--encoder-weights", "train.size": "--size",
+    "train.epochs": "--epochs", "train.batch_size": "--batch-size", "train.lr": "--lr", "train.loss": "--loss",
+}
+
+# Per command, the parameters whose flag there differs from FLAGS.
+COMMAND_FLAGS: dict[str, dict[str, str]] = {
+    "explain": {"method": "--method", "target": "--target"},
+    "run": {"size": "--prepare-size", "patients": "--synthetic-patients", "slices_per_patient": "--synthetic-slices"},
 }
 
 
-def flag_message(exc: TumorcamError) -> str:
-    """The message of a library error with its parameter written as the command's flag:
+def flag_message(exc: TumorcamError, command: str | None = None) -> str:
+    """The message of a library error with its parameter written as the flag of `command` (`run`, ...):
     `steps: must be >= 1` (param `steps`) -> `--steps: must be >= 1`."""
     message = str(exc)
     if exc.param is None:
         return message
-    flag = FLAGS.get(exc.param, "--" + exc.param.replace("_", "-"))
+    flags = {**FLAGS, **COMMAND_FLAGS.get(command or "", {})}
+    flag = flags.get(exc.param, "--" + exc.param.replace("_", "-"))
     if message.startswith(exc.param):
         return flag + message[len(exc.param):]
     return f"{flag}: {message}"
@@ -128,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     except TumorcamError as exc:
         if debug:
             raise
-        typer.echo(f"error: {flag_message(exc)}", err=True)
+        command = next((arg for arg in args if not arg.startswith("-")), None)
+        typer.echo(f"error: {flag_message(exc, command)}", err=True)
         sys.exit(2)
     except NoArgsIsHelpError as exc:  # `tumorcam` or `tumorcam data` alone: the help
         exc.show()

@@ -28,11 +28,11 @@ CHUNK = 256  # rows of a prepared folder moved to a device and resized at a time
 
 def rows_of_split(splits: dict[str, list], split: str, keys: np.ndarray) -> np.ndarray:
     """Row indices of the rows whose key (file id or case id) `splits[split]` lists, in row order;
-    `all`: every row. An unknown split is an error naming --split."""
+    `all`: every row. An unknown split is an error naming `split`."""
     if split == "all":
         return np.arange(len(keys))
     if split not in splits:
-        raise TumorcamError(f"--split: unknown split {split!r} (choose {', '.join(SPLITS)} or all)")
+        raise TumorcamError(f"split: unknown split {split!r} (choose {', '.join(SPLITS)} or all)", param="split")
     wanted = {str(key) for key in splits[split]}
     return np.flatnonzero([str(key) in wanted for key in keys])
 
@@ -105,8 +105,8 @@ def read_folder(root: Path, names: tuple[str, ...], kind: str,
     (`kind` says what the folder should be, `source` what prepare reads)."""
     missing = [name for name in (*names, "manifest.json", "splits.json") if not (root / name).is_file()]
     if missing:
-        raise TumorcamError(f"--data {root}: not a {kind} (missing {', '.join(missing)}); "
-                            f"run `tumorcam data prepare {source} --out DIR` first")
+        raise TumorcamError(f"data {root}: not a {kind} (missing {', '.join(missing)}); "
+                            f"prepare {source} into it first (`tumorcam data prepare`)", param="data")
     arrays = {}
     for name in names:
         try:
@@ -125,7 +125,7 @@ def load_prepared(root: str | Path) -> PreparedData:
     """Open a prepared folder; a folder that is not one fails with a message naming what is missing."""
     root = Path(root)
     if not root.is_dir():
-        raise TumorcamError(f"--data {root}: no such folder")
+        raise TumorcamError(f"data {root}: no such folder", param="data")
     arrays, manifest, splits = read_folder(root, ARRAY_FILES, "prepared folder", "SRC")
     n = arrays["images.npy"].shape[0]
     for name, array in arrays.items():

@@ -71,8 +71,8 @@ def download(
     """
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
-        raise TumorcamError(f"--dest {dest}: exists and is not a folder")
-    base, api = _check_url(base_url or FIGSHARE_DOWNLOADS, "--base-url"), _check_url(api_url, "--api-url")
+        raise TumorcamError(f"dest {dest}: exists and is not a folder", param="dest")
+    base, api = _check_url(base_url or FIGSHARE_DOWNLOADS, "base_url"), _check_url(api_url, "api_url")
     zips = [fetch(remote, dest, base, progress=progress, timeout=timeout) for remote in files]
     listed = article_extras(api, extras, timeout=timeout) if extras else []
     extra_files = [fetch(remote, dest, base, progress=progress, timeout=timeout) for remote in listed]
@@ -203,7 +203,7 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_url(url: str, option: str) -> str:
+def _check_url(url: str, param: str) -> str:
     if not re.match(r"^https?://[^/]+", url):
-        raise TumorcamError(f"{option} {url!r}: expected an http:// or https:// URL")
+        raise TumorcamError(f"{param} {url!r}: expected an http:// or https:// URL", param=param)
     return url.rstrip("/")

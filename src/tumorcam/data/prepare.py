@@ -46,9 +46,10 @@ def prepare(
     if not paths:
         raise TumorcamError("SRC: give at least one folder or zip")
     if size < 8:
-        raise TumorcamError(f"--size {size}: must be at least 8")
+        raise TumorcamError(f"size {size}: must be at least 8", param="size")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TumorcamError(f"--out {out}: exists and is not empty; prepare never overwrites, choose a new folder or remove it")
+        raise TumorcamError(f"out {out}: exists and is not empty; prepare never overwrites, choose a new folder or remove it",
+                            param="out")
     with ExitStack() as stack:
 
         def scratch() -> Path:

@@ -67,7 +67,7 @@ def read_slices(tasks: list[Task], size: int, skip_bad: bool, workers: int | Non
 def _worker_count(workers: int | None) -> int:
     if workers is not None:
         if workers < 1:
-            raise TumorcamError(f"--workers {workers}: must be at least 1")
+            raise TumorcamError(f"workers {workers}: must be at least 1", param="workers")
         return workers
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(available, 16))

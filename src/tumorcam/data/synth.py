@@ -70,10 +70,11 @@ def write_synthetic(out: str | os.PathLike, patients: int = 60, slices_per_patie
     paths of the slice files in file-number order.
     """
     out = Path(out)
-    if patients < 1 or slices_per_patient < 1:
-        raise TumorcamError(f"--patients/--slices-per-patient must be >= 1 (got {patients}, {slices_per_patient})")
+    for name, value in (("patients", patients), ("slices_per_patient", slices_per_patient)):
+        if value < 1:
+            raise TumorcamError(f"{name} {value}: must be at least 1", param=name)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TumorcamError(f"--out {out}: exists and is not empty; choose a new folder")
+        raise TumorcamError(f"out {out}: exists and is not empty; choose a new folder", param="out")
     folds = patient_folds(patients, seed)
     file_folds: list[int] = []
     with atomic_dir(out) as tmp:

@@ -58,11 +58,11 @@ def write_synthetic_volumes(out: str | os.PathLike, cases: int = 24, size: int =
 
     out = Path(out)
     if cases < 1:
-        raise TumorcamError(f"--cases {cases}: must be at least 1")
+        raise TumorcamError(f"cases {cases}: must be at least 1", param="cases")
     if size < MIN_SIZE:
-        raise TumorcamError(f"--size {size}: must be at least {MIN_SIZE}")
+        raise TumorcamError(f"size {size}: must be at least {MIN_SIZE}", param="size")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TumorcamError(f"--out {out}: exists and is not empty; choose a new folder")
+        raise TumorcamError(f"out {out}: exists and is not empty; choose a new folder", param="out")
     with atomic_dir(out) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()

@@ -133,7 +133,7 @@ def load_volumes(root: str | Path) -> PreparedVolumes:
     """Open a prepared volume folder; a folder that is not one fails with a message naming what is missing."""
     root = Path(root)
     if not root.is_dir():
-        raise TumorcamError(f"--data {root}: no such folder")
+        raise TumorcamError(f"data {root}: no such folder", param="data")
     arrays, manifest, splits = read_folder(root, ARRAY_FILES, "prepared volume folder", "NNUNET_RAW")
     if not isinstance(manifest, dict) or manifest.get("kind") != "volumes":
         raise TumorcamError(f"{root / 'manifest.json'}: not a volume manifest (kind is not \"volumes\")")
@@ -176,9 +176,10 @@ def prepare_volumes(
     started = time.perf_counter()
     src, out = Path(src), Path(out)
     if size < MIN_SIZE:
-        raise TumorcamError(f"--size {size}: must be at least {MIN_SIZE}")
+        raise TumorcamError(f"size {size}: must be at least {MIN_SIZE}", param="size")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TumorcamError(f"--out {out}: exists and is not empty; prepare never overwrites, choose a new folder or remove it")
+        raise TumorcamError(f"out {out}: exists and is not empty; prepare never overwrites, choose a new folder or remove it",
+                            param="out")
     if not src.exists():
         raise TumorcamError(f"SRC {src}: no such file or folder")
     info = read_dataset(src)
@@ -405,13 +406,14 @@ def _region(info: DatasetInfo, region_labels: Sequence[int] | None) -> dict[str,
         return {"rule": "label > 0", "labels": [v for v in known if v > 0]}
     wanted = sorted({int(v) for v in region_labels})
     if not wanted:
-        raise TumorcamError("--region-labels: give at least one label value")
+        raise TumorcamError("region_labels: give at least one label value", param="region_labels")
     if 0 in wanted:
-        raise TumorcamError("--region-labels: 0 is the background, not a region")
+        raise TumorcamError("region_labels: 0 is the background, not a region", param="region_labels")
     unknown = [v for v in wanted if v not in known]
     if unknown:
         names = ", ".join(f"{name}={value}" for name, value in info.labels.items())
-        raise TumorcamError(f"--region-labels: {unknown} not in {info.root / 'dataset.json'} labels ({names})")
+        raise TumorcamError(f"region_labels: {unknown} not in {info.root / 'dataset.json'} labels ({names})",
+                            param="region_labels")
     return {"rule": f"label in {wanted}", "labels": wanted}
 
 

@@ -210,23 +210,23 @@ def predicted_mask_maps(model: nn.Module, images: torch.Tensor, channel: int, ou
 
 def check_options(steps: int | None = None, baselines: list[str] | tuple[str, ...] | None = None,
                   score: str | None = None, schedule: str | None = None, batch_size: int | None = None) -> None:
-    """The run folder's options, each named as the CLI flag: one clear error for K < 1, an unknown
+    """The run folder's options, each named as its parameter: one clear error for K < 1, an unknown
     baseline, score or schedule, or a batch size < 1 (None: not checked)."""
     if steps is not None:
-        check_steps(steps, "--steps")
+        check_steps(steps)
     if baselines is not None:
         if not baselines:
-            raise TumorcamError(f"--baselines: give at least one of {', '.join(BASELINES)}")
+            raise TumorcamError(f"baselines: give at least one of {', '.join(BASELINES)}", param="baselines")
         unknown = [b for b in baselines if b not in BASELINES]
         if unknown:
-            raise TumorcamError(f"--baselines: unknown baseline(s) {', '.join(map(repr, unknown))} "
-                                f"(choose from {', '.join(BASELINES)})")
+            raise TumorcamError(f"baselines: unknown baseline(s) {', '.join(map(repr, unknown))} "
+                                f"(choose from {', '.join(BASELINES)})", param="baselines")
     if score is not None and score not in SCORES:
-        raise TumorcamError(f"--score: unknown score {score!r} (choose from {', '.join(SCORES)})")
+        raise TumorcamError(f"score: unknown score {score!r} (choose from {', '.join(SCORES)})", param="score")
     if schedule is not None:
-        check_schedule(schedule, "--schedule")
+        check_schedule(schedule)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise TumorcamError(f"--batch-size: must be an integer >= 1, got {batch_size!r}")
+        raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}", param="batch_size")
 
 
 def target_score(target: str, score: str) -> str:
@@ -236,8 +236,8 @@ def target_score(target: str, score: str) -> str:
     if score != "target":
         return score
     if target not in TARGET_SCORES:
-        raise TumorcamError(f"--score target: no score for maps of target {target!r}; "
-                            f"choose one of {', '.join(s for s in SCORES if s != 'target')}")
+        raise TumorcamError(f"score target: no score for maps of target {target!r}; "
+                            f"choose one of {', '.join(s for s in SCORES if s != 'target')}", param="score")
     return TARGET_SCORES[target]
 
 

@@ -89,8 +89,8 @@ def load_inputs(run: str | Path | Run, data: str | Path | None = None, split: st
     row_of = {int(f): i for i, f in enumerate(prepared.file_ids)}
     missing = [int(f) for f in file_ids if int(f) not in row_of]
     if missing:
-        raise TumorcamError(f"--data {prepared.root}: has no slice for {len(missing)} file id(s) of the maps "
-                            f"(first {missing[0]}); the maps were made from other data")
+        raise TumorcamError(f"data {prepared.root}: has no slice for {len(missing)} file id(s) of the maps "
+                            f"(first {missing[0]}); the maps were made from other data", param="data")
     rows = np.array([row_of[int(f)] for f in file_ids])
     images, masks = prepared.tensors(rows, index.size)
     _add_random_entries(entries, file_ids, index.size, run.config.evaluate.seed)
@@ -133,8 +133,8 @@ def check_maps(run: str | Path | Run, data: str | Path | None = None, split: str
             slices_per_patient=settings.slices_per_patient if slices_per_patient is None else slices_per_patient,
             limit=settings.limit, seed=settings.seed)]
         if sorted(int(f) for f in wanted) != sorted(int(f) for f in index.file_ids):
-            asked = " ".join(f"{option} {value}" for option, value in (("--patients", patients),
-                             ("--slices-per-patient", slices_per_patient)) if value is not None)
+            asked = " ".join(f"{name}={value}" for name, value in (("patients", patients),
+                             ("slices_per_patient", slices_per_patient)) if value is not None)
             reason = f"the maps in {folder} explain other slices than {asked} selects"
     if reason is not None:
         selection = {"split": split or index.split, "patients": patients, "slices_per_patient": slices_per_patient}

@@ -90,9 +90,9 @@ def top_percent_iou(maps: torch.Tensor, masks: torch.Tensor, percent: float, see
 
 
 def check_top_percent(percent: object, name: str = "top_percent") -> None:
-    """p must be a number in (0, 100]; `name` is the parameter (or option) the caller calls it."""
+    """p must be a number in (0, 100]; `name` is the parameter the caller calls it."""
     if isinstance(percent, bool) or not isinstance(percent, numbers.Real) or not 0 < percent <= 100:
-        raise TumorcamError(f"{name}: must be in (0, 100], got {percent!r}")
+        raise TumorcamError(f"{name}: must be in (0, 100], got {percent!r}", param=name)
 
 
 def localization_scores(maps: torch.Tensor, masks: torch.Tensor, *, top_percent: float = 5.0,
@@ -163,7 +163,7 @@ def evaluate_localization(run: str | Path, data: str | Path | None = None, split
 
     run = Path(run)
     if top_percent is not None:
-        check_top_percent(top_percent, "--top-percent")
+        check_top_percent(top_percent)
     inputs = load_inputs(run, data=data, split=split, device="cpu", with_model=False, patients=patients,
                          slices_per_patient=slices_per_patient)
     cfg = inputs.config.evaluate

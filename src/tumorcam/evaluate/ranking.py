@@ -24,15 +24,15 @@ LOG_FIRST_FRACTION = 1e-3  # f_1 of the `log` schedule
 
 
 def check_steps(steps: object, name: str = "steps") -> None:
-    """K must be an integer >= 1; `name` is the parameter (or option) the caller calls it."""
+    """K must be an integer >= 1; `name` is the parameter the caller calls it."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise TumorcamError(f"{name}: K must be an integer >= 1, got {steps!r}")
+        raise TumorcamError(f"{name}: K must be an integer >= 1, got {steps!r}", param=name)
 
 
 def check_schedule(schedule: object, name: str = "schedule") -> None:
-    """The schedule must be one of SCHEDULES; `name` is the parameter (or option) the caller calls it."""
+    """The schedule must be one of SCHEDULES; `name` is the parameter the caller calls it."""
     if schedule not in SCHEDULES:
-        raise TumorcamError(f"{name}: unknown schedule {schedule!r} (choose {' or '.join(SCHEDULES)})")
+        raise TumorcamError(f"{name}: unknown schedule {schedule!r} (choose {' or '.join(SCHEDULES)})", param=name)
 
 
 def rank_pixels(maps: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -676,14 +676,14 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
     index = torch.as_tensor(rows, device=inputs.images.device)
     images, masks = inputs.images[index], inputs.masks[index]
     if methods is not None and RANDOM in methods:
-        raise TumorcamError("--methods random: the random map is not sanity-checked (its seeded noise ignores "
-                            "the weights by construction)")
+        raise TumorcamError("methods random: the random map is not sanity-checked (its seeded noise ignores "
+                            "the weights by construction)", param="methods")
     combos = sorted({(e.method, e.target, e.layer) for e in inputs.entries
                      if e.model == "trained" and not e.times_gt and e.method != RANDOM})
     if methods is not None:
         unknown = sorted(set(methods) - {c[0] for c in combos})
         if unknown:
-            raise TumorcamError(f"--methods: no maps of {', '.join(unknown)} in {run}/explanations")
+            raise TumorcamError(f"methods: no maps of {', '.join(unknown)} in {run}/explanations", param="methods")
         combos = [c for c in combos if c[0] in methods]
     stages = cascade_stages(inputs.model)
     results = []

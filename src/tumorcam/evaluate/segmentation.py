@@ -55,7 +55,7 @@ def evaluate_segmentation(run: str | Path | Run, data: str | Path | None = None,
     (config.train.device). Writes and returns the metrics.json document (module docstring).
     """
     if checkpoint not in CHECKPOINTS:
-        raise TumorcamError(f"--checkpoint: unknown checkpoint {checkpoint!r} (choose last or best)")
+        raise TumorcamError(f"checkpoint: unknown checkpoint {checkpoint!r} (choose last or best)", param="checkpoint")
     run = as_run(run, device)
     model, config, device = run.model(checkpoint), run.config, run.device
     prepared = run.prepared(data)

@@ -221,7 +221,7 @@ def _maps(model: nn.Module, images: torch.Tensor, chosen: Method, weights: Targe
                         raise
                     raise TumorcamError(f"layer: {type(module).__name__} is not on the path from the input to the "
                                         "chosen output (another head of the model?); name a layer that the output "
-                                        "depends on") from None
+                                        "depends on", param="layer") from None
             out.append(normalize(upsample(rectify(raw.detach().float(), chosen.rectify), spatial)))
     return torch.cat(out)
 

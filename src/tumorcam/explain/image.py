@@ -13,9 +13,8 @@ case, is read by `tumorcam.explain.volume_files`.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -38,25 +37,25 @@ PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TRAINING_SAMPLE = 256  # training slices that an outside slice's intensities are compared with
 
 
-def optional_import(module: str, what: str, option: str) -> ModuleType:
-    """`module` imported; a missing one is an error naming `option` and the `medical` extra."""
+def optional_import(module: str, what: str, path: str | Path) -> ModuleType:
+    """`module` imported; a missing one is an error naming the image `path` and the `medical` extra."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise TumorcamError(f"{option}: reading {what} needs {module}; install it with "
-                            "`pip install 'tumorcam[medical]'`") from None
+        raise TumorcamError(f"image {path}: reading {what} needs {module}; install it with "
+                            "`pip install 'tumorcam[medical]'`", param="image") from None
 
 
 def read_slice(path: str | Path) -> np.ndarray:
     """A 2-D float32 array of the slice's raw intensities."""
     path = Path(path)
-    option = f"--image {path}"
+    option = f"image {path}"
     if not path.is_file():
-        raise TumorcamError(f"{option}: no such file")
+        raise TumorcamError(f"{option}: no such file", param="image")
     name = path.name.lower()
     try:
         if name.endswith(".dcm"):
-            pydicom = optional_import("pydicom", "DICOM", option)
+            pydicom = optional_import("pydicom", "DICOM", path)
             try:
                 from pydicom.pixels import apply_modality_lut
             except ImportError:  # pydicom 2.x
@@ -64,7 +63,7 @@ def read_slice(path: str | Path) -> np.ndarray:
             ds = pydicom.dcmread(path)
             pixels = apply_modality_lut(ds.pixel_array, ds)
         elif name.endswith((".nii", ".nii.gz")):
-            nibabel = optional_import("nibabel", "NIfTI", option)
+            nibabel = optional_import("nibabel", "NIfTI", path)
             volume = np.asanyarray(nibabel.load(path).dataobj)
             volume = np.squeeze(volume)
             if volume.ndim == 3:
@@ -76,14 +75,15 @@ def read_slice(path: str | Path) -> np.ndarray:
             with Image.open(path) as img:
                 pixels = np.asarray(img.convert("L") if img.mode not in ("L", "I", "I;16", "F") else img)
         else:
-            raise TumorcamError(f"{option}: unknown image type (PNG, JPEG, BMP, TIFF, DICOM .dcm or NIfTI .nii/.nii.gz)")
+            raise TumorcamError(f"{option}: unknown image type (PNG, JPEG, BMP, TIFF, DICOM .dcm or NIfTI .nii/.nii.gz)",
+                                param="image")
     except TumorcamError:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is an unreadable file
-        raise TumorcamError(f"{option}: not a readable image ({type(exc).__name__}: {exc})") from None
+        raise TumorcamError(f"{option}: not a readable image ({type(exc).__name__}: {exc})", param="image") from None
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.ndim != 2:
-        raise TumorcamError(f"{option}: expected one 2-D slice, got an array of shape {pixels.shape}")
+        raise TumorcamError(f"{option}: expected one 2-D slice, got an array of shape {pixels.shape}", param="image")
     return pixels
 
 
@@ -111,13 +111,13 @@ def explain_image(
     layer = layer or config.explain.layers[0]
     get_method(method)
     if get_target(target).needs_masks:
-        raise TumorcamError(f"--targets {target}: needs a ground-truth mask, and --image gives none")
+        raise TumorcamError(f"target {target}: needs a ground-truth mask, and an image file gives none", param="target")
     pixels = read_slice(image)
     size = config.train.size
-    slice_ = normalize(pixels, size, f"--image {image}").astype(np.float32)
+    slice_ = normalize(pixels, size, str(image)).astype(np.float32)
     training = training_sample(run)
     if training is not None:
-        warn_intensity(slice_, training, f"--image {image}")
+        warn_intensity(slice_, training, str(image))
 
     device = run.device
     model = explain_model(run, untrained)
@@ -178,12 +178,12 @@ def image_stem(path: Path) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
 
 
-def unit_range(pixels: np.ndarray, option: str) -> np.ndarray:
+def unit_range(pixels: np.ndarray, name: str) -> np.ndarray:
     """x = max(pixels, 0) / max(pixels), float32 in [0, 1], at the image's own size."""
     x = np.clip(np.asarray(pixels, dtype=np.float32), 0, None)
     peak = float(x.max()) if x.size else 0.0
     if not np.isfinite(peak) or peak <= 0:
-        raise TumorcamError(f"{option}: the image has no positive values to scale by")
+        raise TumorcamError(f"{name}: the image has no positive values to scale by")
     return x / peak
 
 
@@ -201,26 +201,10 @@ def model_input(slice_: np.ndarray, channels: int, imagenet: bool = False) -> to
     x = torch.from_numpy(np.ascontiguousarray(slice_, dtype=np.float32))[None, None].repeat(1, channels, 1, 1)
     if imagenet:
         if channels != 3:
-            raise TumorcamError(f"--imagenet: ImageNet's mean and std are for 3 input channels; "
-                                f"the model takes {channels}")
+            raise TumorcamError(f"imagenet: ImageNet's mean and std are for 3 input channels; "
+                                f"the model takes {channels}", param="imagenet")
         x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return x
-
-
-_OPTIONS = {"method": "--method", "target": "--target", "layer": "--layer", "channel": "--channel",
-            "output": "--output"}
-
-
-@contextlib.contextmanager
-def _as_options() -> Iterator[None]:
-    """Library errors (`layer: ...`) named by their command-line option (`--layer: ...`)."""
-    try:
-        yield
-    except TumorcamError as exc:
-        name, _, rest = str(exc).partition(": ")
-        if name not in _OPTIONS:
-            raise
-        raise TumorcamError(f"{_OPTIONS[name]}: {rest}") from None
 
 
 def spatial_dims(model: nn.Module) -> int:
@@ -235,14 +219,13 @@ def checked_method(method: str, target: str) -> Method:
     file can serve: not one that needs a ground-truth mask, not `component` (one map per lesion)."""
     from tumorcam.explain import get_method, get_target
 
-    with _as_options():
-        chosen = get_method(method)
-        spec = get_target(target)
+    chosen = get_method(method)
+    spec = get_target(target)
     if spec.needs_masks:
-        raise TumorcamError(f"--target {target}: needs a ground-truth mask, and --image gives none")
+        raise TumorcamError(f"target {target}: needs a ground-truth mask, and an image file gives none", param="target")
     if spec.per_lesion:
-        raise TumorcamError(f"--target {target}: gives one map per lesion; use tumorcam.explain_components "
-                            "in Python")
+        raise TumorcamError(f"target {target}: gives one map per lesion; use tumorcam.explain_components",
+                            param="target")
     return chosen
 
 
@@ -264,14 +247,14 @@ def explain_input(
     `layer=None`'s choice, after `explain`'s fallback from flat maps, for `layer=None`).
 
     A failure of the network is one TumorcamError naming `model_name`, `source` (the files x was
-    made of) and x's shape; the library's errors are named by their command-line options.
+    made of) and x's shape; the library's errors name their parameter.
     """
     from tumorcam.explain import explain_at, explaining, get_method
     from tumorcam.explain.methods.base import Logits
     from tumorcam.explain.targets import predicted
 
     uses_layer = get_method(method).uses_layer
-    with _as_options(), explaining(model):
+    with explaining(model):
         try:
             with torch.no_grad():
                 logits = Logits(model, output)(x)
@@ -282,9 +265,8 @@ def explain_input(
                                 f"{tuple(x.shape)} ({first_line(exc)})") from None
         channel = guards.channel_of(channel, int(logits.shape[1]))
         region = predicted(logits.float(), channel)
-    with _as_options():
-        heatmaps, name = explain_at(model, x, method=method, target=target, layer=layer if uses_layer else None,
-                                    channel=channel, output=output, batch_size=1)
+    heatmaps, name = explain_at(model, x, method=method, target=target, layer=layer if uses_layer else None,
+                                channel=channel, output=output, batch_size=1)
     heatmap = heatmaps[0]
     spatial = tuple(x.shape[2:])
     if tuple(region.shape[1:]) != spatial:
@@ -317,7 +299,7 @@ def explain_files(
     imagenet: bool = False,
     device: torch.device | str = "cpu",
 ) -> WrittenMaps:
-    """Explain each image file with `model` (named `model_name` in errors, e.g. `--model pkg:make`)
+    """Explain each image file with `model` (named `model_name` in errors, e.g. `model pkg:make`)
     and write `out`/<name>.npy, the heatmap (H, W) float32 in [0, 1] at the image's size, and
     `out`/<name>.png, the overlay.
 
@@ -330,12 +312,13 @@ def explain_files(
 
     paths = [Path(image) for image in images]
     if not paths:
-        raise TumorcamError("--image: give at least one image file")
+        raise TumorcamError("images: give at least one image file", param="images")
     by_stem: dict[str, Path] = {}
     for path in paths:
         other = by_stem.setdefault(image_stem(path), path)
         if other != path:
-            raise TumorcamError(f"--image: {other} and {path} would both write {image_stem(path)}.npy in --out")
+            raise TumorcamError(f"images: {other} and {path} would both write {image_stem(path)}.npy in the out folder",
+                                param="images")
     checked_method(method, target)
     device = torch.device(device)
     model = model.to(device)
@@ -343,11 +326,11 @@ def explain_files(
     out = Path(out)
     files = []
     for path in paths:
-        slice_ = unit_range(read_slice(path), f"--image {path}")
+        slice_ = unit_range(read_slice(path), str(path))
         x = model_input(slice_, channels, imagenet).to(device)
         heatmap, region, layer = explain_input(model, x, method=method, target=target, layer=layer,
                                                channel=channel, output=output, model_name=model_name,
-                                               source=f"--image {path}")
+                                               source=str(path))
         stem = image_stem(path)
         npy, png = out / f"{stem}.npy", out / f"{stem}.png"
         save_npy(npy, heatmap)

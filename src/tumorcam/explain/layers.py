@@ -48,7 +48,8 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
     if isinstance(layer, nn.Module):
         if any(module is layer for module in model.modules()):
             return layer
-        raise TumorcamError(f"layer: the {type(layer).__name__} given is not a submodule of {type(model).__name__}")
+        raise TumorcamError(f"layer: the {type(layer).__name__} given is not a submodule of {type(model).__name__}",
+                            param="layer")
     modules = dict(model.named_modules())
     module = modules.get(layer) if layer else None
     if module is not None:
@@ -56,7 +57,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
     names = layer_names(model)
     nearest = difflib.get_close_matches(str(layer), names, n=5, cutoff=0.5)
     hint = f"nearest: {', '.join(nearest)}" if nearest else f"top-level modules: {', '.join(n for n in names if '.' not in n)}"
-    raise TumorcamError(f"layer: {type(model).__name__} has no layer {layer!r} ({hint})")
+    raise TumorcamError(f"layer: {type(model).__name__} has no layer {layer!r} ({hint})", param="layer")
 
 
 def _owns_parameters(module: nn.Module) -> bool:
@@ -99,12 +100,13 @@ def candidate_layers(model: nn.Module, example: torch.Tensor, *, log: bool = Fal
 
     runs = [i for i, name in enumerate(order) if of_kind(modules[name])]
     if not runs:
-        raise TumorcamError(f"layer: {type(model).__name__} runs no submodule with parameters; name a layer")
+        raise TumorcamError(f"layer: {type(model).__name__} runs no submodule with parameters; name a layer", param="layer")
     head = order[runs[-1]]
     before = [order[i] for i in runs if order[i] != head
               and (not convolutional or widths.get(order[i], 2) > widths.get(head, 1))]
     if not before:
-        raise TumorcamError(f"layer: {type(model).__name__} has no layer before its head {head}; name a layer")
+        raise TumorcamError(f"layer: {type(model).__name__} has no layer before its head {head}; name a layer",
+                            param="layer")
 
     def block(layer: str) -> str:
         parts = layer.split(".")

@@ -72,17 +72,17 @@ def explain_model(run: Run, untrained: bool) -> torch.nn.Module:
     return run.model()
 
 
-def _as_option(option: str, check: Callable[[str], object], name: str) -> None:
-    """`check(name)`, its error naming the command-line `option` instead of the library's parameter."""
+def _as_param(param: str, check: Callable[[str], object], name: str) -> None:
+    """`check(name)`, its error naming the list parameter `param` (`methods`) instead of one name's (`method`)."""
     try:
         check(name)
     except TumorcamError as exc:
-        raise TumorcamError(f"{option}: {str(exc).split(': ', 1)[-1]}") from None
+        raise TumorcamError(f"{param}: {str(exc).split(': ', 1)[-1]}", param=param) from None
 
 
-def _at_least_one(option: str, value: int | None) -> None:
+def _at_least_one(param: str, value: int | None) -> None:
     if value is not None and value < 1:
-        raise TumorcamError(f"{option} {value}: must be at least 1")
+        raise TumorcamError(f"{param} {value}: must be at least 1", param=param)
 
 
 def sample_rows(data: PreparedData, split: str, *, patients: int | None, slices_per_patient: int | None,
@@ -97,12 +97,12 @@ def sample_rows(data: PreparedData, split: str, *, patients: int | None, slices_
     3. `limit` (None: no cap) keeps the first `limit` slices taken round by round (every patient's first
        pick, then every patient's second, ...), so a cap keeps as many patients as it can.
     """
-    _at_least_one("--patients", patients)
-    _at_least_one("--slices-per-patient", slices_per_patient)
-    _at_least_one("--limit", limit)
+    _at_least_one("patients", patients)
+    _at_least_one("slices_per_patient", slices_per_patient)
+    _at_least_one("limit", limit)
     rows = data.indices(split)
     if len(rows) == 0:
-        raise TumorcamError(f"--split {split}: no slices in {data.root}")
+        raise TumorcamError(f"split {split}: no slices in {data.root}", param="split")
     rows = rows[np.argsort(np.asarray(data.file_ids[rows]), kind="stable")]
     pids = np.asarray(data.pids[rows]).astype(str)
     labels = np.asarray(data.labels[rows])
@@ -150,8 +150,8 @@ def select_rows(data: PreparedData, split: str, ids: Sequence[int] | None = None
     row_of = {int(data.file_ids[r]): int(r) for r in rows}
     missing = [i for i in ids if i not in row_of]
     if missing:
-        raise TumorcamError(f"--ids: file id(s) {', '.join(map(str, missing))} not in the {split} split of "
-                            f"{data.root} (try --split all)")
+        raise TumorcamError(f"ids: file id(s) {', '.join(map(str, missing))} not in the {split} split of "
+                            f"{data.root} (try the split all)", param="ids")
     rows = np.array([row_of[i] for i in ids], dtype=np.int64)
     warn_training_split(data.splits, split, data.file_ids, rows, "slice")
     return rows
@@ -200,10 +200,10 @@ def explain_run(
     config = run.config
     settings = config.explain
     if ids:
-        given = (("--limit", limit), ("--patients", patients), ("--slices-per-patient", slices_per_patient))
-        for option, value in given:
+        given = (("limit", limit), ("patients", patients), ("slices_per_patient", slices_per_patient))
+        for name, value in given:
             if value is not None:
-                raise TumorcamError(f"--ids and {option}: give one or the other (--ids picks exact slices)")
+                raise TumorcamError(f"{name}: not with ids (ids picks exact slices)", param=name)
     else:
         limit = settings.limit if limit is None else limit
         patients = settings.patients if patients is None else patients
@@ -214,16 +214,16 @@ def explain_run(
     layers = list(layers or settings.layers)
     batch_size = batch_size or settings.batch_size
     if batch_size < 1:
-        raise TumorcamError(f"--batch-size {batch_size}: must be at least 1")
+        raise TumorcamError(f"batch_size {batch_size}: must be at least 1", param="batch_size")
     for name in methods:
-        _as_option("--methods", get_method, name)
+        _as_param("methods", get_method, name)
     for name in targets:
-        _as_option("--targets", get_target, name)
+        _as_param("targets", get_target, name)
 
     device = run.device
     model = explain_model(run, untrained)
     for layer in layers:
-        _as_option("--layers", lambda path: resolve_layer(model, path), layer)
+        _as_param("layers", lambda path: resolve_layer(model, path), layer)
     trained_sha256 = run.weights_sha256
     model_hash = model_sha256(model) if untrained else trained_sha256
     if device.type == "cuda":
@@ -238,7 +238,8 @@ def explain_run(
     images, masks = prepared.tensors(rows, size)
     masks = masks.bool()
     if "gt-region" in targets and not bool(masks.any()):
-        raise TumorcamError(f"--targets gt-region: the selected slices of {prepared.root} have no tumour mask pixels")
+        raise TumorcamError(f"targets gt-region: the selected slices of {prepared.root} have no tumour mask pixels",
+                            param="targets")
 
     model_name = "untrained" if untrained else "trained"
     plan = plan_entries(methods, targets, layers, model_name)

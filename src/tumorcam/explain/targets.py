@@ -54,7 +54,8 @@ def check_channel(logits: torch.Tensor, channel: int) -> None:
     """`channel` must index one of the C output channels of the logits (B, C, *spatial)."""
     count = logits.shape[1]
     if not 0 <= channel < count:
-        raise TumorcamError(f"channel: the model has {count} output channel(s) (0..{count - 1}), got {channel}")
+        raise TumorcamError(f"channel: the model has {count} output channel(s) (0..{count - 1}), got {channel}",
+                            param="channel")
 
 
 def predicted(logits: torch.Tensor, channel: int) -> torch.Tensor:
@@ -182,11 +183,11 @@ def target_function(target: str | TargetFn, channel: int) -> TargetFn:
         return target
     if not isinstance(target, str):
         raise TumorcamError(f"target: expected a target name or a callable (logits, masks) -> weights, "
-                            f"got {type(target).__name__}")
+                            f"got {type(target).__name__}", param="target")
     spec = get_target(target)
     if spec.per_lesion:
         raise TumorcamError(f"target: {target!r} gives one map per lesion, not one per image; "
-                            "use explain_components(model, images, ...)")
+                            "use explain_components(model, images, ...)", param="target")
     return partial(spec.weights, channel=channel)
 
 
@@ -200,5 +201,6 @@ def target_scores(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
             fits = False
     if not fits:
         shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
-        raise TumorcamError(f"target: the weights {shape} do not broadcast to the logits {tuple(logits.shape)}")
+        raise TumorcamError(f"target: the weights {shape} do not broadcast to the logits {tuple(logits.shape)}",
+                            param="target")
     return (logits.float() * weights.float()).flatten(1).sum(dim=1)

@@ -18,7 +18,7 @@ fails, or returns logits on another grid, zero volumes padded at the end of each
 multiple of 2, 4, ..., 64 are tried (`network_multiple`); the volume is padded with zeros (the
 normalised background) to the first multiple that the network takes, explained, and its map and
 region cropped back to the volume's grid and the map min-max normalised again, with a
-`TumorcamWarning` saying so. When no multiple works, one error names --size.
+`TumorcamWarning` saying so. When no multiple works, one error names `size`.
 
 Written in `out`: CASE_<method>.nii.gz, the map (D, H, W) float32 in [0, 1] with the case's shape
 and affine, and CASE_<method>.png, axial, coronal and sagittal planes (`report.volumes`) through the
@@ -77,35 +77,36 @@ def read_channels(paths: Sequence[Path], channels: int) -> tuple[np.ndarray, np.
     they are named CASE_XXXX, and scaled by `data.volumes.normalize_case` (the case's foreground), as
     `prepare_volumes` scales them."""
     if len(paths) != channels:
-        raise TumorcamError(f"--image: {len(paths)} file(s) given as the channels of one case; the network "
-                            f"takes {channels} input channel(s) (give one NIfTI volume per channel, in order)")
+        raise TumorcamError(f"channel_paths: {len(paths)} file(s) given as the channels of one case; the network "
+                            f"takes {channels} input channel(s) (give one NIfTI volume per channel, in order)",
+                            param="channel_paths")
     for path in paths:
         if not path.name.lower().endswith(NIFTI_SUFFIXES):
-            raise TumorcamError(f"--image {path}: a 3-D network needs NIfTI volumes (.nii or .nii.gz), one "
-                                "file per input channel")
+            raise TumorcamError(f"image {path}: a 3-D network needs NIfTI volumes (.nii or .nii.gz), one "
+                                "file per input channel", param="image")
         if not path.is_file():
-            raise TumorcamError(f"--image {path}: no such file")
+            raise TumorcamError(f"image {path}: no such file", param="image")
     _check_names(paths)
-    optional_import("nibabel", "NIfTI", f"--image {paths[0]}")
+    optional_import("nibabel", "NIfTI", paths[0])
     volumes, affine = [], None
     first = paths[0]
     for path in paths:
-        with _as_image_option():
+        with _as_image_error():
             array, file_affine, _ = read_nifti(path)
         if not is_volume(array):
-            raise TumorcamError(f"--image {path}: a 3-D network needs a volume (a 3-D array with more than one "
-                                f"voxel on each axis), the file holds an array of shape {array.shape}")
+            raise TumorcamError(f"image {path}: a 3-D network needs a volume (a 3-D array with more than one "
+                                f"voxel on each axis), the file holds an array of shape {array.shape}", param="image")
         if volumes and array.shape != volumes[0].shape:
-            raise TumorcamError(f"--image {path}: shape {array.shape} differs from {first.name}'s "
-                                f"{volumes[0].shape}; the files are the channels of one case")
+            raise TumorcamError(f"image {path}: shape {array.shape} differs from {first.name}'s "
+                                f"{volumes[0].shape}; the files are the channels of one case", param="image")
         if affine is not None and not np.allclose(file_affine, affine, **AFFINE_TOLERANCE):
-            raise TumorcamError(f"--image {path}: its affine differs from {first.name}'s; the files are the "
-                                "channels of one case, on one voxel grid")
+            raise TumorcamError(f"image {path}: its affine differs from {first.name}'s; the files are the "
+                                "channels of one case, on one voxel grid", param="image")
         if not np.isfinite(array).all():
-            raise TumorcamError(f"--image {path}: {int((~np.isfinite(array)).sum())} NaN or infinite values")
+            raise TumorcamError(f"image {path}: {int((~np.isfinite(array)).sum())} NaN or infinite values", param="image")
         volumes.append(np.asarray(array, dtype=np.float32))
         affine = file_affine if affine is None else affine
-    with _as_image_option():
+    with _as_image_error():
         case, _, _ = normalize_case(np.stack(volumes), paths)
     return case, affine
 
@@ -134,12 +135,12 @@ def network_multiple(model: nn.Module, x: torch.Tensor, output: Output = None) -
 
 
 @contextlib.contextmanager
-def _as_image_option() -> Iterator[None]:
-    """The reader's errors (`FILE: ...`) named by the option that gave the file (`--image FILE: ...`)."""
+def _as_image_error() -> Iterator[None]:
+    """The reader's errors (`FILE: ...`) named as errors of the image parameter (`image FILE: ...`)."""
     try:
         yield
     except TumorcamError as exc:
-        raise TumorcamError(f"--image {exc}") from None
+        raise TumorcamError(f"image {exc}", param="image") from None
 
 
 def _check_names(paths: Sequence[Path]) -> None:
@@ -149,11 +150,11 @@ def _check_names(paths: Sequence[Path]) -> None:
         return
     for position, (path, match) in enumerate(zip(paths, found)):
         if match["case"] != found[0]["case"]:
-            raise TumorcamError(f"--image {path}: of case {match['case']}, not {found[0]['case']} as "
-                                f"{paths[0].name}; the files are the channels of one case")
+            raise TumorcamError(f"image {path}: of case {match['case']}, not {found[0]['case']} as "
+                                f"{paths[0].name}; the files are the channels of one case", param="image")
         if int(match["index"]) != position:
-            raise TumorcamError(f"--image {path}: channel {match['index']} given as channel {position}; give the "
-                                "files in channel order (_0000, _0001, ...)")
+            raise TumorcamError(f"image {path}: channel {match['index']} given as channel {position}; give the "
+                                "files in channel order (_0000, _0001, ...)", param="image")
 
 
 def explain_volume_files(
@@ -161,7 +162,7 @@ def explain_volume_files(
     channel_paths: Sequence[str | Path],
     out: str | Path,
     *,
-    model_name: str = "--model",
+    model_name: str = "model",
     method: str = "gradcam",
     target: str = "predicted-region",
     layer: str | None = None,
@@ -182,7 +183,7 @@ def explain_volume_files(
     paths = [Path(p) for p in channel_paths]
     checked_method(method, target)
     if size is not None and (not isinstance(size, int) or size < 2):
-        raise TumorcamError(f"--size {size}: the cube's side in voxels, an integer >= 2")
+        raise TumorcamError(f"size {size}: the cube's side in voxels, an integer >= 2", param="size")
     device = torch.device(device)
     if spatial_dims(model) != 3:
         raise TumorcamError(f"{model_name}: not a 3-D network (its first convolution is not a Conv3d); NIfTI "
@@ -197,19 +198,19 @@ def explain_volume_files(
     names = ", ".join(str(p) for p in paths)
     grid = tuple(x.shape[2:])  # the volume the network explains, before any padding
     multiple, failure = network_multiple(model, x, output)
-    given = f"the case's shape {grid}" if size is None else f"the --size {size} cube"
+    given = f"the case's shape {grid}" if size is None else f"the size {size} cube"
     if multiple == 0:
         raise TumorcamError(f"{model_name}: cannot take {given} ({failure}), nor that shape padded to a multiple of "
-                            f"{', '.join(map(str, guards.DIVISORS))}; give --size N, a cube the network takes (e.g. "
+                            f"{', '.join(map(str, guards.DIVISORS))}; give a size N, a cube the network takes (e.g. "
                             "a multiple of 2^k for a U-Net that halves each axis k times)")
     if multiple > 1:
         target_shape = guards.padded_shape(grid, multiple)
         x = F.pad(x, [p for n, m in zip(reversed(grid), reversed(target_shape)) for p in (0, m - n)])
-        guards.warn(f"--image {names}: {model_name} cannot take {given} ({failure}); padded it with zeros at the "
+        guards.warn(f"{names}: {model_name} cannot take {given} ({failure}); padded it with zeros at the "
                     f"end of each axis to {target_shape}, a multiple of {multiple}, and cropped the map back to "
                     f"{grid}")
     heatmap, region, name = explain_input(model, x, method=method, target=target, layer=layer, channel=channel,
-                                          output=output, model_name=model_name, source=f"--image {names}")
+                                          output=output, model_name=model_name, source=names)
     if multiple > 1:
         crop = tuple(slice(0, n) for n in grid)
         heatmap = normalize(torch.from_numpy(np.ascontiguousarray(heatmap[crop]))[None])[0].numpy()

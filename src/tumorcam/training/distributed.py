@@ -105,8 +105,7 @@ def refuse_under_torchrun(command: str) -> None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
         raise TumorcamError(f"torchrun: `tumorcam {command}` runs in one process ({world_size} were started); "
-                            "torchrun shards `tumorcam train` and, on volumes, `tumorcam run --data VOLUMES "
-                            "--model MODULE:FACTORY`")
+                            "torchrun shards `tumorcam train` and, on volumes, `tumorcam run` of a model")
 
 
 def refuse_several_machines(command: str) -> None:
@@ -118,4 +117,4 @@ def refuse_several_machines(command: str) -> None:
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     if local != world_size:
         raise TumorcamError(f"torchrun: `tumorcam {command}` runs on one machine ({local} of {world_size} processes "
-                            "are local); start it with `torchrun --standalone --nproc_per_node=N`")
+                            "are local); start it with torchrun on one machine (standalone, N processes per node)")

@@ -75,15 +75,16 @@ def epoch_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
 def _check_config(config: Config) -> None:
     tc = config.train
     if not config.data:
-        raise TumorcamError("--data: no prepared folder given")
+        raise TumorcamError("data: no prepared folder given", param="data")
     if tc.size < 32 or tc.size % 32:
-        raise TumorcamError(f"--size {tc.size}: the U-Net needs a multiple of 32 (e.g. 96, 224, 256)")
+        raise TumorcamError(f"train.size {tc.size}: the U-Net needs a multiple of 32 (e.g. 96, 224, 256)",
+                            param="train.size")
     if tc.epochs < 1:
-        raise TumorcamError(f"--epochs {tc.epochs}: must be at least 1")
+        raise TumorcamError(f"train.epochs {tc.epochs}: must be at least 1", param="train.epochs")
     if tc.batch_size < 1 or tc.eval_batch_size < 1:
-        raise TumorcamError(f"--batch-size {tc.batch_size}: must be at least 1")
+        raise TumorcamError(f"train.batch_size {tc.batch_size}: must be at least 1", param="train.batch_size")
     if not (tc.lr > 0):
-        raise TumorcamError(f"--lr {tc.lr}: must be positive")
+        raise TumorcamError(f"train.lr {tc.lr}: must be positive", param="train.lr")
     make_loss(tc.loss)
     epoch_lr(tc.lr, tc.schedule, 1, tc.epochs)
 
@@ -94,14 +95,14 @@ def _train(config: Config, out: Path, resume: bool, info: distributed.Distribute
     data = load_prepared(config.data)
     train_rows, val_rows = data.indices("train"), data.indices("val")
     if len(train_rows) == 0:
-        raise TumorcamError(f"--data {data.root}: the train split is empty (splits.json)")
+        raise TumorcamError(f"data {data.root}: the train split is empty (splits.json)", param="data")
     if not resume and ((out / STATE_FILE).exists() or (out / WEIGHTS_FILE).exists()):
-        raise TumorcamError(f"--out {out}: already holds a training run; pass --resume to continue it "
-                            "or choose another folder")
+        raise TumorcamError(f"out {out}: already holds a training run; resume it "
+                            "or choose another folder", param="out")
     state = load_state(out / STATE_FILE) if resume else None
     if state is not None and state.epoch >= tc.epochs:
-        raise TumorcamError(f"--resume: {out} has already trained {state.epoch} epoch(s); "
-                            f"pass --epochs N with N > {state.epoch} to continue")
+        raise TumorcamError(f"resume: {out} has already trained {state.epoch} epoch(s); "
+                            f"give more than {state.epoch} epochs to continue", param="resume")
 
     setup_backend(device, tc.seed, tc.deterministic, tc.num_threads)
     model_cfg = config.model if state is None else dataclasses.replace(config.model, encoder_weights="none")
@@ -142,7 +143,7 @@ def _train(config: Config, out: Path, resume: bool, info: distributed.Distribute
             last = (f"the last good checkpoint (epoch {epoch - 1}) is {out / WEIGHTS_FILE}" if epoch > 1
                     else "no checkpoint was written")
             raise TumorcamError(f"training stopped: the loss became {row['loss']} in epoch {epoch}; {last}; "
-                                "lower --lr (or check the data) and --resume")
+                                "lower the learning rate (or check the data) and resume")
         row.update(_validate(model, val_split, tc.eval_batch_size, device, tc.amp))
         row["lr"] = lr
         history.append(row)
@@ -193,8 +194,8 @@ def _load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pa
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
-        raise TumorcamError(f"--resume: {path} is a checkpoint of another architecture than "
-                            f"model {model.name!r} in the config") from None
+        raise TumorcamError(f"resume: {path} is a checkpoint of another architecture than "
+                            f"model {model.name!r} in the config", param="resume") from None
 
 
 def _run_epoch(step: TrainStep, split: DeviceSplit, epoch: int, n_steps: int, batch_size: int, seed: int,
@@ -243,7 +244,7 @@ def _read_history(out: Path, epochs_done: int) -> list[dict[str, Any]]:
     try:
         rows = json.loads(path.read_text())["epochs"]
     except (ValueError, KeyError, TypeError):
-        raise TumorcamError(f"--resume: {path} is not a tumorcam history file") from None
+        raise TumorcamError(f"resume: {path} is not a tumorcam history file", param="resume") from None
     return [r for r in rows if r["epoch"] <= epochs_done]
 
 

@@ -21,4 +21,4 @@ def make_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if name == "dice+bce":
         dice = DiceLoss(mode="binary", from_logits=True)
         return lambda logits, target: bce(logits, target) + dice(logits, target)
-    raise TumorcamError(f"--loss: unknown loss {name!r} (choose {' or '.join(LOSSES)})")
+    raise TumorcamError(f"train.loss: unknown loss {name!r} (choose {' or '.join(LOSSES)})", param="train.loss")

@@ -57,13 +57,14 @@ def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, e
 def load_state(path: Path) -> TrainState:
     """Read the resume file without unpickling code; a missing or foreign file is a clear error."""
     if not path.is_file():
-        raise TumorcamError(f"--resume: {path} does not exist; nothing to resume (train without --resume)")
+        raise TumorcamError(f"resume: {path} does not exist; nothing to resume (train without resuming)", param="resume")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read is a bad file
-        raise TumorcamError(f"--resume: {path} is not a readable training state ({type(exc).__name__})") from None
+        raise TumorcamError(f"resume: {path} is not a readable training state ({type(exc).__name__})",
+                            param="resume") from None
     keys = {"version", "epoch", "model", "optimizer"}
     if not isinstance(payload, dict) or not keys <= set(payload) or payload["version"] != STATE_VERSION:
-        raise TumorcamError(f"--resume: {path} is not a tumorcam training state (version {STATE_VERSION})")
+        raise TumorcamError(f"resume: {path} is not a tumorcam training state (version {STATE_VERSION})", param="resume")
     return TrainState(epoch=int(payload["epoch"]), best_val_dice=payload.get("best_val_dice"),
                       best_epoch=payload.get("best_epoch"), model=payload["model"], optimizer=payload["optimizer"])

@@ -90,8 +90,8 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
                                      output=settings.output)
     except torch.cuda.OutOfMemoryError:
         raise TumorcamError(f"case {index}: a volume of {tuple(image.shape[1:])} (C, D, H, W) does not fit in the "
-                            f"memory of {image.device}; prepare the volumes at a smaller --prepare-size, or lower "
-                            "batch_size in --config") from None
+                            f"memory of {image.device}; prepare the volumes at a smaller size, or lower "
+                            "batch_size in the settings") from None
     if tuple(region.shape) != tuple(truth.shape):
         region = torch.nn.functional.interpolate(region[None, None].float(), size=tuple(truth.shape),
                                                  mode="nearest")[0, 0] > 0.5

@@ -69,21 +69,21 @@ def resolve_data(data: str | Path, out: Path, size: int | None, info: Any, log: 
     if is_volume_folder(data):
         made_at = load_volumes(data).size
         if size is not None and size != made_at:
-            raise TumorcamError(f"--prepare-size {size}: --data {data} is already prepared, at {made_at}^3")
+            raise TumorcamError(f"size {size}: data {data} is already prepared, at {made_at}^3", param="size")
         return data
     if not is_nnunet_raw(data):
-        raise TumorcamError(f"--data {data}: neither nnU-Net's raw layout (dataset.json, imagesTr/) nor a prepared "
-                            "volume folder")
+        raise TumorcamError(f"data {data}: neither nnU-Net's raw layout (dataset.json, imagesTr/) nor a prepared "
+                            "volume folder", param="data")
     size = DEFAULT_SIZE if size is None else size
     prepared = out / PREPARED_DIR
     if is_volume_folder(prepared):
         earlier = load_volumes(prepared)
         if Path(str(earlier.manifest.get("source"))).resolve() != data.resolve():
-            raise TumorcamError(f"--data {data}: {prepared} was prepared from {earlier.manifest.get('source')}; "
-                                "choose another --out, or remove that folder")
+            raise TumorcamError(f"data {data}: {prepared} was prepared from {earlier.manifest.get('source')}; "
+                                "choose another out folder, or remove that folder", param="data")
         if earlier.size != size:
-            raise TumorcamError(f"--prepare-size {size}: {prepared} was prepared at {earlier.size}^3; give "
-                                f"--prepare-size {earlier.size}, or remove that folder to prepare again")
+            raise TumorcamError(f"size {size}: {prepared} was prepared at {earlier.size}^3; give "
+                                f"size {earlier.size}, or remove that folder to prepare again", param="size")
     elif info.is_main:
         began = time.perf_counter()
         manifest = prepare_volumes(data, prepared, size=size)
@@ -99,7 +99,7 @@ def clear_outputs(out: Path) -> None:
     from tumorcam.io import remove_outputs
 
     if (out / "config.json").is_file():
-        raise TumorcamError(f"--out {out}: holds a run on slices (config.json); choose another folder")
+        raise TumorcamError(f"out {out}: holds a run on slices (config.json); choose another folder", param="out")
     remove_outputs(out, OUTPUTS)
 
 
@@ -133,7 +133,7 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
         if settings.cases is not None:
             rows = rows[:settings.cases]
         if len(rows) == 0:
-            raise TumorcamError(f"--split {settings.split}: no case in {root}")
+            raise TumorcamError(f"split {settings.split}: no case in {root}", param="split")
         images, _ = prepared.tensors(rows[:1])
         check_model(network, images.to(dev), settings, model, root)
         if settings.layer is None and any(METHODS[m].uses_layer for m in settings.methods):
@@ -226,7 +226,7 @@ def resolve_split(prepared: Any, split: str | None, cases: int | None = None, wa
 def check_model(network: torch.nn.Module, images: torch.Tensor, settings: VolumeSettings, spec: str,
                 root: Path) -> None:
     """One forward of the first case: the network must take the prepared volumes (C, S, S, S) and
-    return logits (1, C_out, S, S, S) with the class `channel`; else one error naming --model."""
+    return logits (1, C_out, S, S, S) with the class `channel`; else one error naming `model`."""
     from tumorcam.explain.methods.base import Logits
     from tumorcam.user_model import first_line
 
@@ -237,13 +237,14 @@ def check_model(network: torch.nn.Module, images: torch.Tensor, settings: Volume
     except TumorcamError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's network failed on our input
-        raise TumorcamError(f"--model {spec}: fails on the volumes of {root} (one case is {shape}: "
-                            f"{shape[0]} sequences): {first_line(exc)}") from None
+        raise TumorcamError(f"model {spec}: fails on the volumes of {root} (one case is {shape}: "
+                            f"{shape[0]} sequences): {first_line(exc)}", param="model") from None
     if logits.dim() != 5 or tuple(logits.shape[2:]) != shape[1:]:
-        raise TumorcamError(f"--model {spec}: returned {tuple(logits.shape)} for input (1, {', '.join(map(str, shape))});"
-                            " a run on volumes needs logits (1, C_out, D, H, W) on the input's grid")
+        raise TumorcamError(f"model {spec}: returned {tuple(logits.shape)} for input (1, {', '.join(map(str, shape))});"
+                            " a run on volumes needs logits (1, C_out, D, H, W) on the input's grid", param="model")
     if not 0 <= settings.channel < logits.shape[1]:
-        raise TumorcamError(f"--channel {settings.channel}: --model {spec} has {logits.shape[1]} output channel(s)")
+        raise TumorcamError(f"channel {settings.channel}: model {spec} has {logits.shape[1]} output channel(s)",
+                            param="channel")
 
 
 def _progress(items: list[int], show: bool) -> Any:
@@ -416,8 +417,8 @@ def sanity_file(network: torch.nn.Module, prepared: Any, rows: np.ndarray, setti
                                 min_patients=MIN_PATIENTS, bootstrap=settings.bootstrap, batch_size=1))
         except torch.cuda.OutOfMemoryError:
             raise TumorcamError(f"sanity_cases: case {case_ids[i]} of {tuple(image.shape[1:])} does not fit in the "
-                                f"memory of {device} for the sanity check; use a smaller --prepare-size or "
-                                "sanity_cases 0 in --config") from None
+                                f"memory of {device} for the sanity check; prepare the volumes at a smaller size, or "
+                                "set sanity_cases 0 in the settings") from None
     result = SanityResult.concat(parts)
     row = {"method": settings.primary_method, "target": settings.target, "layer": layer,
            "region": region_source(settings.target), **result_row(result)}

@@ -45,8 +45,8 @@ def train_demo_unet(data: str | Path, weights: str | Path, *, epochs: int = 40, 
 
     prepared = load_volumes(data)
     if len(prepared.channels) != DEMO_CHANNELS:
-        raise TumorcamError(f"--data {data}: the demo network reads {DEMO_CHANNELS} sequences, the data has "
-                            f"{len(prepared.channels)}")
+        raise TumorcamError(f"data {data}: the demo network reads {DEMO_CHANNELS} sequences, the data has "
+                            f"{len(prepared.channels)}", param="data")
     device = device or torch.device("cpu")
     torch.manual_seed(seed)
     model = demo_unet().to(device)

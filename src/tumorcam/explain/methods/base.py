@@ -95,7 +95,8 @@ def layer_activations_and_gradients(scalar: ScalarOutput, images: torch.Tensor,
 
     def keep_output(module: nn.Module, inputs: object, output: object) -> torch.Tensor:
         if not isinstance(output, torch.Tensor):
-            raise TumorcamError(f"layer: {type(module).__name__} returns {type(output).__name__}, not one tensor")
+            raise TumorcamError(f"layer: {type(module).__name__} returns {type(output).__name__}, not one tensor",
+                                param="layer")
         if not output.requires_grad:
             output.requires_grad_()  # a leaf: nothing before the layer needs gradients
         saved["activations"] = output
@@ -107,7 +108,7 @@ def layer_activations_and_gradients(scalar: ScalarOutput, images: torch.Tensor,
     finally:
         handle.remove()
     if "activations" not in saved:
-        raise TumorcamError(f"layer: {type(layer).__name__} is not used in the forward pass")
+        raise TumorcamError(f"layer: {type(layer).__name__} is not used in the forward pass", param="layer")
     activations = saved["activations"]
     (gradients,) = torch.autograd.grad(scores.sum(), activations)
     return activations.detach().float(), gradients.float()
