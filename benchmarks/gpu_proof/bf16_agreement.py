@@ -137,8 +137,8 @@ def measure(record: Recorder, run: Path | None, prepared: Path, sizes: dict[str,
     def maps_of(method: str, target: str, layer: str | None, bf16: bool) -> Any:
         parts = []
         for start in range(0, len(images), sizes["batch"]):
+            batch = images[start:start + sizes["batch"]]
             with precision(bf16):
-                batch = images[start:start + sizes["batch"]]
                 parts.append(tumorcam.explain(model, batch, method=method, target=target, layer=layer, channel=0,
                                               batch_size=len(batch), ig_steps=ig_steps, seed=0,
                                               amp=bf16 and cuda).float())
