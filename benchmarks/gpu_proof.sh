@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One GPU proof run: install from local wheels what this machine lacks, then benchmarks/gpu_proof.py run.
+# One GPU proof run: install from local wheels what this machine lacks, then `python benchmarks/gpu_proof run`.
 #
 # Usage: benchmarks/gpu_proof.sh [--smoke] [--wheels DIR] [--data DIR] [--train-budget-s S] [--budget-s S]
 #
 #   --smoke             CPU, tiny synthetic data and sizes, every section written (a few minutes on 2 cores)
 #   --wheels DIR        wheels to install from, never from a registry (default .whl)
-#   --data DIR          the real slices: a PNG folder or a `gpu_proof.py pack` of one
+#   --data DIR          the real slices: a PNG folder or a `python benchmarks/gpu_proof pack` of one
 #                       (default .data/figshare-png256-j2k, else ../shared/data/figshare-png256)
 #   --train-budget-s S  wall seconds for the paper run's training (default 240)
 #   --budget-s S        wall seconds for everything, install included (default 540)
@@ -45,7 +45,7 @@ mkdir -p "$OUT"
 report=$(mktemp)
 site=$(mktemp -d)
 trap 'rm -rf "$report" "$site"' EXIT
-mapfile -t need < <("$python" benchmarks/gpu_proof.py wheels "$wheels" --report "$report")
+mapfile -t need < <("$python" benchmarks/gpu_proof wheels "$wheels" --report "$report")
 if [ "${#need[@]}" -gt 0 ]; then
   echo "gpu_proof.sh: installing ${need[*]##*/}"
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "${need[@]}"
@@ -58,4 +58,4 @@ args=(run --out "$OUT" --started "$started" --deadline $((started + budget)) --t
       --install-report "$report")
 [ "$smoke" = 1 ] && args+=(--smoke)
 [ -n "$data" ] && args+=(--data "$data")
-"$python" benchmarks/gpu_proof.py "${args[@]}"
+"$python" benchmarks/gpu_proof "${args[@]}"

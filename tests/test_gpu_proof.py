@@ -1,12 +1,13 @@
-"""benchmarks/gpu_proof.py: its smoke run writes every section with plausible numbers; its parts
-(Spearman, AUC differences, the clock, time-boxed children, the data pack, the wheel choice) on
-hand-workable cases."""
+"""benchmarks/gpu_proof: its smoke run writes every section with plausible numbers and reaches every
+section module; its parts (Spearman, AUC differences, the clock, time-boxed children, the data pack,
+the wheel choice) on hand-workable cases."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import pkgutil
 import subprocess
 import sys
 import tarfile
@@ -21,8 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_proof
+from gpu_proof import bf16_agreement, driver, slices, summary, timebox, wheels
 
 SECTIONS = ("environment", "paper_run", "bf16_agreement", "training", "explain", "faithfulness")
+SECTION_STEPS = {  # each section module of benchmarks/gpu_proof: the steps it runs in the smoke run
+    "environment": ("environment",), "slices": ("paper_run/data",),
+    "paper_run": ("paper_run/prepare", "paper_run/train", "paper_run/train_resume", "paper_run/explain",
+                  "paper_run/evaluate"),
+    "bf16_agreement": ("bf16_agreement",), "training": ("training",), "explain": ("explain",),
+    "faithfulness": ("faithfulness",),
+}
+HELPER_MODULES = {"__main__", "driver", "summary", "timebox", "wheels"}
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +42,17 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, float, 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "src"), str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_proof.py"), "run", "--smoke", "--out", str(out),
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_proof"), "run", "--smoke", "--out", str(out),
                            "--budget-s", "280"], check=False, env=env, capture_output=True, text=True, timeout=300)
     wall = time.perf_counter() - start
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads((out / gpu_proof.JSON_NAME).read_text()), out, wall, done.stdout
+    return json.loads((out / timebox.JSON_NAME).read_text()), out, wall, done.stdout
 
 
 def test_smoke_writes_every_section_in_time(smoke):
     report, _, wall, stdout = smoke
     assert report["smoke"] is True
-    assert stdout.splitlines()[-len(gpu_proof.summary_lines(report)):] == gpu_proof.summary_lines(report)
+    assert stdout.splitlines()[-len(summary.summary_lines(report)):] == summary.summary_lines(report)
     assert "paper_run: 2 epochs" in stdout and "skipped: training_compiled (smoke mode" in stdout
     for name in SECTIONS:
         assert report[name], f"section {name} is empty"
@@ -66,7 +76,7 @@ def test_smoke_paper_run(smoke):
     assert train["s_per_epoch"] > 0 and train["img_per_s"] > 0
     dice = paper["val_dice"]
     assert 0 <= dice["overall"]["mean"] <= 1
-    with tarfile.open(out / gpu_proof.TAR_NAME) as tar:
+    with tarfile.open(out / timebox.TAR_NAME) as tar:
         names = set(tar.getnames())
     assert {"paper_run/history.json", "paper_run/config.json", "logs/paper_run_train.log"} <= names
     if report["stages"].get("paper_run/evaluate", {}).get("status") == "ok":
@@ -79,7 +89,7 @@ def test_smoke_bf16_agreement(smoke):
     assert section["setup"]["model"].startswith("trained")
     rows = section["rows"]
     assert rows[0]["method"] == "gradcam" and rows[0]["layer"] == "decoder.blocks.4"
-    assert {r["layer"] for r in rows if r["method"] == "gradcam"} == set(gpu_proof.LAYERS)
+    assert {r["layer"] for r in rows if r["method"] == "gradcam"} == set(bf16_agreement.LAYERS)
     for row in rows:
         rho = row["spearman"]
         if rho["mean"] is not None:
@@ -111,41 +121,51 @@ def test_smoke_throughput_sections(smoke):
     assert 0 < faith["fraction_of_inference_bound"] < faith["ratio_to_inference"]
 
 
+def test_smoke_reaches_every_section_module(smoke):
+    modules = {module.name for module in pkgutil.iter_modules(gpu_proof.__path__)}
+    assert modules == set(SECTION_STEPS) | HELPER_MODULES, "a new module: add it as a section or a helper"
+    stages = smoke[0]["stages"]
+    for module, steps in SECTION_STEPS.items():
+        for step in steps:
+            assert step in stages, f"{module}: step {step} not reached"
+    assert [name for name in stages if name in driver.STEPS] == [name for name in driver.STEPS if name in stages]
+
+
 def test_spearman_rows_matches_scipy_with_ties_and_flat_rows():
     a = np.array([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0, 1.0], [5.0, 5.0, 5.0, 5.0]])
     b = np.array([[4.0, 3.0, 2.0, 1.0], [0.0, 1.0, 0.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
-    rho = gpu_proof.spearman_rows(a, b)
+    rho = bf16_agreement.spearman_rows(a, b)
     assert rho[0] == pytest.approx(-1.0)
     assert rho[1] == pytest.approx(stats.spearmanr(a[1], b[1]).statistic) and rho[1] == pytest.approx(0.0)
     assert math.isnan(rho[2])
     rng = np.random.default_rng(1)
     x, y = rng.random((3, 50)), rng.random((3, 50)).round(1)  # ties in y
-    assert gpu_proof.spearman_rows(x, y) == pytest.approx([stats.spearmanr(x[i], y[i]).statistic for i in range(3)])
+    assert bf16_agreement.spearman_rows(x, y) == pytest.approx([stats.spearmanr(x[i], y[i]).statistic for i in range(3)])
 
 
 def test_auc_difference_by_hand():
-    diff = gpu_proof.auc_difference([1.0, 2.0, 3.0, np.nan], [1.5, 2.0, 2.5, 1.0])
+    diff = bf16_agreement.auc_difference([1.0, 2.0, 3.0, np.nan], [1.5, 2.0, 2.5, 1.0])
     assert diff["n"] == 3 and diff["diff_mean"] == pytest.approx(0.0)
     assert diff["abs_diff_mean"] == pytest.approx(1 / 3) and diff["abs_diff_max"] == pytest.approx(0.5)
     assert diff["fp32_mean"] == pytest.approx(2.0) and diff["fp32_se"] == pytest.approx(1 / math.sqrt(3))
-    shifted = gpu_proof.auc_difference([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])
+    shifted = bf16_agreement.auc_difference([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])
     assert shifted["diff_in_se"] == pytest.approx(math.sqrt(3))
-    assert gpu_proof.auc_difference([np.nan], [1.0])["n"] == 0
+    assert bf16_agreement.auc_difference([np.nan], [1.0])["n"] == 0
 
 
 def test_clock_keeps_time_for_later_steps():
-    steps = {name: gpu_proof.Step(cap=100, reserve=10, minimum=5) for name in gpu_proof.STEPS}
-    clock = gpu_proof.Clock(time.time() + gpu_proof.FINAL_MARGIN_S + 120, steps)
+    steps = {name: timebox.Step(cap=100, reserve=10, minimum=5) for name in driver.STEPS}
+    clock = timebox.Clock(time.time() + timebox.FINAL_MARGIN_S + 120, steps)
     seconds, why = clock.allot("paper_run/explain")  # 6 steps after it: 60 s kept for them
     assert why == "" and seconds == pytest.approx(120 - 60, abs=1)
     assert clock.allot("environment")[0] == pytest.approx(120 - 100, abs=1)  # 10 steps after it
-    greedy = {name: gpu_proof.Step(cap=100, reserve=50, minimum=5) for name in gpu_proof.STEPS}
-    tight = gpu_proof.Clock(time.time() + gpu_proof.FINAL_MARGIN_S + 120, greedy)
+    greedy = {name: timebox.Step(cap=100, reserve=50, minimum=5) for name in driver.STEPS}
+    tight = timebox.Clock(time.time() + timebox.FINAL_MARGIN_S + 120, greedy)
     assert tight.allot("environment")[0] == pytest.approx(120 * 50 / 550, abs=0.1)  # reserves exceed what is left: a share
     seconds, why = clock.allot("environment", cap=3)
     assert seconds is None and "at least 5 s" in why
     assert clock.allot("training_compiled")[0] == pytest.approx(100, abs=1)  # nothing after it: the cap
-    late = gpu_proof.Clock(time.time() + gpu_proof.FINAL_MARGIN_S + 4, steps)
+    late = timebox.Clock(time.time() + timebox.FINAL_MARGIN_S + 4, steps)
     seconds, why = late.allot("bf16_agreement")
     assert seconds is None and "4 s left" in why
 
@@ -162,14 +182,14 @@ def _broken(record):
 
 
 def test_run_child_times_out_keeping_partial_results_and_reports_errors(tmp_path):
-    outcome = gpu_proof.run_child("slow", _sleepy, {"seconds": 30}, 1.5, tmp_path)
+    outcome = timebox.run_child("slow", _sleepy, {"seconds": 30}, 1.5, tmp_path)
     assert outcome.status == "timeout" and outcome.result == {"before": 1} and outcome.seconds < 10
-    outcome = gpu_proof.run_child("quick", _sleepy, {"seconds": 0}, 30, tmp_path)
+    outcome = timebox.run_child("quick", _sleepy, {"seconds": 0}, 30, tmp_path)
     assert outcome.status == "ok" and outcome.result == {"before": 1, "after": 2}
-    outcome = gpu_proof.run_child("broken", _broken, {}, 30, tmp_path)
+    outcome = timebox.run_child("broken", _broken, {}, 30, tmp_path)
     assert outcome.status == "error" and outcome.result["error"] == "RuntimeError: boom"
     assert any("boom" in line for line in outcome.log_tail)
-    outcome = gpu_proof.run_child("spawned", gpu_proof._data_step, {"source": None, "dest": tmp_path / "png"}, 120,
+    outcome = timebox.run_child("spawned", slices.data_step, {"source": None, "dest": tmp_path / "png"}, 120,
                                   tmp_path, method="spawn")  # the fallback where CUDA fails in forked children
     assert outcome.status == "ok" and outcome.result["info"]["count"] == 16
 
@@ -178,27 +198,27 @@ def test_pack_and_unpack_are_lossless_and_checked(tmp_path):
     from PIL import Image
 
     src = tmp_path / "png"
-    gpu_proof.write_smoke_pngs(src, patients_per_fold=1, slices=1, size=32)
-    info = gpu_proof.pack(src, tmp_path / "packed")
-    assert info["count"] == 4 and gpu_proof.is_pack(tmp_path / "packed")
-    restored = gpu_proof.unpack(tmp_path / "packed", tmp_path / "restored")
+    slices.write_smoke_pngs(src, patients_per_fold=1, slices=1, size=32)
+    info = slices.pack(src, tmp_path / "packed")
+    assert info["count"] == 4 and slices.is_pack(tmp_path / "packed")
+    restored = slices.unpack(tmp_path / "packed", tmp_path / "restored")
     assert restored["pixels_verified"] and restored["count"] == 4
     for name in ("images/1.png", "images/4.png", "masks/3.png"):
         assert np.array_equal(np.asarray(Image.open(src / name)), np.asarray(Image.open(tmp_path / "restored" / name)))
     assert (tmp_path / "restored" / "metadata.csv").read_text() == (src / "metadata.csv").read_text()
-    pack_file = tmp_path / "packed" / gpu_proof.PACK_FILE
+    pack_file = tmp_path / "packed" / slices.PACK_FILE
     doc = json.loads(pack_file.read_text())
     doc["images"]["2"] = "0" * 64
     pack_file.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="differ from the packed digests"):
-        gpu_proof.unpack(tmp_path / "packed", tmp_path / "again")
+        slices.unpack(tmp_path / "packed", tmp_path / "again")
 
 
 def test_wheels_to_install_picks_only_what_is_missing(tmp_path):
     for name in ("numpy-1.0-py3-none-any.whl", "surely_not_installed_pkg-1.0-py3-none-any.whl"):
         (tmp_path / name).write_bytes(b"")
     report = tmp_path / "report.json"
-    chosen = gpu_proof.wheels_to_install(tmp_path, report)
+    chosen = wheels.wheels_to_install(tmp_path, report)
     assert [p.name for p in chosen] == ["surely_not_installed_pkg-1.0-py3-none-any.whl"]
     decisions = {d["wheel"].split("-")[0]: d for d in json.loads(report.read_text())["wheels"]}
     assert decisions["numpy"]["install"] is False and decisions["numpy"]["why"].startswith("installed ")
