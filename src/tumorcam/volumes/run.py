@@ -8,7 +8,7 @@ a prepared volume folder. Every case of the split is streamed through `evaluate_
 (memory stays that of one case), then the statistics are made with the case as the patient:
 
     volume_config.json   the settings, the data, the model and its weights' sha256
-    explanations/        METHOD.npy (N, S, S, S) float16 maps, index.json, nifti/CASE_METHOD.nii.gz
+    explanations/        METHOD.npy (N, S, S, S) float32 maps, index.json, nifti/CASE_METHOD.nii.gz
                          (each map resampled to its case's original grid, with its affine)
     faithfulness.json    Deletion/Insertion AUCs per baseline and method vs the random map and the
                          predicted-mask control (Wilcoxon on cases, Holm; one primary comparison)
@@ -42,7 +42,7 @@ from tumorcam.evaluate.game import warn_uninformative
 from tumorcam.evaluate.headline import run_headline
 from tumorcam.explain import METHODS
 from tumorcam.io import write_json
-from tumorcam.volumes.cases import CaseResult, evaluate_case
+from tumorcam.volumes.cases import CaseResult, evaluate_case, explain_case
 from tumorcam.volumes.settings import SETTINGS_FILE, VolumeSettings, data_label
 
 EXPLANATIONS_DIR = "explanations"
@@ -143,7 +143,7 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
             clear_outputs(out)
             (folder / NIFTI_DIR).mkdir(parents=True)
             for path in partial.values():
-                np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
+                np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
                                           shape=(len(rows), *prepared.images.shape[2:])).flush()
         barrier(info)
         timings["load"] = time.perf_counter() - began
@@ -153,7 +153,8 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
         results: list[CaseResult] = []
         for i in _progress(list(range(info.rank, len(rows), info.world_size)), info.is_main):
             image, mask = prepared.tensors(rows[i:i + 1])
-            result = evaluate_case(network, image.to(dev), mask.to(dev), i, settings)
+            maps = explain_case(network, image.to(dev), i, settings)
+            result = evaluate_case(network, image.to(dev), mask.to(dev), i, settings, maps)
             for method, heatmap in result.maps.items():
                 files[method][i] = heatmap
             write_case_maps(folder / NIFTI_DIR, prepared, int(rows[i]), result.maps, settings)
