@@ -69,7 +69,6 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
     Dice; with `sequences`, attribute the prediction to the input sequences and ablate each in turn.
     `image` (1, C_in, D, H, W) and `mask` (1, 1, D, H, W) are on the model's device; `model` is in
     eval mode."""
-    from tumorcam.evaluate.channels import channel_ablation, channel_shares
     from tumorcam.evaluate.metrics import dice_iou
     from tumorcam.evaluate.game import PerturbationGame
     from tumorcam.evaluate.localization import localization_scores
@@ -102,11 +101,7 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
                                                      seed=seed).items()}
                         for method, heatmap in heatmaps.items()}
         if sequences:
-            shares = np.asarray(channel_shares(model, image, target=settings.target, channel=settings.channel,
-                                               output=settings.output, method=settings.channel_method,
-                                               ig_steps=settings.ig_steps)[0], dtype=np.float64)
-            dice_drop = np.asarray(channel_ablation(model, image, baseline=settings.ablation_baseline,
-                                                    channel=settings.channel, output=settings.output)[0], np.float64)
+            shares, dice_drop = case_sequences(model, image, settings)
     except torch.cuda.OutOfMemoryError:
         raise _out_of_memory(index, image) from None
     if tuple(region.shape) != tuple(truth.shape):
@@ -116,6 +111,18 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
                       shares=shares, dice_drop=dice_drop, dice=float(dice_iou(region[None], truth[None])[0][0]),
                       predicted_voxels=int(region.sum()),
                       flat={m: bool(flat_maps(h)[0]) for m, h in heatmaps.items()}, baseline_effects=effects)
+
+
+def case_sequences(model: nn.Module, image: torch.Tensor, settings: VolumeSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Each input sequence's attribution share and channel-ablation Dice drop (C_in,) float64 of one
+    case (1, C_in, D, H, W) on the model's device."""
+    from tumorcam.evaluate.channels import channel_ablation, channel_shares
+
+    shares = channel_shares(model, image, target=settings.target, channel=settings.channel, output=settings.output,
+                            method=settings.channel_method, ig_steps=settings.ig_steps)
+    drops = channel_ablation(model, image, baseline=settings.ablation_baseline, channel=settings.channel,
+                             output=settings.output)
+    return np.asarray(shares[0], dtype=np.float64), np.asarray(drops[0], dtype=np.float64)
 
 
 def _out_of_memory(index: int, image: torch.Tensor) -> TumorcamError:
