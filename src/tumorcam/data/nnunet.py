@@ -181,16 +181,19 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def write_nifti(path: str | Path, volume: np.ndarray, affine: np.ndarray, dtype: Any = np.float32) -> None:
-    """`volume` (D, H, W) as NIfTI-1 of `dtype` (float16 for maps in [0, 1]: half the bytes, 3
-    significant digits) with `affine` (sform) and mm units, gzip-compressed (level 1: a map
-    compresses little more at 9, at several times the cost), written atomically."""
+    """`volume` (D, H, W) as NIfTI-1 stored as `dtype` with `affine` (sform) and mm units,
+    gzip-compressed (level 1: a map compresses little more at 9, at several times the cost), written
+    atomically. An integer `dtype` stores the values quantised with the header's scl_slope and
+    scl_inter (nibabel's scaling; readers get them back as floats): uint16 keeps a map in [0, 1] to
+    1/65535, finer than float16, in half the bytes of float32 (NIfTI-1 has no float16)."""
     import gzip
 
     import nibabel
 
     from tumorcam.io import write_bytes
 
-    image = nibabel.Nifti1Image(np.asarray(volume, dtype=dtype), np.asarray(affine, dtype=np.float64))
+    image = nibabel.Nifti1Image(np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=np.float64))
+    image.set_data_dtype(dtype)
     image.header.set_xyzt_units("mm")
     write_bytes(path, gzip.compress(image.to_bytes(), compresslevel=1, mtime=0))
 

@@ -9,7 +9,8 @@ a prepared volume folder. Every case of the split is streamed through `evaluate_
 
     volume_config.json   the settings, the data as given, the model and its weights' sha256
     explanations/        METHOD.npy (N, S, S, S) float32 maps, index.json, nifti/CASE_METHOD.nii.gz
-                         (float16, each map resampled to its case's original grid, with its affine)
+                         (each map resampled to its case's original grid, with its affine; uint16
+                         scaled by scl_slope, to 1/65535)
     faithfulness.json    Deletion/Insertion AUCs per baseline and method vs the random map and the
                          predicted-mask control (Wilcoxon on cases, Holm; one primary comparison)
     localization.json    pointing game, energy pointing game, top-p% IoU vs the same references
@@ -278,7 +279,7 @@ def write_case_maps(target: Path, prepared: Any, row: int, maps: dict[str, np.nd
                     settings: VolumeSettings) -> None:
     """One case's maps of the methods (controls left out), resampled (trilinear, which keeps them in
     [0, 1]) to the case's original shape, as target/CASE_METHOD.nii.gz with the case's affine,
-    float16 (half the bytes of float32; a map needs no more digits)."""
+    stored as uint16 scaled by scl_slope (to 1/65535, half the bytes of float32)."""
     import torch.nn.functional as F
 
     from tumorcam.data.nnunet import write_nifti
@@ -291,7 +292,7 @@ def write_case_maps(target: Path, prepared: Any, row: int, maps: dict[str, np.nd
         if tuple(volume.shape[2:]) != shape:
             volume = F.interpolate(volume, size=shape, mode="trilinear", align_corners=False)
         write_nifti(target / f"{prepared.case_ids[row]}_{method}.nii.gz", volume[0, 0].numpy(),
-                    np.asarray(prepared.affines[row]), dtype=np.float16)
+                    np.asarray(prepared.affines[row]), dtype=np.uint16)
 
 
 CASE_KEYS = {"n_slices": "n_cases", "per_slice": "per_case"}  # the shared summaries' names, for volumes
