@@ -6,7 +6,7 @@
 #   --smoke             CPU, tiny synthetic data and sizes, every section written (a few minutes on 2 cores)
 #   --wheels DIR        wheels to install from, never from a registry (default .whl)
 #   --data DIR          the real slices: a PNG folder or a `python benchmarks/gpu_proof pack` of one
-#                       (default .data/figshare-png256-j2k, else ../shared/data/figshare-png256)
+#                       (default .data/figshare-png256-j2k)
 #   --train-budget-s S  wall seconds for the paper run's training (default 240)
 #   --budget-s S        wall seconds for everything, install included (default 540)
 #

@@ -76,6 +76,7 @@ class MeasureContract:
     def test_constructor_names_the_bad_setting(self, dims: int) -> None:
         with pytest.raises(TumorcamError) as error:
             self.build(dims, **self.bad_setting)
+        assert error.value.param == self.bad_param
         assert str(error.value).startswith(self.bad_param)
 
     def test_summary_before_update_is_refused(self, dims: int) -> None:

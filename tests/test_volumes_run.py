@@ -147,7 +147,7 @@ def test_maps_go_out_on_each_case_grid(run: Path, dataset: Path) -> None:
     index = json.loads((run / "explanations" / "index.json").read_text())
     assert index["case_ids"] == [f"TCAM_{i:03d}" for i in range(6)]
     maps = np.load(run / "explanations" / "gradcam.npy")
-    assert maps.shape == (6, 16, 16, 16) and maps.dtype == np.float16
+    assert maps.shape == (6, 16, 16, 16) and maps.dtype == np.float32
     for case in index["case_ids"]:
         original = nib.load(dataset / "raw" / "imagesTr" / f"{case}_0000.nii.gz")
         written = nib.load(run / "explanations" / "nifti" / f"{case}_gradcam.nii.gz")

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--smoke", action="store_true", help="CPU, tiny synthetic data and sizes (minutes)")
     run_parser.add_argument("--data", type=Path, default=None,
                             help="the real slices: a PNG folder or a `pack` of one (default: .data/figshare-png256-j2k, "
-                                 "else ../shared/data/figshare-png256; ignored with --smoke)")
+                                 "ignored with --smoke)")
     run_parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else benchmarks/results)")
     run_parser.add_argument("--train-budget-s", type=float, default=240.0, help="wall seconds for paper_run training")
     run_parser.add_argument("--max-epochs", type=int, default=None, help="epoch cap (default: the paper preset's)")

@@ -96,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _default_data() -> Path:
-    packed = ROOT / ".data" / "figshare-png256-j2k"
-    return packed if packed.is_dir() else ROOT.parent / "shared" / "data" / "figshare-png256"
+    return ROOT / ".data" / "figshare-png256-j2k"
 
 
 def _preimport() -> dict[str, str]:

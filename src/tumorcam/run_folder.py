@@ -42,6 +42,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def is_volume_run(path: str | Path) -> bool:
+    """Whether `path` is a run on volumes: volume_config.json and no config.json."""
+    from tumorcam.volumes.settings import SETTINGS_FILE
+
+    path = Path(path)
+    return (path / SETTINGS_FILE).is_file() and not (path / CONFIG_FILE).is_file()
+
+
 class Run:
     """A run folder: `path`, `config`, `device`, and its model, prepared data and explanations on demand."""
 

@@ -60,9 +60,9 @@ def _set_cpu_threads() -> None:
 
 
 def _register_commands() -> None:
-    from tumorcam.cli import data, evaluate, train, explain, report, run
+    from tumorcam.cli import channels, data, evaluate, train, explain, report, run
 
-    for module in (data, train, evaluate, explain, report, run):
+    for module in (data, train, evaluate, channels, explain, report, run):
         module.register(app)
 
 

@@ -100,7 +100,8 @@ MAP_STAGES = ("faithfulness", "localization", "sanity")
 
 
 def evaluate_command(
-    run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from `tumorcam train`)."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder (from `tumorcam train`, or `tumorcam run "
+                               "--volumes`: its maps, model and volumes; the slices' sampling options do not apply)."),
     segmentation: bool = typer.Option(False, "--segmentation", help="Dice/IoU per slice, class, patient -> metrics.json."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Deletion/Insertion curves and AUC -> faithfulness.json."),
     localization: bool = typer.Option(False, "--localization", help="Pointing game, energy, top-p% IoU -> localization.json."),
@@ -122,8 +123,8 @@ def evaluate_command(
                                          "config.train.device)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=0, metavar="N", help=THREADS_HELP),
 ) -> None:
-    """Evaluate a trained run: the chosen stages, or all of them when none is chosen."""
-    from tumorcam.run_folder import Run
+    """Evaluate a run (trained, or on volumes): the chosen stages, or all of them when none is chosen."""
+    from tumorcam.run_folder import Run, is_volume_run
     from tumorcam.training.distributed import refuse_under_torchrun
 
     refuse_under_torchrun("evaluate")
@@ -131,9 +132,16 @@ def evaluate_command(
 
     chosen = {"segmentation": segmentation, "faithfulness": faithfulness, "localization": localization, "sanity": sanity}
     names = [name for name, on in chosen.items() if on] or list(STAGES)
+    if is_volume_run(run):
+        _refuse_for_volumes({"patients": patients, "slices_per_patient": slices_per_patient, "data": data,
+                             "split": split, "checkpoint": None if checkpoint == "last" else checkpoint})
+        _evaluate_volumes(run, names, device, {"steps": steps, "baselines": _names(baselines), "score": score,
+                                               "schedule": schedule, "batch_size": batch_size,
+                                               "top_percent": top_percent})
+        return
     folder = Run.open(run, device=device)
     options = {"checkpoint": checkpoint, "device": device, "steps": steps,
-               "baselines": [b.strip() for b in baselines.split(",") if b.strip()] if baselines is not None else None,
+               "baselines": _names(baselines),
                "score": score, "schedule": schedule, "top_percent": top_percent, "batch_size": batch_size,
                "patients": patients, "slices_per_patient": slices_per_patient}
     split = split or folder.config.evaluate.split
@@ -143,6 +151,37 @@ def evaluate_command(
         typer.echo(STAGES[name](run, data, split, options))
     if {"faithfulness", "sanity"} & set(names):
         echo_headline(run)  # after both: the sanity stage completes the headline
+
+
+def _names(text: Optional[str]) -> Optional[list[str]]:
+    """A comma list (`--baselines zero,blur`) as names; None when not given."""
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _refuse_for_volumes(given: dict[str, Any]) -> None:
+    """Options of the slices' evaluation that a run on volumes has no use for: one error for the first given."""
+    from tumorcam.errors import TumorcamError
+
+    for name, value in given.items():
+        if value is not None:
+            raise TumorcamError(f"{name}: a run on volumes is evaluated on its own cases, maps and prepared volumes "
+                                "(volume_config.json); leave it out", param=name)
+
+
+def _evaluate_volumes(run: Path, names: list[str], device: Optional[str], replace: dict[str, Any]) -> None:
+    """The stages `names` of a run on volumes (`volumes.stages.evaluate_volume_run`), a line per file,
+    then the headline."""
+    from tumorcam.volumes.stages import evaluate_volume_run
+
+    docs = evaluate_volume_run(run, names, device=device or "auto", **replace)
+    for name, doc in docs.items():
+        typer.echo(f"{name} ({doc['split']}, {_cases(doc['n_cases'])}) -> {run / f'{name}.json'}")
+    if {"faithfulness", "sanity"} & set(names):
+        echo_headline(run)
+
+
+def _cases(count: int) -> str:
+    return f"{count} case" if count == 1 else f"{count} cases"
 
 
 def _explain_first(run: Run, data: Optional[Path], split: str, patients: Optional[int],

@@ -27,6 +27,7 @@ import glob
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -179,9 +180,12 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return array, affine, np.asarray(zooms[:3], dtype=np.float64)
 
 
-def write_nifti(path: str | Path, volume: np.ndarray, affine: np.ndarray) -> None:
-    """`volume` (D, H, W) as float32 NIfTI-1 with `affine` (sform) and mm units, gzip-compressed
-    (level 1: a map compresses little more at 9, at several times the cost), written atomically."""
+def write_nifti(path: str | Path, volume: np.ndarray, affine: np.ndarray, dtype: Any = np.float32) -> None:
+    """`volume` (D, H, W) as NIfTI-1 stored as `dtype` with `affine` (sform) and mm units,
+    gzip-compressed (level 1: a map compresses little more at 9, at several times the cost), written
+    atomically. An integer `dtype` stores the values quantised with the header's scl_slope and
+    scl_inter (nibabel's scaling; readers get them back as floats): uint16 keeps a map in [0, 1] to
+    1/65535, finer than float16, in half the bytes of float32 (NIfTI-1 has no float16)."""
     import gzip
 
     import nibabel
@@ -189,6 +193,7 @@ def write_nifti(path: str | Path, volume: np.ndarray, affine: np.ndarray) -> Non
     from tumorcam.io import write_bytes
 
     image = nibabel.Nifti1Image(np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=np.float64))
+    image.set_data_dtype(dtype)
     image.header.set_xyzt_units("mm")
     write_bytes(path, gzip.compress(image.to_bytes(), compresslevel=1, mtime=0))
 

@@ -20,7 +20,8 @@ normalised background) to the first multiple that the network takes, explained, 
 region cropped back to the volume's grid and the map min-max normalised again, with a
 `TumorcamWarning` saying so. When no multiple works, one error names `size`.
 
-Written in `out`: CASE_<method>.nii.gz, the map (D, H, W) float32 in [0, 1] with the case's shape
+Written in `out`: CASE_<method>.nii.gz, the map (D, H, W) in [0, 1] stored as uint16 with
+scl_slope (to 1/65535; read back as floats) with the case's shape
 and affine, and CASE_<method>.png, axial, coronal and sagittal planes (`report.volumes`) through the
 centre of mass of the predicted region (the map's maximum when nothing is predicted), the map over
 channel 0 and the prediction outlined. CASE is the first file's name without `_XXXX` and `.nii.gz`.
@@ -227,6 +228,6 @@ def explain_volume_files(
     figure = draw_orthogonal_views(case, {method: heatmap}, predicted=region, centre=centre,
                                    title=f"{case_name(paths[0])}: {method} of {target}, channel {channel}\n"
                                          f"layer {name}; image: {paths[0].name}")
-    write_nifti(nifti, heatmap, affine)
+    write_nifti(nifti, heatmap, affine, dtype=np.uint16)
     save_figure(figure, png)
     return WrittenMaps(layer=name, channels=channels, files=[(nifti, png)])

@@ -1,4 +1,6 @@
-"""Everything a run on volumes measures on one case, in one place: `evaluate_case`.
+"""Everything a run on volumes does to one case, in one place: `explain_case` makes its maps,
+`evaluate_case` measures them as saved (float32), so that `tumorcam evaluate RUN`, which reads the
+saved maps, gives the numbers the run wrote.
 
 A case is one volume (1, C_in, D, H, W) with its ground-truth region (1, 1, D, H, W). Every number
 of a case depends only on the case, the model, the settings and the case's index in the split
@@ -8,6 +10,7 @@ process computes it: this is what lets `torchrun` shard the cases and still writ
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,19 +24,20 @@ from tumorcam.volumes.settings import VolumeSettings
 
 @dataclass
 class CaseResult:
-    """The measurements of one case: `maps` per method (D, H, W) float16; the game's `deletion` and
+    """The measurements of one case: `maps` per method (D, H, W) float32; the game's `deletion` and
     `insertion` curves (K+1,) per (baseline, method); `localization` per method (metric -> value);
-    `shares` and `dice_drop` (C_in,) per sequence; `dice` of the prediction with the ground truth;
-    `predicted_voxels`; `flat` per method: whether its map is flat (every voxel equal);
-    `baseline_effects` per baseline name: 1 - s(fully perturbed) / s(intact) of the case."""
+    `shares` and `dice_drop` (C_in,) per sequence (None when the sequences were not measured); `dice`
+    of the prediction with the ground truth; `predicted_voxels`; `flat` per method: whether its map
+    is flat (every voxel equal); `baseline_effects` per baseline name: 1 - s(fully perturbed) /
+    s(intact) of the case."""
 
     index: int
     maps: dict[str, np.ndarray]
     deletion: dict[tuple[str, str], np.ndarray]
     insertion: dict[tuple[str, str], np.ndarray]
     localization: dict[str, dict[str, float]]
-    shares: np.ndarray
-    dice_drop: np.ndarray
+    shares: np.ndarray | None
+    dice_drop: np.ndarray | None
     dice: float
     predicted_voxels: int
     flat: dict[str, bool]
@@ -41,30 +45,42 @@ class CaseResult:
 
     def without_maps(self) -> CaseResult:
         """The same result without its maps (what travels between processes)."""
-        return CaseResult(self.index, {}, self.deletion, self.insertion, self.localization, self.shares,
-                          self.dice_drop, self.dice, self.predicted_voxels, self.flat, self.baseline_effects)
+        return dataclasses.replace(self, maps={})
 
 
-def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, index: int,
-                  settings: VolumeSettings) -> CaseResult:
-    """Explain one case with every method, play the Deletion/Insertion game with every map under
-    every baseline, score the maps' localisation of the ground truth, attribute the prediction to
-    the input sequences and ablate each in turn. `image` (1, C_in, D, H, W) and `mask`
-    (1, 1, D, H, W) are on the model's device; `model` is in eval mode."""
-    from tumorcam.evaluate.channels import channel_ablation, channel_shares
+def explain_case(model: nn.Module, image: torch.Tensor, index: int, settings: VolumeSettings) -> dict[str, np.ndarray]:
+    """The maps (D, H, W) float32 of one case (1, C_in, D, H, W) by every method (controls included),
+    as a run saves them in explanations/METHOD.npy."""
+    from tumorcam.explain import explain
+
+    try:
+        return {method: explain(model, image, method=method, target=settings.target, layer=settings.layer,
+                                channel=settings.channel, output=settings.output, ig_steps=settings.ig_steps,
+                                seed=settings.seed + index, batch_size=1)[0].float().cpu().numpy()
+                for method in settings.all_methods}
+    except torch.cuda.OutOfMemoryError:
+        raise _out_of_memory(index, image) from None
+
+
+def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, index: int, settings: VolumeSettings,
+                  maps: dict[str, np.ndarray], sequences: bool = True) -> CaseResult:
+    """Play the Deletion/Insertion game with every map of `maps` (method -> (D, H, W), as saved)
+    under every baseline, score the maps' localisation of the ground truth and the prediction's
+    Dice; with `sequences`, attribute the prediction to the input sequences and ablate each in turn.
+    `image` (1, C_in, D, H, W) and `mask` (1, 1, D, H, W) are on the model's device; `model` is in
+    eval mode."""
     from tumorcam.evaluate.metrics import dice_iou
     from tumorcam.evaluate.game import PerturbationGame
     from tumorcam.evaluate.localization import localization_scores
-    from tumorcam.explain import explain, explaining
+    from tumorcam.explain import explaining
     from tumorcam.explain.methods.base import Logits
     from tumorcam.explain.targets import predicted
 
     seed = settings.seed + index
+    heatmaps = {method: torch.from_numpy(np.asarray(heatmap, dtype=np.float32))[None].to(image.device)
+                for method, heatmap in maps.items()}
+    shares = dice_drop = None
     try:
-        maps = {method: explain(model, image, method=method, target=settings.target, layer=settings.layer,
-                                channel=settings.channel, output=settings.output, ig_steps=settings.ig_steps,
-                                seed=seed, batch_size=1)
-                for method in settings.all_methods}
         deletion, insertion, effects = {}, {}, {}
         logits_of = Logits(model, settings.output)
         with explaining(model):
@@ -73,7 +89,7 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
                                         score=settings.score, schedule=settings.schedule, channel=settings.channel,
                                         batch_size=settings.batch_size, seed=seed, warn=False)
                 effects.update(game.baseline_effects)  # warned once over the cases, by the run
-                for method, heatmap in maps.items():
+                for method, heatmap in heatmaps.items():
                     curves = game.curves(heatmap)
                     deletion[baseline, method] = curves.deletion[0]
                     insertion[baseline, method] = curves.insertion[0]
@@ -83,20 +99,33 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
         localization = {method: {metric: float(values[0]) for metric, values in
                                  localization_scores(heatmap, mask[:, 0], top_percent=settings.top_percent,
                                                      seed=seed).items()}
-                        for method, heatmap in maps.items()}
-        shares = channel_shares(model, image, target=settings.target, channel=settings.channel,
-                                output=settings.output, method=settings.channel_method, ig_steps=settings.ig_steps)
-        dice_drop = channel_ablation(model, image, baseline=settings.ablation_baseline, channel=settings.channel,
-                                     output=settings.output)
+                        for method, heatmap in heatmaps.items()}
+        if sequences:
+            shares, dice_drop = case_sequences(model, image, settings)
     except torch.cuda.OutOfMemoryError:
-        raise TumorcamError(f"case {index}: a volume of {tuple(image.shape[1:])} (C, D, H, W) does not fit in the "
-                            f"memory of {image.device}; prepare the volumes at a smaller size, or lower "
-                            "batch_size in the settings") from None
+        raise _out_of_memory(index, image) from None
     if tuple(region.shape) != tuple(truth.shape):
         region = torch.nn.functional.interpolate(region[None, None].float(), size=tuple(truth.shape),
                                                  mode="nearest")[0, 0] > 0.5
-    return CaseResult(index=index, maps={m: h[0].cpu().numpy().astype(np.float16) for m, h in maps.items()},
-                      deletion=deletion, insertion=insertion, localization=localization,
-                      shares=np.asarray(shares[0], dtype=np.float64), dice_drop=np.asarray(dice_drop[0], np.float64),
-                      dice=float(dice_iou(region[None], truth[None])[0][0]), predicted_voxels=int(region.sum()),
-                      flat={m: bool(flat_maps(h)[0]) for m, h in maps.items()}, baseline_effects=effects)
+    return CaseResult(index=index, maps=maps, deletion=deletion, insertion=insertion, localization=localization,
+                      shares=shares, dice_drop=dice_drop, dice=float(dice_iou(region[None], truth[None])[0][0]),
+                      predicted_voxels=int(region.sum()),
+                      flat={m: bool(flat_maps(h)[0]) for m, h in heatmaps.items()}, baseline_effects=effects)
+
+
+def case_sequences(model: nn.Module, image: torch.Tensor, settings: VolumeSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Each input sequence's attribution share and channel-ablation Dice drop (C_in,) float64 of one
+    case (1, C_in, D, H, W) on the model's device."""
+    from tumorcam.evaluate.channels import channel_ablation, channel_shares
+
+    shares = channel_shares(model, image, target=settings.target, channel=settings.channel, output=settings.output,
+                            method=settings.channel_method, ig_steps=settings.ig_steps)
+    drops = channel_ablation(model, image, baseline=settings.ablation_baseline, channel=settings.channel,
+                             output=settings.output)
+    return np.asarray(shares[0], dtype=np.float64), np.asarray(drops[0], dtype=np.float64)
+
+
+def _out_of_memory(index: int, image: torch.Tensor) -> TumorcamError:
+    return TumorcamError(f"case {index}: a volume of {tuple(image.shape[1:])} (C, D, H, W) does not fit in the "
+                         f"memory of {image.device}; prepare the volumes at a smaller prepare_size, or lower "
+                         "batch_size in the settings", param="batch_size")

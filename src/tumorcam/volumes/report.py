@@ -54,9 +54,14 @@ def _test_phrase(test: dict[str, Any] | None, reference: str) -> str:
         words = f"{words} than {reference}"
     elif words == "not shown to differ":
         words = f"not shown to differ from {reference}"
-    return (f"{words} (difference {effect_phrase(test)}; {test.get('test', 'wilcoxon')} on {test.get('n_pairs')} "
-            f"cases, {_p(test.get('p_value'))}, Holm-adjusted over the {test.get('family')} family "
+    return (f"{words} (difference {effect_phrase(test)}; {test.get('test', 'wilcoxon')} on "
+            f"{cases(test.get('n_pairs'))}, {_p(test.get('p_value'))}, Holm-adjusted over the {test.get('family')} family "
             f"{_p(test.get('p_adjusted'))})")
+
+
+def cases(count: Any) -> str:
+    """"1 case", "6 cases" ("? cases" when unknown)."""
+    return f"{count} case" if count == 1 else f"{count} cases"
 
 
 def _p(value: Any) -> str:
@@ -77,7 +82,7 @@ def _primary_lead(faith: dict[str, Any]) -> list[str]:
         summary = row[name]
         lines.append(f"Primary: {method_name(row['method'])} of the {row['target']} at {row['layer']}, "
                      f"{row['baseline']} baseline, {name} AUC {fmt_ci(summary)} (mean over "
-                     f"{summary.get('n_patients')} cases, 95% bootstrap CI over cases): "
+                     f"{cases(summary.get('n_patients'))}, 95% bootstrap CI over cases): "
                      f"{_test_phrase(summary.get('vs_random'), 'random')}.")
     for name in ("deletion", "insertion"):
         lines.append(f"Against the predicted-mask control, {name}: "
@@ -114,7 +119,7 @@ def _localization_table(loc: dict[str, Any]) -> Table:
     rows = [[method_name(r["method"])] + [f"{fmt_ci(r[m])}; vs random {_verdict_cell(r[m].get('vs_random'))}"
                                           for m in METRICS] for r in loc["results"]]
     return Table("Localisation of the ground truth", ["method", *METRICS], rows,
-                 note=f"Per case, then mean over {loc['n_cases']} cases with a 95% bootstrap CI; Wilcoxon "
+                 note=f"Per case, then mean over {cases(loc['n_cases'])} with a 95% bootstrap CI; Wilcoxon "
                       "signed-rank on cases; Holm over the file, exploratory.")
 
 
@@ -160,11 +165,11 @@ def _sanity_table(sanity: dict[str, Any]) -> Table:
     patients = row.get("n_patients", sanity["n_cases"])
     return Table(f"Sanity check of {method_name(sanity['method'])}: {verdict}",
                  ["randomized up to", "mean |Spearman| [95% CI]", "mean SSIM [95% CI]", "cases"], rows,
-                 note=f"Cascading randomization on {sanity['n_cases']} case(s), {patients} compared, each case one "
+                 note=f"Cascading randomization on {cases(sanity['n_cases'])}, {patients} compared, each case one "
                       f"patient; means over cases inside each volume's foreground, 95% bootstrap CIs over cases. "
                       f"Fails when the CI of the fully randomized model's mean |rho| or mean SSIM lies at or above "
                       f"{sanity['threshold']}, passes when both lie below it, undetermined otherwise or with fewer "
-                      f"than {sanity.get('min_patients', 5)} cases compared.")
+                      f"than {cases(sanity.get('min_patients', 5))} compared.")
 
 
 def _view_figures(run: Path, index: dict[str, Any], folder: Path) -> list[FigureResult]:
@@ -172,7 +177,7 @@ def _view_figures(run: Path, index: dict[str, Any], folder: Path) -> list[Figure
     from tumorcam.report.volumes import draw_orthogonal_views
     from tumorcam.volumes.settings import data_folder
 
-    prepared = load_volumes(data_folder(run, index["data"]))
+    prepared = load_volumes(data_folder(run, index["prepared"]))
     row_of = {str(c): i for i, c in enumerate(prepared.case_ids)}
     methods = [e for e in index["entries"] if e["method"] != "random"]
     maps = {e["method"]: np.load(run / "explanations" / e["file"], mmap_mode="r") for e in methods}
@@ -219,7 +224,7 @@ def build_volume_report(run: str | Path) -> Path:
     if channels:
         lead.append(_channels_lead(channels))
     if segmentation:
-        lead.append(f"Segmentation: Dice {fmt_ci(segmentation['dice'])} over {segmentation['n_cases']} cases "
+        lead.append(f"Segmentation: Dice {fmt_ci(segmentation['dice'])} over {cases(segmentation['n_cases'])} "
                     "(95% bootstrap CI over cases).")
     sections = [Section("views", "Maps in three planes", _view_figures(run, index, folder) if index else [], [],
                         [] if index else ["no explanations/index.json"])]
@@ -238,7 +243,7 @@ def build_volume_report(run: str | Path) -> Path:
         tables.append(_sanity_table(sanity))
     sections.append(Section("verdicts", "Is the explanation true?", [], tables, []))
     settings = optional_json(run / "volume_config.json") or {}
-    subtitle = (f"{index.get('n_cases', '?')} cases of the {index.get('split', '?')} split of "
+    subtitle = (f"{cases(index.get('n_cases', '?'))} of the {index.get('split', '?')} split of "
                 f"{index.get('data', '?')}, model {settings.get('model', '?')}")
     level = headline_of(faith)["level"] if faith else None
     page = render_page(run_name=run.name, subtitle=subtitle, glance=Glance(lead=lead, tables=[], notes=[], level=level),

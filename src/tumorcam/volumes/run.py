@@ -7,9 +7,10 @@ DATASET is nnU-Net's raw layout (prepared first into RUN/prepared, see `tumorcam
 a prepared volume folder. Every case of the split is streamed through `evaluate_case` on its own
 (memory stays that of one case), then the statistics are made with the case as the patient:
 
-    volume_config.json   the settings, the data, the model and its weights' sha256
-    explanations/        METHOD.npy (N, S, S, S) float16 maps, index.json, nifti/CASE_METHOD.nii.gz
-                         (each map resampled to its case's original grid, with its affine)
+    volume_config.json   the settings, the data as given, the model and its weights' sha256
+    explanations/        METHOD.npy (N, S, S, S) float32 maps, index.json, nifti/CASE_METHOD.nii.gz
+                         (each map resampled to its case's original grid, with its affine; uint16
+                         scaled by scl_slope, to 1/65535)
     faithfulness.json    Deletion/Insertion AUCs per baseline and method vs the random map and the
                          predicted-mask control (Wilcoxon on cases, Holm; one primary comparison)
     localization.json    pointing game, energy pointing game, top-p% IoU vs the same references
@@ -42,7 +43,7 @@ from tumorcam.evaluate.game import warn_uninformative
 from tumorcam.evaluate.headline import run_headline
 from tumorcam.explain import METHODS
 from tumorcam.io import write_json
-from tumorcam.volumes.cases import CaseResult, evaluate_case
+from tumorcam.volumes.cases import CaseResult, evaluate_case, explain_case
 from tumorcam.volumes.settings import SETTINGS_FILE, VolumeSettings, data_label
 
 EXPLANATIONS_DIR = "explanations"
@@ -143,7 +144,7 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
             clear_outputs(out)
             (folder / NIFTI_DIR).mkdir(parents=True)
             for path in partial.values():
-                np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
+                np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
                                           shape=(len(rows), *prepared.images.shape[2:])).flush()
         barrier(info)
         timings["load"] = time.perf_counter() - began
@@ -153,7 +154,8 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
         results: list[CaseResult] = []
         for i in _progress(list(range(info.rank, len(rows), info.world_size)), info.is_main):
             image, mask = prepared.tensors(rows[i:i + 1])
-            result = evaluate_case(network, image.to(dev), mask.to(dev), i, settings)
+            maps = explain_case(network, image.to(dev), i, settings)
+            result = evaluate_case(network, image.to(dev), mask.to(dev), i, settings, maps)
             for method, heatmap in result.maps.items():
                 files[method][i] = heatmap
             write_case_maps(folder / NIFTI_DIR, prepared, int(rows[i]), result.maps, settings)
@@ -167,14 +169,15 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
             return None
         assert gathered is not None
         gathered.sort(key=lambda r: r.index)
-        header = {"data": data_label(root, out), "split": settings.split, "n_cases": len(rows),
-                  "case_ids": np.asarray(prepared.case_ids[rows]).astype(str).tolist(), "size": prepared.size,
-                  "channels": list(prepared.channels)}
+        header = {"data": data_label(Path(data), out), "prepared": data_label(root, out), "split": settings.split,
+                  "n_cases": len(rows), "case_ids": np.asarray(prepared.case_ids[rows]).astype(str).tolist(),
+                  "size": prepared.size, "channels": list(prepared.channels)}
 
         began = time.perf_counter()
         faithfulness = faithfulness_file(gathered, settings, header)  # written with its headline, after sanity
         write_json(out / "localization.json", localization_file(gathered, settings, header))
-        write_json(out / "channels.json", channels_file(gathered, settings, header))
+        write_json(out / "channels.json", channels_file(np.stack([r.shares for r in gathered]),
+                                                        np.stack([r.dice_drop for r in gathered]), settings, header))
         write_json(out / "segmentation.json", segmentation_file(gathered, settings, header))
         timings["statistics"] = time.perf_counter() - began
 
@@ -276,7 +279,8 @@ def _write_index(folder: Path, settings: VolumeSettings, header: dict[str, Any],
 def write_case_maps(target: Path, prepared: Any, row: int, maps: dict[str, np.ndarray],
                     settings: VolumeSettings) -> None:
     """One case's maps of the methods (controls left out), resampled (trilinear, which keeps them in
-    [0, 1]) to the case's original shape, as target/CASE_METHOD.nii.gz with the case's affine."""
+    [0, 1]) to the case's original shape, as target/CASE_METHOD.nii.gz with the case's affine,
+    stored as uint16 scaled by scl_slope (to 1/65535, half the bytes of float32)."""
     import torch.nn.functional as F
 
     from tumorcam.data.nnunet import write_nifti
@@ -289,7 +293,20 @@ def write_case_maps(target: Path, prepared: Any, row: int, maps: dict[str, np.nd
         if tuple(volume.shape[2:]) != shape:
             volume = F.interpolate(volume, size=shape, mode="trilinear", align_corners=False)
         write_nifti(target / f"{prepared.case_ids[row]}_{method}.nii.gz", volume[0, 0].numpy(),
-                    np.asarray(prepared.affines[row]))
+                    np.asarray(prepared.affines[row]), dtype=np.uint16)
+
+
+CASE_KEYS = {"n_slices": "n_cases", "per_slice": "per_case"}  # the shared summaries' names, for volumes
+
+
+def case_keys(doc: Any) -> Any:
+    """`doc` with the keys that the shared statistics name after slices (`CASE_KEYS`) named after
+    cases, at any depth: a volume run's files count cases."""
+    if isinstance(doc, dict):
+        return {CASE_KEYS.get(key, key): case_keys(value) for key, value in doc.items()}
+    if isinstance(doc, list):
+        return [case_keys(value) for value in doc]
+    return doc
 
 
 def _stack(results: list[CaseResult], field: str, key: Any) -> np.ndarray:
@@ -334,7 +351,7 @@ def faithfulness_file(results: list[CaseResult], settings: VolumeSettings, heade
             "steps": settings.steps, "schedule": settings.schedule,
             "fractions": step_fractions(settings.steps, settings.schedule).tolist(), "score": settings.score,
             "baselines": settings.baselines, "baseline_effects": effects, "seed": settings.seed,
-            "bootstrap": settings.bootstrap, "results": rows}
+            "bootstrap": settings.bootstrap, "results": case_keys(rows)}
 
 
 def localization_file(results: list[CaseResult], settings: VolumeSettings, header: dict[str, Any]) -> dict[str, Any]:
@@ -361,22 +378,23 @@ def localization_file(results: list[CaseResult], settings: VolumeSettings, heade
         rows.append(row)
     adjust_file(rows, METRICS, primary=None, alpha=settings.alpha)
     return {**header, "unit": "patient (one case = one patient)", "top_percent": settings.top_percent,
-            "alpha": settings.alpha, "results": rows}
+            "alpha": settings.alpha, "results": case_keys(rows)}
 
 
-def channels_file(results: list[CaseResult], settings: VolumeSettings, header: dict[str, Any]) -> dict[str, Any]:
-    """channels.json: each input sequence's attribution share and channel-ablation Dice drop."""
+def channels_file(shares: np.ndarray, dice_drop: np.ndarray, settings: VolumeSettings,
+                  header: dict[str, Any]) -> dict[str, Any]:
+    """channels.json: each input sequence's attribution share and channel-ablation Dice drop, the
+    cases' (N, C_in) `shares` and `dice_drop`."""
     from tumorcam.evaluate.channels import ChannelResult
 
-    result = ChannelResult(shares=np.stack([r.shares for r in results]),
-                           dice_drop=np.stack([r.dice_drop for r in results]),
+    result = ChannelResult(shares=shares, dice_drop=dice_drop,
                            unit_ids=np.asarray(header["case_ids"]), unit="patient",
                            channel_names=tuple(header["channels"]),
                            settings={"method": settings.channel_method, "baseline": settings.ablation_baseline,
                                      "target": settings.target, "channel": settings.channel, "ig_steps": settings.ig_steps,
                                      "seed": settings.seed})
     return {**header, "method": settings.channel_method, "ablation_baseline": settings.ablation_baseline,
-            "summary": result.summary(bootstrap=settings.bootstrap, alpha=settings.alpha)}
+            "summary": case_keys(result.summary(bootstrap=settings.bootstrap, alpha=settings.alpha))}
 
 
 def segmentation_file(results: list[CaseResult], settings: VolumeSettings, header: dict[str, Any]) -> dict[str, Any]:
