@@ -204,8 +204,8 @@ def test_region_labels_and_refusals(raw: Path, tmp_path: Path) -> None:
     for row, case_id in enumerate(CASES):
         label = np.asarray(nib.load(raw / "labelsTr" / f"{case_id}.nii.gz").dataobj)
         assert np.array_equal(data.masks[row], nearest_exact(label == 2, 12))
-    for labels, words in (([5], r"--region-labels: \[5\] not in .*dataset.json labels \(background=0, edema=1, enhancing=2\)"),
-                          ([0], "--region-labels: 0 is the background")):
+    for labels, words in (([5], r"region_labels: \[5\] not in .*dataset.json labels \(background=0, edema=1, enhancing=2\)"),
+                          ([0], "region_labels: 0 is the background")):
         with pytest.raises(TumorcamError, match=words):
             prepare_volumes(raw, tmp_path / "never", region_labels=labels, workers=1)
     (tmp_path / "full").mkdir()

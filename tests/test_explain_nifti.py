@@ -105,7 +105,7 @@ def test_a_case_gives_a_map_with_its_shape_and_affine_and_orthogonal_views(workd
     assert written.shape == source.shape == (20, 20, 20)
     assert np.array_equal(written.affine, source.affine)
     heatmap = np.asarray(written.dataobj)
-    assert heatmap.dtype == np.float32 and heatmap.min() >= 0 and heatmap.max() == pytest.approx(1.0)
+    assert np.issubdtype(heatmap.dtype, np.floating) and heatmap.min() >= 0 and heatmap.max() == pytest.approx(1.0)
     with Image.open(workdir / "out" / "CASE_gradcam.png") as img:
         assert img.format == "PNG" and img.width > 400
     assert not [p for p in (workdir / "out").iterdir() if p.name.startswith(".")]  # no temporary files left

@@ -213,7 +213,7 @@ def test_the_run_folder_image_path_warns_on_far_intensities(tmp_path: Path, blob
     Image.fromarray(pixels).save(source)
     main(["explain", str(run), "--image", str(source), "--out", str(tmp_path / "o.png")])
     err = capsys.readouterr().err
-    assert any(line.startswith(f"warning: --image {source}: its intensities after preparation")
+    assert any(line.startswith(f"warning: {source}: its intensities after preparation")
                for line in err.splitlines())
     assert all(line.startswith("warning: ") for line in err.splitlines())  # one line each: no file:line
 
