@@ -165,6 +165,8 @@ class PerturbationGame:
     `baseline_effect` (the smallest in magnitude, the least informative) hold the median over images
     of 1 - s(fully perturbed) / s(intact); an effect within 5 % of 0 warns once (`TumorcamWarning`,
     see the module docstring; `warn=False` leaves the warning to the caller, e.g. one over many games).
+    `rows` (N,): the images' places in a larger set (None: 0..N-1), so that a shard of the set
+    breaks the ties of its maps as the whole set does (`ranking.rank_pixels`).
     """
 
     def __init__(
@@ -184,6 +186,7 @@ class PerturbationGame:
         amp: bool = False,
         progress: bool = False,
         warn: bool = True,
+        rows: np.ndarray | None = None,
     ) -> None:
         if not isinstance(images, torch.Tensor) or images.dim() not in (4, 5):
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -193,7 +196,7 @@ class PerturbationGame:
             raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
         self.model_fn, self.steps, self.baseline, self.score = model_fn, steps, baseline, score
         self.schedule, self.channel, self.batch_size, self.seed = schedule, channel, batch_size, seed
-        self.road_noise, self.progress = road_noise, progress
+        self.road_noise, self.progress, self.rows = road_noise, progress, rows
         self.images = images.float()
         self.device = images.device
         self.amp = amp and self.device.type == "cuda"
@@ -268,7 +271,7 @@ class PerturbationGame:
             raise TumorcamError(f"maps: expected ({n}, {', '.join(map(str, spatial))}) for images "
                                 f"{tuple(self.images.shape)}, got {tuple(maps.shape)}")
         k = self.steps
-        ranks = rank_pixels(maps.to(self.device), self.seed).to(torch.int32).view(n, 1, *spatial)
+        ranks = rank_pixels(maps.to(self.device), self.seed, self.rows).to(torch.int32).view(n, 1, *spatial)
         scores = torch.empty(n, 2, k + 1, device=self.device)
         scores[:, 0, 0] = scores[:, 1, k] = self.original
         scores[:, 0, k], scores[:, 1, 0] = self.full[0], self.full[1]
