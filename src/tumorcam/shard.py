@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from tumorcam.errors import TumorcamError
 from tumorcam.training.distributed import Distributed, barrier, gather_to_main, refuse_several_machines, start
 
 RANK_TIMEOUT = datetime.timedelta(hours=2)  # how long a rank waits for rank 0 (statistics, another stage)
@@ -93,6 +94,9 @@ def patient_shard(patient_ids: np.ndarray, info: Distributed) -> Shard:
     ids = np.asarray(patient_ids).astype(str)
     _, first = np.unique(ids, return_index=True)
     order = ids[np.sort(first)]
+    if len(order) < info.world_size:
+        raise TumorcamError(f"patients: {len(order)} patient(s) for {info.world_size} torchrun processes; start at "
+                            f"most {len(order)}, or select more patients", param="patients")
     mine = set(order[info.rank::info.world_size].tolist())
     rows = np.flatnonzero([pid in mine for pid in ids.tolist()]).astype(np.int64)
     return Shard(info=info, rows=rows, count=len(ids))

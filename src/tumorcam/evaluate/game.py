@@ -234,7 +234,7 @@ class PerturbationGame:
                     full[curve, idx] = self._score(self._perturb(idx, everything, torch.full_like(idx, curve)), idx)
         self.original, self.full = original, full
         self.baseline_effects = {name: baseline_effect(original, full[curve]) for curve, name in enumerate(names)}
-        self.baseline_effect = min(self.baseline_effects.values(), key=lambda e: abs(e) if np.isfinite(e) else np.inf)
+        self.baseline_effect = least_effect(self.baseline_effects)
         if warn:
             warn_uninformative(self.baseline_effects, n)
 
@@ -305,6 +305,11 @@ def baseline_effect(intact: torch.Tensor, perturbed: torch.Tensor) -> float:
     ratio = (perturbed.double() / intact.double()).cpu().numpy()
     ratio = ratio[np.isfinite(ratio)]
     return float(1 - np.median(ratio)) if ratio.size else float("nan")
+
+
+def least_effect(effects: dict[str, float]) -> float:
+    """The effect of the least informative baseline: the smallest in magnitude (NaN only when all are)."""
+    return min(effects.values(), key=lambda e: abs(e) if np.isfinite(e) else np.inf)
 
 
 def warn_uninformative(effects: dict[str, float], images: int, unit: str = "image") -> None:
