@@ -78,6 +78,11 @@ class Shard:
         barrier(self.info)
 
 
+def is_main_process() -> bool:
+    """Whether this process is torchrun's rank 0 (or runs alone): the one that prints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def join(device: torch.device, command: str) -> tuple[Distributed, torch.device]:
     """This process's place among torchrun's ranks (joining the process group once; `command`, the
     `tumorcam` command it serves, runs on one machine) and the device it computes on: `device`, or

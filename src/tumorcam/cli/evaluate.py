@@ -124,9 +124,8 @@ def evaluate_command(
 ) -> None:
     """Evaluate a trained run: the chosen stages, or all of them when none is chosen."""
     from tumorcam.run_folder import Run
-    from tumorcam.training.distributed import refuse_under_torchrun
+    from tumorcam.shard import is_main_process
 
-    refuse_under_torchrun("evaluate")
     use_threads(threads)
 
     chosen = {"segmentation": segmentation, "faithfulness": faithfulness, "localization": localization, "sanity": sanity}
@@ -139,9 +138,13 @@ def evaluate_command(
     split = split or folder.config.evaluate.split
     if any(name in MAP_STAGES for name in names):
         _explain_first(folder, data, split, patients, slices_per_patient)
+    main = is_main_process()  # under torchrun the map stages shard their patients; rank 0 alone reports
     for name in names:
-        typer.echo(STAGES[name](run, data, split, options))
-    if {"faithfulness", "sanity"} & set(names):
+        if name in MAP_STAGES or main:
+            summary = STAGES[name](run, data, split, options)
+            if main:
+                typer.echo(summary)
+    if main and {"faithfulness", "sanity"} & set(names):
         echo_headline(run)  # after both: the sanity stage completes the headline
 
 

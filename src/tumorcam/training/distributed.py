@@ -97,18 +97,6 @@ def gather_to_main(items: list, info: Distributed) -> list | None:
     return None if gathered is None else [item for part in gathered for item in part]
 
 
-def refuse_under_torchrun(command: str) -> None:
-    """One clear error when `command` (one that runs in one process) is started by torchrun with
-    WORLD_SIZE > 1: every rank would redo the same work and write the same files."""
-    from tumorcam.errors import TumorcamError
-
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:
-        raise TumorcamError(f"torchrun: `tumorcam {command}` runs in one process ({world_size} were started); "
-                            "torchrun shards `tumorcam train` and, on volumes, `tumorcam run --data VOLUMES "
-                            "--model MODULE:FACTORY`")
-
-
 def refuse_several_machines(command: str) -> None:
     """One clear error when torchrun spans several machines: `command` shares files between its ranks
     through one local folder (LOCAL_WORLD_SIZE must equal WORLD_SIZE)."""
