@@ -94,13 +94,3 @@ def test_every_target_explains_a_volume() -> None:
     assert float(no_false_positive.max()) == 0.0
 
 
-@pytest.mark.parametrize("command", [["evaluate", "runs/x"], ["explain", "runs/x"]])
-def test_slice_commands_refuse_torchrun(command: list[str], monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from tumorcam.cli import main
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SystemExit) as exit_info:
-        main(command)
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith(f"error: torchrun: `tumorcam {command[0]}` runs in one process")

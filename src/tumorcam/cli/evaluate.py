@@ -125,14 +125,15 @@ def evaluate_command(
 ) -> None:
     """Evaluate a run (trained, or on volumes): the chosen stages, or all of them when none is chosen."""
     from tumorcam.run_folder import Run, is_volume_run
+    from tumorcam.shard import is_main_process
     from tumorcam.training.distributed import refuse_under_torchrun
 
-    refuse_under_torchrun("evaluate")
     use_threads(threads)
 
     chosen = {"segmentation": segmentation, "faithfulness": faithfulness, "localization": localization, "sanity": sanity}
     names = [name for name, on in chosen.items() if on] or list(STAGES)
     if is_volume_run(run):
+        refuse_under_torchrun("evaluate RUN (a run on volumes)")
         _refuse_for_volumes({"patients": patients, "slices_per_patient": slices_per_patient, "data": data,
                              "split": split, "checkpoint": None if checkpoint == "last" else checkpoint})
         _evaluate_volumes(run, names, device, {"steps": steps, "baselines": _names(baselines), "score": score,
@@ -147,9 +148,13 @@ def evaluate_command(
     split = split or folder.config.evaluate.split
     if any(name in MAP_STAGES for name in names):
         _explain_first(folder, data, split, patients, slices_per_patient)
+    main = is_main_process()  # under torchrun the map stages shard their patients; rank 0 alone reports
     for name in names:
-        typer.echo(STAGES[name](run, data, split, options))
-    if {"faithfulness", "sanity"} & set(names):
+        if name in MAP_STAGES or main:
+            summary = STAGES[name](run, data, split, options)
+            if main:
+                typer.echo(summary)
+    if main and {"faithfulness", "sanity"} & set(names):
         echo_headline(run)  # after both: the sanity stage completes the headline
 
 

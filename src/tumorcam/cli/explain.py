@@ -107,9 +107,8 @@ def explain_command(
     """Heatmaps for the chosen methods, targets and layers, plus Grad-CAM x GT, in RUN/explanations/;
     or, with --model, heatmaps of your own network for each --image, in --out."""
     from tumorcam.errors import TumorcamError
-    from tumorcam.training.distributed import refuse_under_torchrun
+    from tumorcam.shard import is_main_process
 
-    refuse_under_torchrun("explain")
     use_threads(threads)
 
     if model is not None:
@@ -147,6 +146,8 @@ def explain_command(
     folder = explain_run(run, data=data, split=split, limit=limit, ids=_ids(ids), methods=_names(methods),
                          targets=_names(targets), layers=_names(layers), batch_size=batch_size, untrained=untrained,
                          patients=patients, slices_per_patient=slices_per_patient)
+    if not is_main_process():  # under torchrun: rank 0 reports
+        return
     index = read_index(folder)
     typer.echo(f"{len(index.entries)} map file(s) of {index.header['n_slices']} slice(s) from "
                f"{index.header['n_patients']} patient(s) of the {index.split} split at {index.size}px, "

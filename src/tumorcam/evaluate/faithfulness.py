@@ -32,8 +32,16 @@ import torch
 from torch import nn
 
 from tumorcam.errors import TumorcamError
-from tumorcam.evaluate.baselines import BASELINES
-from tumorcam.evaluate.game import CURVES, Curves, PerturbationGame, as_masks
+from tumorcam.evaluate.baselines import BASELINES, curve_baselines
+from tumorcam.evaluate.game import (
+    CURVES,
+    Curves,
+    PerturbationGame,
+    as_masks,
+    baseline_effect,
+    least_effect,
+    warn_uninformative,
+)
 from tumorcam.evaluate.headline import headline, run_headline
 from tumorcam.guards import count_flat
 from tumorcam.evaluate.ranking import auc, check_schedule, check_steps, step_fractions
@@ -265,11 +273,15 @@ def evaluate_faithfulness(
     """
     from tumorcam.evaluate.inputs import load_inputs
     from tumorcam.io import optional_json, write_json
+    from tumorcam.run_folder import as_run
+    from tumorcam.shard import join, patient_shard
 
     run = Path(run)
     check_options(steps, baselines, score, schedule, batch_size)  # the options given, before any loading
+    info, device = join(as_run(run, device).device, "evaluate")
     inputs = load_inputs(run, data=data, split=split, device=device, patients=patients,
                          slices_per_patient=slices_per_patient)
+    shard = patient_shard(inputs.patient_ids, info)
     cfg = inputs.config.evaluate
     steps = cfg.steps if steps is None else steps
     baselines = list(cfg.baselines if baselines is None else baselines)
@@ -288,17 +300,35 @@ def evaluate_faithfulness(
             if member is not None:
                 needed.setdefault(entry_score, {})[member.key] = member
     began = time.perf_counter()
-    played: dict[tuple, Curves] = {}
-    effects: dict[str, dict[str, float]] = {}  # baseline -> score -> median 1 - s(fully perturbed) / s(intact)
+    mine = torch.as_tensor(shard.rows, device=inputs.device)
+    images, masks = inputs.images[mine], inputs.masks[mine]
+    scores: dict[tuple, np.ndarray] = {}  # per slice: the game's scores, or (intact, both fully perturbed)
     for baseline in baselines:
         for game_score, members in needed.items():
-            game = PerturbationGame(model, inputs.images, steps=steps, baseline=baseline, score=game_score,
-                                    schedule=schedule, masks=inputs.masks if game_score == "gt-region" else None,
+            game = PerturbationGame(model, images, steps=steps, baseline=baseline, score=game_score,
+                                    schedule=schedule, masks=masks if game_score == "gt-region" else None,
                                     batch_size=batch_size, seed=cfg.seed, road_noise=cfg.road_noise,
-                                    amp=inputs.config.explain.amp, progress=True)
-            effects.setdefault(baseline, {})[game_score] = finite_list([game.baseline_effect])[0]
+                                    amp=inputs.config.explain.amp, progress=shard.is_main, warn=False,
+                                    rows=shard.rows)
+            scores[baseline, game_score] = torch.stack([game.original, *game.full], dim=1).cpu().numpy()
             for key, member in members.items():
-                played[baseline, game_score, key] = game.curves(torch.from_numpy(member.maps).to(inputs.device))
+                curves = game.curves(torch.from_numpy(member.maps[shard.rows]).to(inputs.device))
+                scores[baseline, game_score, key] = np.stack([curves.deletion, curves.insertion], axis=1)
+    gathered = shard.gather(scores)
+    if gathered is None:
+        return shard.share(None)
+    played: dict[tuple, Curves] = {}
+    effects: dict[str, dict[str, float]] = {}  # baseline -> score -> median 1 - s(fully perturbed) / s(intact)
+    fractions = step_fractions(steps, schedule)
+    for key, values in gathered.items():
+        if len(key) == 2:
+            intact = torch.from_numpy(np.ascontiguousarray(values[:, 0]))
+            game_effects = {name: baseline_effect(intact, torch.from_numpy(np.ascontiguousarray(values[:, 1 + curve])))
+                            for curve, name in enumerate(curve_baselines(key[0]))}
+            warn_uninformative(game_effects, len(values))
+            effects.setdefault(key[0], {})[key[1]] = finite_list([least_effect(game_effects)])[0]
+        else:
+            played[key] = Curves(deletion=values[:, 0], insertion=values[:, 1], fractions=fractions)
     patient_ids = np.asarray(inputs.patient_ids).astype(str)
     results = [_row(entry, entry_score, random_map, mask_map, baseline, played, patient_ids, cfg, steps)
                for baseline in baselines for entry, entry_score, random_map, mask_map in plan]
@@ -328,7 +358,7 @@ def evaluate_faithfulness(
     }
     out["headline"] = run_headline(out, optional_json(run / "sanity.json"))
     write_json(run / "faithfulness.json", out)
-    return out
+    return shard.share(out)
 
 
 def write_headline(run: str | Path) -> dict[str, Any] | None:

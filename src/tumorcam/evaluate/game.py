@@ -165,6 +165,8 @@ class PerturbationGame:
     `baseline_effect` (the smallest in magnitude, the least informative) hold the median over images
     of 1 - s(fully perturbed) / s(intact); an effect within 5 % of 0 warns once (`TumorcamWarning`,
     see the module docstring; `warn=False` leaves the warning to the caller, e.g. one over many games).
+    `rows` (N,): the images' places in a larger set (None: 0..N-1), so that a shard of the set
+    breaks the ties of its maps as the whole set does (`ranking.rank_pixels`).
     """
 
     def __init__(
@@ -184,6 +186,7 @@ class PerturbationGame:
         amp: bool = False,
         progress: bool = False,
         warn: bool = True,
+        rows: np.ndarray | None = None,
     ) -> None:
         if not isinstance(images, torch.Tensor) or images.dim() not in (4, 5):
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -193,7 +196,7 @@ class PerturbationGame:
             raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
         self.model_fn, self.steps, self.baseline, self.score = model_fn, steps, baseline, score
         self.schedule, self.channel, self.batch_size, self.seed = schedule, channel, batch_size, seed
-        self.road_noise, self.progress = road_noise, progress
+        self.road_noise, self.progress, self.rows = road_noise, progress, rows
         self.images = images.float()
         self.device = images.device
         self.amp = amp and self.device.type == "cuda"
@@ -231,7 +234,7 @@ class PerturbationGame:
                     full[curve, idx] = self._score(self._perturb(idx, everything, torch.full_like(idx, curve)), idx)
         self.original, self.full = original, full
         self.baseline_effects = {name: baseline_effect(original, full[curve]) for curve, name in enumerate(names)}
-        self.baseline_effect = min(self.baseline_effects.values(), key=lambda e: abs(e) if np.isfinite(e) else np.inf)
+        self.baseline_effect = least_effect(self.baseline_effects)
         if warn:
             warn_uninformative(self.baseline_effects, n)
 
@@ -268,7 +271,7 @@ class PerturbationGame:
             raise TumorcamError(f"maps: expected ({n}, {', '.join(map(str, spatial))}) for images "
                                 f"{tuple(self.images.shape)}, got {tuple(maps.shape)}")
         k = self.steps
-        ranks = rank_pixels(maps.to(self.device), self.seed).to(torch.int32).view(n, 1, *spatial)
+        ranks = rank_pixels(maps.to(self.device), self.seed, self.rows).to(torch.int32).view(n, 1, *spatial)
         scores = torch.empty(n, 2, k + 1, device=self.device)
         scores[:, 0, 0] = scores[:, 1, k] = self.original
         scores[:, 0, k], scores[:, 1, 0] = self.full[0], self.full[1]
@@ -302,6 +305,11 @@ def baseline_effect(intact: torch.Tensor, perturbed: torch.Tensor) -> float:
     ratio = (perturbed.double() / intact.double()).cpu().numpy()
     ratio = ratio[np.isfinite(ratio)]
     return float(1 - np.median(ratio)) if ratio.size else float("nan")
+
+
+def least_effect(effects: dict[str, float]) -> float:
+    """The effect of the least informative baseline: the smallest in magnitude (NaN only when all are)."""
+    return min(effects.values(), key=lambda e: abs(e) if np.isfinite(e) else np.inf)
 
 
 def warn_uninformative(effects: dict[str, float], images: int, unit: str = "image") -> None:

@@ -79,12 +79,14 @@ def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
     return torch.where(g.any(1), share, torch.nan).cpu().numpy().astype(np.float64)
 
 
-def top_percent_iou(maps: torch.Tensor, masks: torch.Tensor, percent: float, seed: int = 0) -> np.ndarray:
-    """Per slice: IoU of the top `percent`% of the map's pixels with the mask (NaN for an empty mask)."""
+def top_percent_iou(maps: torch.Tensor, masks: torch.Tensor, percent: float, seed: int = 0,
+                    rows: np.ndarray | None = None) -> np.ndarray:
+    """Per slice: IoU of the top `percent`% of the map's pixels with the mask (NaN for an empty mask);
+    `rows`: the maps' places in a larger set, whose ties they break as there (`rank_pixels`)."""
     check_top_percent(percent)
     m, g = _flat(maps, masks)
     count = math.ceil(percent / 100 * m.shape[1])
-    top = rank_pixels(m, seed) < count
+    top = rank_pixels(m, seed, rows) < count
     iou = (top & g).sum(1).float() / (top | g).sum(1).float()
     return torch.where(g.any(1), iou, torch.nan).cpu().numpy().astype(np.float64)
 
@@ -96,12 +98,13 @@ def check_top_percent(percent: object, name: str = "top_percent") -> None:
 
 
 def localization_scores(maps: torch.Tensor, masks: torch.Tensor, *, top_percent: float = 5.0,
-                        seed: int = 0) -> dict[str, np.ndarray]:
-    """The three metrics per image of maps (N, *spatial) against masks (N, *spatial) or (N, 1, *spatial)."""
+                        seed: int = 0, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The three metrics per image of maps (N, *spatial) against masks (N, *spatial) or (N, 1, *spatial);
+    `rows` as in `top_percent_iou`."""
     return {
         "pointing_game": pointing_game(maps, masks),
         "energy_pointing_game": energy_pointing_game(maps, masks),
-        "top_iou": top_percent_iou(maps, masks, top_percent, seed),
+        "top_iou": top_percent_iou(maps, masks, top_percent, seed, rows),
     }
 
 
@@ -160,16 +163,25 @@ def evaluate_localization(run: str | Path, data: str | Path | None = None, split
     from tumorcam.evaluate.faithfulness import references
     from tumorcam.evaluate.inputs import load_inputs
     from tumorcam.io import write_json
+    from tumorcam.shard import join, patient_shard
 
     run = Path(run)
     if top_percent is not None:
         check_top_percent(top_percent)
+    info, _ = join(torch.device("cpu"), "evaluate")
     inputs = load_inputs(run, data=data, split=split, device="cpu", with_model=False, patients=patients,
                          slices_per_patient=slices_per_patient)
     cfg = inputs.config.evaluate
     percent = cfg.top_percent if top_percent is None else top_percent
-    per_entry = {e.key: localization_scores(torch.from_numpy(e.maps), inputs.masks, top_percent=percent, seed=cfg.seed)
-                 for e in inputs.entries}
+    shard = patient_shard(inputs.patient_ids, info)
+    masks = inputs.masks[torch.from_numpy(shard.rows)]
+    scores = {(e.key, metric): values for e in inputs.entries
+              for metric, values in localization_scores(torch.from_numpy(e.maps[shard.rows]), masks,
+                                                        top_percent=percent, seed=cfg.seed, rows=shard.rows).items()}
+    gathered = shard.gather(scores)
+    if gathered is None:
+        return shard.share(None)
+    per_entry = {e.key: {metric: gathered[e.key, metric] for metric in METRICS} for e in inputs.entries}
     patient_ids = np.asarray(inputs.patient_ids).astype(str)
     rows = []
     for entry in inputs.entries:
@@ -203,4 +215,4 @@ def evaluate_localization(run: str | Path, data: str | Path | None = None, split
         "results": rows,
     }
     write_json(run / "localization.json", out)
-    return out
+    return shard.share(out)

@@ -35,15 +35,22 @@ def check_schedule(schedule: object, name: str = "schedule") -> None:
         raise TumorcamError(f"{name}: unknown schedule {schedule!r} (choose {' or '.join(SCHEDULES)})", param=name)
 
 
-def rank_pixels(maps: torch.Tensor, seed: int = 0) -> torch.Tensor:
+def rank_pixels(maps: torch.Tensor, seed: int = 0, rows: np.ndarray | None = None) -> torch.Tensor:
     """Rank (N, P) of every pixel of each map (N, *spatial): 0 for the highest value; ties in a seeded
     random order.
 
     The order is a random permutation (from `seed`, on the CPU, so every device agrees) stably
-    sorted by descending map value. NaN counts as 0.
+    sorted by descending map value. NaN counts as 0. `rows` (N,): the maps' places in a larger set
+    (None: 0..N-1); each map then breaks its ties as it does in the whole set (a shard of slices).
     """
     flat = torch.nan_to_num(maps.reshape(maps.shape[0], -1).float())
-    keys = torch.rand(flat.shape, generator=torch.Generator().manual_seed(seed)).to(flat.device)
+    generator = torch.Generator().manual_seed(seed)
+    if rows is None:
+        keys = torch.rand(flat.shape, generator=generator).to(flat.device)
+    else:
+        rows = np.asarray(rows, dtype=np.int64)
+        drawn = torch.rand((int(rows.max()) + 1 if rows.size else 0, flat.shape[1]), generator=generator)
+        keys = drawn[torch.from_numpy(rows)].to(flat.device)
     perm = keys.argsort(dim=1)
     order = perm.gather(1, flat.gather(1, perm).sort(dim=1, descending=True, stable=True).indices)
     ranks = torch.empty_like(order)

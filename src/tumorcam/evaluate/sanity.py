@@ -665,15 +665,21 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
     from tumorcam.evaluate.faithfulness import write_headline
     from tumorcam.evaluate.inputs import RANDOM, load_inputs
     from tumorcam.io import write_json
+    from tumorcam.run_folder import as_run
+    from tumorcam.shard import join, patient_shard
 
     run = Path(run)
+    info, device = join(as_run(run, device).device, "evaluate")
     inputs = load_inputs(run, data=data, split=split, device=device, patients=patients,
                          slices_per_patient=slices_per_patient)
     cfg = inputs.config.evaluate
     explain_cfg = inputs.config.explain
     patient_ids = getattr(inputs, "patient_ids", None)
     rows = pick_slices(len(inputs.file_ids), cfg.sanity_slices if limit is None else limit, patient_ids)
-    index = torch.as_tensor(rows, device=inputs.images.device)
+    units = (np.arange(len(rows)).astype(str) if patient_ids is None
+             else np.asarray(patient_ids)[rows].astype(str))
+    shard = patient_shard(units, info)
+    index = torch.as_tensor(rows[shard.rows], device=inputs.images.device)
     images, masks = inputs.images[index], inputs.masks[index]
     if methods is not None and RANDOM in methods:
         raise TumorcamError("methods random: the random map is not sanity-checked (its seeded noise ignores "
@@ -686,17 +692,23 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
             raise TumorcamError(f"methods: no maps of {', '.join(unknown)} in {run}/explanations", param="methods")
         combos = [c for c in combos if c[0] in methods]
     stages = cascade_stages(inputs.model)
-    results = []
-    units = (np.arange(len(rows)).astype(str) if patient_ids is None
-             else np.asarray(patient_ids)[rows].astype(str))
-    for method, target, layer in tqdm(combos, desc="sanity check", unit="map"):
+    similarities = {}  # (method, target, layer, measure) -> per slice (N, stages)
+    for method, target, layer in tqdm(combos, desc="sanity check", unit="map", disable=None if shard.is_main else True):
         result = randomization_in_chunks(inputs.model, images, masks, method=method, target=target, layer=layer,
                                          stages=stages, seed=cfg.seed, map_seed=explain_cfg.seed,
                                          ig_steps=explain_cfg.ig_steps, amp=inputs.config.explain.amp)
-        result = dataclasses.replace(result, threshold=cfg.sanity_threshold, patient_ids=units,
-                                     min_patients=min_patients, resamples=cfg.bootstrap, seed=cfg.seed)
+        similarities[method, target, layer, "spearman"] = result.spearman.T
+        similarities[method, target, layer, "ssim"] = result.ssim.T
+    gathered = shard.gather(similarities)
+    if gathered is None:
+        return shard.share(None)
+    results = []
+    for method, target, layer in combos:
+        result = SanityResult(stages=stages, spearman=gathered[method, target, layer, "spearman"].T,
+                              ssim=gathered[method, target, layer, "ssim"].T, threshold=cfg.sanity_threshold,
+                              patient_ids=units, min_patients=min_patients, resamples=cfg.bootstrap, seed=cfg.seed)
         results.append({"method": method, "target": target, "layer": layer, "region": region_source(target),
-                         **result_row(result)})
+                        **result_row(result)})
     out = {
         "split": inputs.split,
         "size": inputs.size,
@@ -721,4 +733,4 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
     }
     write_json(run / "sanity.json", out)
     write_headline(run)  # the headline of faithfulness.json reads the primary map's sanity verdict
-    return out
+    return shard.share(out)

@@ -38,6 +38,7 @@ from tumorcam.explain.layers import INPUT_LAYER, resolve_layer
 from tumorcam.explain.maps import times_mask
 from tumorcam.io import save_npz
 from tumorcam.run_folder import Run, as_run
+from tumorcam.shard import join, patient_shard
 
 
 def model_sha256(model: torch.nn.Module) -> str:
@@ -220,8 +221,8 @@ def explain_run(
     for name in targets:
         _as_param("targets", get_target, name)
 
-    device = run.device
-    model = explain_model(run, untrained)
+    info, device = join(run.device, "explain")
+    model = explain_model(run, untrained).to(device)
     for layer in layers:
         _as_param("layers", lambda path: resolve_layer(model, path), layer)
     trained_sha256 = run.weights_sha256
@@ -234,22 +235,24 @@ def explain_run(
     rows = select_rows(prepared, split, ids, patients=patients, slices_per_patient=slices_per_patient, limit=limit,
                        seed=settings.seed)
     file_ids = np.asarray(prepared.file_ids[rows], dtype=np.int64)
+    shard = patient_shard(np.asarray(prepared.pids[rows]), info)
     size = config.train.size
-    images, masks = prepared.tensors(rows, size)
+    images, masks = prepared.tensors(rows[shard.rows], size)
     masks = masks.bool()
-    if "gt-region" in targets and not bool(masks.any()):
+    if "gt-region" in targets and not shard.any(bool(masks.any())):
         raise TumorcamError(f"targets gt-region: the selected slices of {prepared.root} have no tumour mask pixels",
                             param="targets")
 
     model_name = "untrained" if untrained else "trained"
     plan = plan_entries(methods, targets, layers, model_name)
-    seeds = random_seeds(settings.seed, file_ids)
-    batches = [slice(i, i + batch_size) for i in range(0, len(rows), batch_size)]
+    seeds = [random_seeds(settings.seed, file_ids)[i] for i in shard.rows]
+    batches = [slice(i, i + batch_size) for i in range(0, len(shard.rows), batch_size)]
     out_dir = run.explanations_folder
     written: list[Entry] = []
-    with tqdm(total=len(plan) * len(batches), desc="explain", unit="batch", disable=None) as progress:
+    with tqdm(total=len(plan) * len(batches), desc="explain", unit="batch",
+              disable=None if shard.is_main else True) as progress:
         for entry in plan:
-            maps = torch.empty((len(rows), size, size), dtype=torch.float16)
+            maps = torch.empty((len(shard.rows), size, size), dtype=torch.float16)
             for part in batches:
                 x = images[part].to(device)
                 if device.type == "cuda":
@@ -261,15 +264,16 @@ def explain_run(
                     amp=config.explain.amp,
                 ).half().cpu()
                 progress.update()
-            save_npz(out_dir / entry.file, maps=maps.numpy(), file_ids=file_ids)
-            written.append(Entry(entry.method, entry.target, entry.layer, entry.model, weights_sha256=model_hash,
-                                 folder=out_dir))
+            made = {False: maps}
             if entry.method == "gradcam":
-                gt_entry = Entry(entry.method, entry.target, entry.layer, entry.model, times_gt=True,
-                                 weights_sha256=model_hash, folder=out_dir)
-                gt_maps = times_mask(maps.float(), masks).half()
-                save_npz(out_dir / gt_entry.file, maps=gt_maps.numpy(), file_ids=file_ids)
-                written.append(gt_entry)
+                made[True] = times_mask(maps.float(), masks).half()
+            gathered = shard.gather({times_gt: part.numpy() for times_gt, part in made.items()})
+            for times_gt in made:
+                done = Entry(entry.method, entry.target, entry.layer, entry.model, times_gt=times_gt,
+                             weights_sha256=model_hash, folder=out_dir)
+                if gathered is not None:
+                    save_npz(out_dir / done.file, maps=gathered[times_gt], file_ids=file_ids)
+                written.append(done)
 
     by_ids = bool(ids)
     header = {"split": split, "size": size, "weights_sha256": trained_sha256,
@@ -289,8 +293,10 @@ def explain_run(
                 current[kind] = None
         return current[kind]
 
-    kept = _kept_entries(out_dir, header, file_ids, written, weights_now)
-    write_index(Index(folder=out_dir, header=header, entries=kept + written))
+    if shard.is_main:
+        kept = _kept_entries(out_dir, header, file_ids, written, weights_now)
+        write_index(Index(folder=out_dir, header=header, entries=kept + written))
+    shard.wait()  # the other ranks return once the index is written
     return out_dir
 
 

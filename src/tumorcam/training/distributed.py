@@ -105,7 +105,7 @@ def refuse_under_torchrun(command: str) -> None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
         raise TumorcamError(f"torchrun: `tumorcam {command}` runs in one process ({world_size} were started); "
-                            "torchrun shards `tumorcam train` and, on volumes, `tumorcam run` of a model")
+                            "torchrun shards training, the explain and evaluate stages of slices, and runs on volumes")
 
 
 def refuse_several_machines(command: str) -> None:
