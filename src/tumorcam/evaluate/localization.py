@@ -148,6 +148,7 @@ def evaluate_localization(run: str | Path, data: str | Path | None = None, split
     is exploratory: one Holm adjustment over the file. `patients` and `slices_per_patient` select
     the slices (`load_inputs`).
     """
+    from tumorcam.config import overridden
     from tumorcam.evaluate.faithfulness import references
     from tumorcam.evaluate.inputs import load_inputs
     from tumorcam.io import write_json
@@ -157,8 +158,8 @@ def evaluate_localization(run: str | Path, data: str | Path | None = None, split
         check_top_percent(top_percent, "--top-percent")
     inputs = load_inputs(run, data=data, split=split, device="cpu", with_model=False, patients=patients,
                          slices_per_patient=slices_per_patient)
-    cfg = inputs.config.evaluate
-    percent = cfg.top_percent if top_percent is None else top_percent
+    cfg = overridden(inputs.config.evaluate, top_percent=top_percent)
+    percent = cfg.top_percent
     per_entry = {e.key: localization_scores(torch.from_numpy(e.maps), inputs.masks, top_percent=percent, seed=cfg.seed)
                  for e in inputs.entries}
     patient_ids = np.asarray(inputs.patient_ids).astype(str)

@@ -2,7 +2,8 @@
 
 A case is one volume (1, C_in, D, H, W) with its ground-truth region (1, 1, D, H, W). Every number
 of a case depends only on the case, the model, the settings and the case's index in the split
-(the seed of its random draws is `settings.seed + index`), never on the other cases or on which
+(the seeds of its random draws are `settings.explain.seed + index` for the maps, `settings.evaluate.seed + index`
+for the game), never on the other cases or on which
 process computes it: this is what lets `torchrun` shard the cases and still write the same files.
 """
 
@@ -16,7 +17,8 @@ from torch import nn
 
 from tumorcam.errors import TumorcamError
 from tumorcam.guards import flat_maps
-from tumorcam.volumes.settings import VolumeSettings
+from tumorcam.config import Settings
+from tumorcam.volumes.settings import all_methods, volume_layer
 
 
 @dataclass
@@ -46,7 +48,7 @@ class CaseResult:
 
 
 def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, index: int,
-                  settings: VolumeSettings) -> CaseResult:
+                  settings: Settings) -> CaseResult:
     """Explain one case with every method, play the Deletion/Insertion game with every map under
     every baseline, score the maps' localisation of the ground truth, attribute the prediction to
     the input sequences and ablate each in turn. `image` (1, C_in, D, H, W) and `mask`
@@ -59,35 +61,38 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
     from tumorcam.explain.methods.base import Logits
     from tumorcam.explain.targets import predicted
 
-    seed = settings.seed + index
+    seed = settings.evaluate.seed + index
     try:
-        maps = {method: explain(model, image, method=method, target=settings.target, layer=settings.layer,
-                                channel=settings.channel, output=settings.output, ig_steps=settings.ig_steps,
-                                seed=seed, batch_size=1)
-                for method in settings.all_methods}
+        maps = {method: explain(model, image, method=method, target=settings.explain.targets[0],
+                                layer=volume_layer(settings), channel=settings.explain.channel,
+                                output=settings.explain.output, ig_steps=settings.explain.ig_steps,
+                                seed=settings.explain.seed + index, batch_size=1)
+                for method in all_methods(settings)}
         deletion, insertion, effects = {}, {}, {}
-        logits_of = Logits(model, settings.output)
+        logits_of = Logits(model, settings.explain.output)
         with explaining(model):
-            for baseline in settings.baselines:
-                game = PerturbationGame(logits_of, image, steps=settings.steps, baseline=baseline,
-                                        score=settings.score, schedule=settings.schedule, channel=settings.channel,
-                                        batch_size=settings.batch_size, seed=seed, warn=False)
+            for baseline in settings.evaluate.baselines:
+                game = PerturbationGame(logits_of, image, steps=settings.evaluate.steps, baseline=baseline,
+                                        score=settings.evaluate.score, schedule=settings.evaluate.schedule,
+                                        channel=settings.explain.channel,
+                                        batch_size=settings.evaluate.batch_size, seed=seed, warn=False)
                 effects.update(game.baseline_effects)  # warned once over the cases, by the run
                 for method, heatmap in maps.items():
                     curves = game.curves(heatmap)
                     deletion[baseline, method] = curves.deletion[0]
                     insertion[baseline, method] = curves.insertion[0]
             with torch.no_grad():
-                region = predicted(logits_of(image), settings.channel)[0].bool()
+                region = predicted(logits_of(image), settings.explain.channel)[0].bool()
         truth = mask[0, 0] > 0.5
         localization = {method: {metric: float(values[0]) for metric, values in
-                                 localization_scores(heatmap, mask[:, 0], top_percent=settings.top_percent,
+                                 localization_scores(heatmap, mask[:, 0], top_percent=settings.evaluate.top_percent,
                                                      seed=seed).items()}
                         for method, heatmap in maps.items()}
-        shares = channel_shares(model, image, target=settings.target, channel=settings.channel,
-                                output=settings.output, method=settings.channel_method, ig_steps=settings.ig_steps)
-        dice_drop = channel_ablation(model, image, baseline=settings.ablation_baseline, channel=settings.channel,
-                                     output=settings.output)
+        shares = channel_shares(model, image, target=settings.explain.targets[0], channel=settings.explain.channel,
+                                output=settings.explain.output, method=settings.evaluate.channel_method,
+                                ig_steps=settings.explain.ig_steps)
+        dice_drop = channel_ablation(model, image, baseline=settings.evaluate.ablation_baseline,
+                                     channel=settings.explain.channel, output=settings.explain.output)
     except torch.cuda.OutOfMemoryError:
         raise TumorcamError(f"case {index}: a volume of {tuple(image.shape[1:])} (C, D, H, W) does not fit in the "
                             f"memory of {image.device}; prepare the volumes at a smaller --prepare-size, or lower "
