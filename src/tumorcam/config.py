@@ -336,19 +336,18 @@ SECTIONS: dict[str, type] = {}  # annotation name -> nested section class, fille
 
 
 def _error(where: str, name: str, message: str) -> TumorcamError:
-    """The error of the setting `name` at `where` (a file and a dotted path), naming the setting with `param=`."""
-    return TumorcamError(f"{name} ({where}): {message}", param=name)
+    """The error of the setting `name` at `where` (a source and a dotted path), naming the setting with `param=`."""
+    return TumorcamError(f"{name}: {message} (in {where})", param=name)
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
     """`cls` from a JSON object: names, types and values checked; the first wrong field is one error naming it."""
     if not isinstance(data, dict):
-        raise TumorcamError(f"{where}: expected an object, got {type(data).__name__}", param=where.rsplit(".", 1)[-1])
+        raise _error(where, where.rsplit(".", 1)[-1], f"expected an object, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise TumorcamError(f"{unknown[0]} ({where}): unknown setting(s) {', '.join(unknown)} (known: "
-                            f"{', '.join(fields)})", param=unknown[0])
+        raise _error(where, unknown[0], f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(fields)})")
     kwargs = {}
     for name, value in data.items():
         annotation = str(fields[name].type)

@@ -81,7 +81,7 @@ def load_run_settings(path: str | Path) -> Settings:
         return Settings.from_dict(values, str(path))
     unknown = sorted(set(values) - set(FLAT))
     if unknown:
-        raise TumorcamError(f"{unknown[0]} ({path}): unknown setting(s) {', '.join(unknown)}", param=unknown[0])
+        raise TumorcamError(f"{unknown[0]}: unknown setting(s) {', '.join(unknown)} (in {path})", param=unknown[0])
     settings = preset("own-model").to_dict()
     for key, value in values.items():
         if key in ("target", "layer"):
