@@ -100,9 +100,10 @@ def run_command(
 
 def _settings(preset_name: str, config: Optional[Path], given: dict[str, Any]) -> Any:
     """The run's settings: `config` (else the preset's), with the values of the options `given`."""
-    from tumorcam.config import Settings, preset
+    from tumorcam.config import preset
+    from tumorcam.volumes.settings import load_run_settings
 
-    settings = Settings.load(config) if config is not None else preset(preset_name)
+    settings = load_run_settings(config) if config is not None else preset(preset_name)
     overrides = {}
     for option, value in given.items():
         if value is not None and option in LISTS:

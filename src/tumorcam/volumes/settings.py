@@ -72,12 +72,13 @@ def check_volumes(settings: Settings) -> None:
 
 
 def load_run_settings(path: str | Path) -> Settings:
-    """The settings of a volume_config.json: the unified schema, or the flat one of earlier versions (`FLAT`)."""
+    """The settings of a settings file (a config.json or volume_config.json, `RECORD_KEYS` left out), or
+    of the flat volume_config.json of earlier versions (`FLAT`)."""
     from tumorcam.config import preset
     from tumorcam.io import read_json_object
 
     values = {k: v for k, v in read_json_object(path).items() if k not in RECORD_KEYS}
-    if "explain" in values:
+    if set(values) & {"preset", "explain", "evaluate", "train"} or not values:
         return Settings.from_dict(values, str(path))
     unknown = sorted(set(values) - set(FLAT))
     if unknown:
