@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from tumorcam.pipeline import build_config
+from tumorcam.config import preset
 
 
 @pytest.fixture(autouse=True)
@@ -54,11 +54,11 @@ def test_run_threads_are_the_configs(tmp_path: Path, monkeypatch, capsys) -> Non
     monkeypatch.setattr(tumorcam.pipeline, "run_pipeline", run_pipeline)
     code, out, err = run_cli(["run", "--out", str(tmp_path), "--threads", "3"], capsys)
     assert code in (0, None), err
-    assert seen["num_threads"] == 3 and seen["torch"] == 3
+    assert seen["config"].train.num_threads == 3 and seen["torch"] == 3
     assert out.strip() == str(tmp_path / "report.html")
     code, _, err = run_cli(["run", "--out", str(tmp_path)], capsys)
     assert code in (0, None), err
-    assert seen["num_threads"] is None  # not given: the config's own
+    assert seen["config"].train.num_threads == 1  # not given: the demo's own
 
 
 def test_run_volume_demo_threads(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -77,9 +77,9 @@ def test_zero_is_automatic_and_config_override(tmp_path: Path, monkeypatch, caps
     monkeypatch.setattr(tumorcam.device, "cpu_threads", lambda requested: requested or 2)  # 0: automatic
     code, _, _ = run_cli(["explain", "--threads", "0", str(tmp_path / "no-run")], capsys)
     assert code == 2 and torch.get_num_threads() == 2
-    assert build_config("demo").train.num_threads == 1  # the demo's, unchanged
-    assert build_config("demo", num_threads=3).train.num_threads == 3
-    assert build_config("paper", num_threads=0).train.num_threads == 0
+    assert preset("demo").train.num_threads == 1  # the demo's, unchanged
+    assert preset("demo").replace({"train.num_threads": 3}).train.num_threads == 3
+    assert preset("paper").replace({"train.num_threads": 0}).train.num_threads == 0
 
 
 def test_negative_threads_are_a_usage_error(capsys) -> None:

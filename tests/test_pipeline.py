@@ -33,7 +33,7 @@ def tiny_config_file(path: Path) -> Path:
     cfg.train = dataclasses.replace(cfg.train, size=64, epochs=1, batch_size=8, device="cpu")
     cfg.explain = dataclasses.replace(cfg.explain, limit=3, batch_size=3,
                                       methods=["gradcam", "saliency", "random", "predicted-mask"])
-    cfg.evaluate = dataclasses.replace(cfg.evaluate, steps=4, baselines=["zero"], bootstrap=20, sanity_slices=1)
+    cfg.evaluate = dataclasses.replace(cfg.evaluate, steps=4, baselines=["zero"], bootstrap=20, sanity=1)
     cfg.save(path)
     return path
 

@@ -237,7 +237,7 @@ def test_pick_slices_takes_one_per_patient_first() -> None:
     assert pick_slices(6, 4, pids).tolist() == [0, 1, 2, 4]  # then B's second one, in the given order
     assert pick_slices(6, 10, pids).tolist() == [0, 1, 2, 3, 4, 5]
     assert pick_slices(6, 2).tolist() == [0, 1] and pick_slices(3, 8).tolist() == [0, 1, 2]  # no ids: the order given
-    with pytest.raises(TumorcamError, match="sanity_slices"):
+    with pytest.raises(TumorcamError, match=r"evaluate\.sanity"):
         pick_slices(6, 0, pids)
 
 
@@ -247,7 +247,7 @@ def test_evaluate_sanity_writes_the_contract_names(tmp_path: Path, blob_prepared
         evaluate_sanity(run, methods=["hirescam"])
     with pytest.raises(TumorcamError, match="methods random: the random map is not sanity-checked"):
         evaluate_sanity(run, methods=["random"])
-    out = evaluate_sanity(run)  # default (sanity_slices null): every explained slice, 4 of 2 patients
+    out = evaluate_sanity(run)  # default (evaluate.sanity null): every explained slice, 4 of 2 patients
     assert json.loads((run / "sanity.json").read_text()) == json.loads(json.dumps(out))
     assert out["n_slices"] == 4 and len(out["file_ids"]) == 4 and len(out["stages"]) == 12
     assert (out["threshold"], out["criterion"], out["threshold_source"]) == (THRESHOLD, CRITERION, THRESHOLD_SOURCE)
@@ -474,14 +474,11 @@ def test_sanity_takes_patient_ids_and_chunks(trained_tiny: tuple[nn.Module, torc
 
 def test_the_defaults_check_every_explained_slice() -> None:
     from tumorcam.config import Config
-    from tumorcam.volumes.settings import VolumeSettings
 
-    assert EvaluateConfig().sanity_slices is None and preset("demo").evaluate.sanity_slices is None
+    assert EvaluateConfig().sanity is None and preset("demo").evaluate.sanity is None
+    assert preset("demo-3d").evaluate.sanity is None
     assert pick_slices(5, None).tolist() == [0, 1, 2, 3, 4]
-    with pytest.raises(TumorcamError, match="sanity_slices: must be >= 1 or null"):
-        Config.from_dict({"evaluate": {"sanity_slices": 0}})
-    assert Config.from_dict({"evaluate": {"sanity_slices": 3}}).evaluate.sanity_slices == 3
-    assert VolumeSettings().sanity_cases is None
-    VolumeSettings(sanity_cases=0).check()  # 0: skip
-    with pytest.raises(TumorcamError, match="sanity_cases: must be an integer >= 0"):
-        VolumeSettings(sanity_cases=-1).check()
+    Config.from_dict({"evaluate": {"sanity": 0}})  # 0: skip (volumes)
+    with pytest.raises(TumorcamError, match="sanity: must be >= 0 or null"):
+        Config.from_dict({"evaluate": {"sanity": -1}})
+    assert Config.from_dict({"evaluate": {"sanity_slices": 3}}).evaluate.sanity == 3  # the name in earlier runs

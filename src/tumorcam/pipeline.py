@@ -4,14 +4,17 @@ Stages and what they leave in OUT (the run folder):
 
     synth             synthetic/ (figshare .mat layout)        only without --data
     prepare           prepared/ (the prepared arrays)           unless --data is already prepared
-    train             config.json, unet_trained.pth, unet_best.pth, history.json
+    train             config.json, unet_trained.pth, unet_best.pth, history.json   not with a user's network
     segmentation      metrics.json, figures_data/examples.npz (Figure 5's predicted masks)
     explain           explanations/ (trained model)
-    explain-untrained explanations/ (model before fine-tuning, the paper's Figure 2)
+    explain-untrained explanations/ (model before fine-tuning, the paper's Figure 2)   not with a user's network
     faithfulness      faithfulness.json
     localization      localization.json
     sanity            sanity.json
     report            figures/*.png, report.html
+
+A user's network (config.model.network, MODULE:FACTORY with config.model.weights) replaces the
+trained model: every stage after prepare explains and evaluates it as it is.
 
 Resuming: OUT/stages.json holds, per stage, a stamp = sha256 of the settings the stage ran with
 and the stamps of the stages it reads from. A stage is skipped when it is marked done, its
@@ -22,6 +25,7 @@ Training that was interrupted with the same stamp resumes from its last checkpoi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -115,20 +119,6 @@ class StageLog:
 
 
 
-def build_config(preset: str = "demo", config: Config | None = None, encoder_weights: str | None = None,
-                 device: str | None = None, num_threads: int | None = None) -> Config:
-    """The run's config: `config` if given, else the preset's; then the command-line overrides."""
-    cfg = config if config is not None else preset_config(preset)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model), train=dataclasses.replace(cfg.train))
-    if encoder_weights is not None:
-        cfg.model.encoder_weights = encoder_weights
-    if device is not None:
-        cfg.train.device = device
-    if num_threads is not None:
-        cfg.train.num_threads = num_threads
-    return cfg
-
-
 def run_pipeline(
     out: str | Path = Path("runs/demo"),
     data: str | Path | None = None,
@@ -136,9 +126,6 @@ def run_pipeline(
     force: bool = False,
     *,
     config: Config | None = None,
-    encoder_weights: str | None = None,
-    device: str | None = None,
-    num_threads: int | None = None,
     prepare_size: int = 256,
     synthetic_patients: int = 60,
     synthetic_slices: int = 4,
@@ -147,9 +134,10 @@ def run_pipeline(
     """Run every stage into the run folder `out` (skipping finished ones) and return the report's path.
 
     `data`: None (the synthetic dataset), a prepared folder, a folder of .mat files, the figshare
-    zips (a folder holding them, or one zip) or a PNG folder. `config` replaces the preset's
-    config; `encoder_weights`, `device` and `num_threads` (train.num_threads: every stage's CPU threads,
-    0 automatic) override it. `log` receives one line per stage.
+    zips (a folder holding them, or one zip) or a PNG folder. `config` (`tumorcam.config.Settings`)
+    replaces the preset's settings; its train.num_threads are every stage's CPU threads (0 automatic).
+    With config.model.network (a user's network) nothing is trained: the network is explained,
+    evaluated and reported as it is. `log` receives one line per stage.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -159,7 +147,7 @@ def run_pipeline(
     if out.is_dir() and not (out / STAGES_FILE).exists() and any(out.iterdir()) and not force:
         raise TumorcamError(f"--out {out}: holds files that `tumorcam run` did not make; choose another folder "
                             "(or pass --force to let the pipeline replace what it writes there)")
-    cfg = build_config(preset, config, encoder_weights, device, num_threads)
+    cfg = copy.deepcopy(config) if config is not None else preset_config(preset)
     if cfg.train.num_threads > 0:  # every stage, not training only, on the config's threads (the demo's: fixed)
         import torch
 
@@ -226,8 +214,13 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
         data_stamp = prep.stamp
     cfg.data = str(prepared)
 
-    train_stamp = stamp("train", {"model": _settings(cfg.model), "train": _settings(cfg.train)}, data_stamp)
-    stages.append(_train_stage(out, cfg, train_stamp))
+    if cfg.model.network is None:
+        model_stamp = stamp("train", {"model": _settings(cfg.model), "train": _settings(cfg.train)}, data_stamp)
+        stages.append(_train_stage(out, cfg, model_stamp))
+    else:
+        weights = [] if cfg.model.weights is None else _source_fingerprint(Path(cfg.model.weights))
+        model_stamp = stamp("model", {"model": _settings(cfg.model), "weights": weights, "size": cfg.train.size},
+                            data_stamp)
     explain_settings = _settings(cfg.explain)
     evaluate_settings = _settings(cfg.evaluate)
 
@@ -238,6 +231,7 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
         """The later stages read RUN/config.json: give them this run's settings even when training was skipped."""
         def run() -> None:
             _evaluate_on_val_without_test(cfg, log)
+            _fill_layers(cfg, log)
             cfg.save(out / "config.json")
             action()
         return run
@@ -253,17 +247,19 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
 
         return current_config(lambda: getattr(importlib.import_module(f"tumorcam.evaluate.{module}"), function)(out))
 
-    explain_stamp = stamp("explain", explain_settings, train_stamp)
+    explain_stamp = stamp("explain", explain_settings, model_stamp)
     stages += [
-        Stage("segmentation", ("metrics.json", EXAMPLES_FILE), stamp("segmentation", {"split": cfg.evaluate.split}, train_stamp),
+        Stage("segmentation", ("metrics.json", EXAMPLES_FILE), stamp("segmentation", {"split": cfg.evaluate.split}, model_stamp),
               current_config(lambda: _evaluate_segmentation(out, cfg.evaluate.split))),
         Stage("explain", ("explanations",), explain_stamp, explain(False)),
-        Stage("explain-untrained", ("explanations/index.json",), stamp("explain-untrained", untrained_methods, explain_stamp),
-              explain(True), clean=()),  # adds its entries to the index of the trained model's maps
     ]
-    untrained_stamp = stages[-1].stamp
+    if cfg.model.network is None:
+        stages.append(Stage("explain-untrained", ("explanations/index.json",),
+                            stamp("explain-untrained", untrained_methods, explain_stamp),
+                            explain(True), clean=()))  # adds its entries to the index of the trained model's maps
+    maps_stamp = stages[-1].stamp
     for module, name in (("faithfulness", "faithfulness"), ("localization", "localization"), ("sanity", "sanity")):
-        stages.append(Stage(name, (f"{name}.json",), stamp(name, evaluate_settings, untrained_stamp),
+        stages.append(Stage(name, (f"{name}.json",), stamp(name, evaluate_settings, maps_stamp),
                             evaluate(module, f"evaluate_{module}")))
     report_stamp = stamp("report", {}, *[s.stamp for s in stages])
     stages.append(Stage("report", ("report.html", "figures"), report_stamp, current_config(lambda: _report(out))))
@@ -292,14 +288,50 @@ def _epochs_done(out: Path) -> int:
 
 def _evaluate_on_val_without_test(cfg: Config, log: Callable[[str], None]) -> None:
     """Data whose test split is empty (figshare-png256 holds folds 1-4 only) is explained and
-    evaluated on its validation split; the change is logged and saved in config.json."""
-    if cfg.explain.split != "test" and cfg.evaluate.split != "test":
+    evaluated on its validation split, and so is a run with no split set (explain.split null);
+    the change is logged and saved in config.json."""
+    if cfg.explain.split is not None and "test" not in (cfg.explain.split, cfg.evaluate.split):
         return
     from tumorcam.data.arrays import load_prepared
 
     if len(load_prepared(cfg.data).indices("test")) == 0:
         log("the test split is empty: explaining and evaluating on the validation split")
         cfg.explain.split = cfg.evaluate.split = "val"
+    elif cfg.explain.split is None:
+        cfg.explain.split = cfg.evaluate.split = "test"
+
+
+def _fill_layers(cfg: Config, log: Callable[[str], None]) -> None:
+    """A user's network with no layer set (explain.layers null): the last convolution block before its
+    head, found on one prepared slice, also the primary comparison's layer when that is null; the
+    network must take the prepared slices (1, 1, S, S) and return logits on their grid."""
+    if cfg.explain.layers is not None and cfg.evaluate.primary.layer is not None:
+        return
+    if cfg.explain.layers is None:
+        import torch
+
+        from tumorcam.data.arrays import load_prepared
+        from tumorcam.explain.layers import default_layer
+        from tumorcam.run_folder import Run
+
+        image, _ = load_prepared(cfg.data).tensors([0], cfg.train.size)
+        run = Run(Path(cfg.data), cfg)
+        network = run.model()
+        from tumorcam.user_model import first_line
+
+        try:
+            with torch.no_grad():
+                logits = network(image.to(run.device))
+        except Exception as exc:  # noqa: BLE001 - the user's network failed on our input
+            raise TumorcamError(f"model: {cfg.model.network} fails on a prepared slice {tuple(image.shape)}: "
+                                f"{first_line(exc)}", param="model") from None
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 4 or tuple(logits.shape[2:]) != tuple(image.shape[2:]):
+            raise TumorcamError(f"model: {cfg.model.network} returned {getattr(logits, 'shape', type(logits))} for a "
+                                f"prepared slice {tuple(image.shape)}; a run on slices needs logits (1, C_out, H, W) "
+                                "on the input's grid", param="model")
+        cfg.explain.layers = [default_layer(network, image.to(run.device))]
+        log(f"layer: {cfg.explain.layers[0]} (the last convolution block before the head)")
+    cfg.evaluate.primary.layer = cfg.evaluate.primary.layer or cfg.explain.layers[0]
 
 
 def _evaluate_segmentation(out: Path, split: str) -> None:

@@ -84,6 +84,13 @@ class Run:
 
         if checkpoint not in CHECKPOINTS:
             raise TumorcamError(f"checkpoint: unknown checkpoint {checkpoint!r} (choose {' or '.join(CHECKPOINTS)})")
+        if self.config.model.network is not None:  # a user's network: the one model, whatever the checkpoint
+            from tumorcam.user_model import load_user_model
+
+            checkpoint = "last"
+            if checkpoint not in self._models:
+                self._models[checkpoint] = load_user_model(self.config.model.network, self.config.model.weights)
+                self._models[checkpoint].to(self.device).eval()
         if checkpoint not in self._models:
             self._models[checkpoint], _ = load_run_model(self.path, checkpoint, self.device, config=self.config)
         return self._models[checkpoint]
@@ -132,10 +139,12 @@ class Run:
 
     @cached_property
     def weights_sha256(self) -> str | None:
-        """sha256 of the trained weights (unet_trained.pth), None when the run has none."""
+        """sha256 of the trained weights (unet_trained.pth, or a user's network's model.weights), None when
+        the run has none."""
         from tumorcam.model import WEIGHTS_FILE
 
-        path = self.path / WEIGHTS_FILE
+        weights = self.config.model.weights if self.config.model.network is not None else None
+        path = Path(weights) if weights is not None else self.path / WEIGHTS_FILE
         return file_sha256(path) if path.is_file() else None
 
 

@@ -271,6 +271,7 @@ def evaluate_faithfulness(
     scored with the same score. One `PerturbationGame` per (baseline, score) plays every map that
     needs that score. `patients` and `slices_per_patient` select the slices (`load_inputs`).
     """
+    from tumorcam.config import overridden
     from tumorcam.evaluate.inputs import load_inputs
     from tumorcam.io import optional_json, write_json
     from tumorcam.run_folder import as_run
@@ -282,12 +283,9 @@ def evaluate_faithfulness(
     inputs = load_inputs(run, data=data, split=split, device=device, patients=patients,
                          slices_per_patient=slices_per_patient)
     shard = patient_shard(inputs.patient_ids, info)
-    cfg = inputs.config.evaluate
-    steps = cfg.steps if steps is None else steps
-    baselines = list(cfg.baselines if baselines is None else baselines)
-    score = cfg.score if score is None else score
-    schedule = cfg.schedule if schedule is None else schedule
-    batch_size = cfg.batch_size if batch_size is None else batch_size
+    cfg = overridden(inputs.config.evaluate, steps=steps, baselines=baselines, score=score, schedule=schedule,
+                     batch_size=batch_size)
+    steps, baselines, score, schedule, batch_size = cfg.steps, list(cfg.baselines), cfg.score, cfg.schedule, cfg.batch_size
     check_options(steps, baselines, score, schedule, batch_size)
     model = inputs.model
     if inputs.device.type == "cuda":

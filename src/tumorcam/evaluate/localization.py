@@ -160,6 +160,7 @@ def evaluate_localization(run: str | Path, data: str | Path | None = None, split
     is exploratory: one Holm adjustment over the file. `patients` and `slices_per_patient` select
     the slices (`load_inputs`).
     """
+    from tumorcam.config import overridden
     from tumorcam.evaluate.faithfulness import references
     from tumorcam.evaluate.inputs import load_inputs
     from tumorcam.io import write_json
@@ -171,8 +172,8 @@ def evaluate_localization(run: str | Path, data: str | Path | None = None, split
     info, _ = join(torch.device("cpu"), "evaluate")
     inputs = load_inputs(run, data=data, split=split, device="cpu", with_model=False, patients=patients,
                          slices_per_patient=slices_per_patient)
-    cfg = inputs.config.evaluate
-    percent = cfg.top_percent if top_percent is None else top_percent
+    cfg = overridden(inputs.config.evaluate, top_percent=top_percent)
+    percent = cfg.top_percent
     shard = patient_shard(inputs.patient_ids, info)
     masks = inputs.masks[torch.from_numpy(shard.rows)]
     scores = {(e.key, metric): values for e in inputs.entries

@@ -631,7 +631,7 @@ def pick_slices(n: int, count: int | None, patient_ids: np.ndarray | None = None
     if count is None:
         count = n
     elif count < 1:
-        raise TumorcamError(f"limit: the sanity check needs >= 1 slice (config.evaluate.sanity_slices, null: all), "
+        raise TumorcamError(f"limit: the sanity check needs >= 1 slice (config.evaluate.sanity, null: all), "
                             f"got {count}")
     if patient_ids is None:
         return np.arange(min(count, n))
@@ -651,7 +651,7 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
                     slices_per_patient: int | None = None, min_patients: int = MIN_PATIENTS) -> dict[str, Any]:
     """Cascading randomisation of the run's model for every (method, target, layer) of its trained-model
     maps, the controls included (`edges` must fail: it ignores the weights), on `limit` (default
-    EvaluateConfig.sanity_slices; None: every explained slice) of the run's explained slices picked
+    EvaluateConfig.sanity; None: every explained slice) of the run's explained slices picked
     by `pick_slices`, the maps computed `CHUNK` slices at a time and compared inside each slice's
     foreground, the patient as the unit of the verdict (`SanityResult.verdict`, `min_patients`,
     EvaluateConfig.bootstrap resamples); writes RUN/sanity.json (schema in docs/evaluate.md). Left out: the random map (its seeded noise ignores
@@ -662,6 +662,7 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
     has no maps yet)."""
     from tqdm.auto import tqdm
 
+    from tumorcam.config import overridden
     from tumorcam.evaluate.faithfulness import write_headline
     from tumorcam.evaluate.inputs import RANDOM, load_inputs
     from tumorcam.io import write_json
@@ -672,10 +673,10 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
     info, device = join(as_run(run, device).device, "evaluate")
     inputs = load_inputs(run, data=data, split=split, device=device, patients=patients,
                          slices_per_patient=slices_per_patient)
-    cfg = inputs.config.evaluate
+    cfg = overridden(inputs.config.evaluate, sanity=limit)
     explain_cfg = inputs.config.explain
     patient_ids = getattr(inputs, "patient_ids", None)
-    rows = pick_slices(len(inputs.file_ids), cfg.sanity_slices if limit is None else limit, patient_ids)
+    rows = pick_slices(len(inputs.file_ids), cfg.sanity, patient_ids)
     units = (np.arange(len(rows)).astype(str) if patient_ids is None
              else np.asarray(patient_ids)[rows].astype(str))
     shard = patient_shard(units, info)

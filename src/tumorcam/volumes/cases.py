@@ -4,7 +4,8 @@ saved maps, gives the numbers the run wrote.
 
 A case is one volume (1, C_in, D, H, W) with its ground-truth region (1, 1, D, H, W). Every number
 of a case depends only on the case, the model, the settings and the case's index in the split
-(the seed of its random draws is `settings.seed + index`), never on the other cases or on which
+(the seeds of its random draws are `settings.explain.seed + index` for the maps, `settings.evaluate.seed + index`
+for the game), never on the other cases or on which
 process computes it: this is what lets `torchrun` shard the cases and still write the same files.
 """
 
@@ -19,7 +20,8 @@ from torch import nn
 
 from tumorcam.errors import TumorcamError
 from tumorcam.guards import flat_maps
-from tumorcam.volumes.settings import VolumeSettings
+from tumorcam.config import Settings
+from tumorcam.volumes.settings import all_methods, volume_layer
 
 
 @dataclass
@@ -48,21 +50,21 @@ class CaseResult:
         return dataclasses.replace(self, maps={})
 
 
-def explain_case(model: nn.Module, image: torch.Tensor, index: int, settings: VolumeSettings) -> dict[str, np.ndarray]:
+def explain_case(model: nn.Module, image: torch.Tensor, index: int, settings: Settings) -> dict[str, np.ndarray]:
     """The maps (D, H, W) float32 of one case (1, C_in, D, H, W) by every method (controls included),
     as a run saves them in explanations/METHOD.npy."""
     from tumorcam.explain import explain
 
     try:
-        return {method: explain(model, image, method=method, target=settings.target, layer=settings.layer,
-                                channel=settings.channel, output=settings.output, ig_steps=settings.ig_steps,
-                                seed=settings.seed + index, batch_size=1)[0].float().cpu().numpy()
-                for method in settings.all_methods}
+        return {method: explain(model, image, method=method, target=settings.explain.targets[0], layer=volume_layer(settings),
+                                channel=settings.explain.channel, output=settings.explain.output, ig_steps=settings.explain.ig_steps,
+                                seed=settings.explain.seed + index, batch_size=1)[0].float().cpu().numpy()
+                for method in all_methods(settings)}
     except torch.cuda.OutOfMemoryError:
         raise _out_of_memory(index, image) from None
 
 
-def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, index: int, settings: VolumeSettings,
+def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, index: int, settings: Settings,
                   maps: dict[str, np.ndarray], sequences: bool = True) -> CaseResult:
     """Play the Deletion/Insertion game with every map of `maps` (method -> (D, H, W), as saved)
     under every baseline, score the maps' localisation of the ground truth and the prediction's
@@ -76,28 +78,29 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
     from tumorcam.explain.methods.base import Logits
     from tumorcam.explain.targets import predicted
 
-    seed = settings.seed + index
+    seed = settings.evaluate.seed + index
     heatmaps = {method: torch.from_numpy(np.asarray(heatmap, dtype=np.float32))[None].to(image.device)
                 for method, heatmap in maps.items()}
     shares = dice_drop = None
     try:
         deletion, insertion, effects = {}, {}, {}
-        logits_of = Logits(model, settings.output)
+        logits_of = Logits(model, settings.explain.output)
         with explaining(model):
-            for baseline in settings.baselines:
-                game = PerturbationGame(logits_of, image, steps=settings.steps, baseline=baseline,
-                                        score=settings.score, schedule=settings.schedule, channel=settings.channel,
-                                        batch_size=settings.batch_size, seed=seed, warn=False)
+            for baseline in settings.evaluate.baselines:
+                game = PerturbationGame(logits_of, image, steps=settings.evaluate.steps, baseline=baseline,
+                                        score=settings.evaluate.score, schedule=settings.evaluate.schedule,
+                                        channel=settings.explain.channel,
+                                        batch_size=settings.evaluate.batch_size, seed=seed, warn=False)
                 effects.update(game.baseline_effects)  # warned once over the cases, by the run
                 for method, heatmap in heatmaps.items():
                     curves = game.curves(heatmap)
                     deletion[baseline, method] = curves.deletion[0]
                     insertion[baseline, method] = curves.insertion[0]
             with torch.no_grad():
-                region = predicted(logits_of(image), settings.channel)[0].bool()
+                region = predicted(logits_of(image), settings.explain.channel)[0].bool()
         truth = mask[0, 0] > 0.5
         localization = {method: {metric: float(values[0]) for metric, values in
-                                 localization_scores(heatmap, mask[:, 0], top_percent=settings.top_percent,
+                                 localization_scores(heatmap, mask[:, 0], top_percent=settings.evaluate.top_percent,
                                                      seed=seed).items()}
                         for method, heatmap in heatmaps.items()}
         if sequences:
@@ -113,15 +116,15 @@ def evaluate_case(model: nn.Module, image: torch.Tensor, mask: torch.Tensor, ind
                       flat={m: bool(flat_maps(h)[0]) for m, h in heatmaps.items()}, baseline_effects=effects)
 
 
-def case_sequences(model: nn.Module, image: torch.Tensor, settings: VolumeSettings) -> tuple[np.ndarray, np.ndarray]:
+def case_sequences(model: nn.Module, image: torch.Tensor, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
     """Each input sequence's attribution share and channel-ablation Dice drop (C_in,) float64 of one
     case (1, C_in, D, H, W) on the model's device."""
     from tumorcam.evaluate.channels import channel_ablation, channel_shares
 
-    shares = channel_shares(model, image, target=settings.target, channel=settings.channel, output=settings.output,
-                            method=settings.channel_method, ig_steps=settings.ig_steps)
-    drops = channel_ablation(model, image, baseline=settings.ablation_baseline, channel=settings.channel,
-                             output=settings.output)
+    shares = channel_shares(model, image, target=settings.explain.targets[0], channel=settings.explain.channel, output=settings.explain.output,
+                            method=settings.evaluate.channel_method, ig_steps=settings.explain.ig_steps)
+    drops = channel_ablation(model, image, baseline=settings.evaluate.ablation_baseline, channel=settings.explain.channel,
+                             output=settings.explain.output)
     return np.asarray(shares[0], dtype=np.float64), np.asarray(drops[0], dtype=np.float64)
 
 

@@ -243,8 +243,9 @@ def build_volume_report(run: str | Path) -> Path:
         tables.append(_sanity_table(sanity))
     sections.append(Section("verdicts", "Is the explanation true?", [], tables, []))
     settings = optional_json(run / "volume_config.json") or {}
+    model = settings.get("model", "?")  # MODULE:FACTORY in model.network, or (earlier runs) model itself
     subtitle = (f"{cases(index.get('n_cases', '?'))} of the {index.get('split', '?')} split of "
-                f"{index.get('data', '?')}, model {settings.get('model', '?')}")
+                f"{index.get('data', '?')}, model {model.get('network', '?') if isinstance(model, dict) else model}")
     level = headline_of(faith)["level"] if faith else None
     page = render_page(run_name=run.name, subtitle=subtitle, glance=Glance(lead=lead, tables=[], notes=[], level=level),
                        sections=sections, config=settings, provenance=None, how_to_read=HOW_TO_READ)

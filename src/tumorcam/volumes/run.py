@@ -7,7 +7,8 @@ DATASET is nnU-Net's raw layout (prepared first into RUN/prepared, see `tumorcam
 a prepared volume folder. Every case of the split is streamed through `evaluate_case` on its own
 (memory stays that of one case), then the statistics are made with the case as the patient:
 
-    volume_config.json   the settings, the data as given, the model and its weights' sha256
+    volume_config.json   the settings (`tumorcam.config.Settings`, with the data, the model and its weights)
+                         and the weights' sha256
     explanations/        METHOD.npy (N, S, S, S) float32 maps, index.json, nifti/CASE_METHOD.nii.gz
                          (each map resampled to its case's original grid, with its affine; uint16
                          scaled by scl_slope, to 1/65535)
@@ -16,7 +17,7 @@ a prepared volume folder. Every case of the split is streamed through `evaluate_
     localization.json    pointing game, energy pointing game, top-p% IoU vs the same references
     channels.json        per-sequence attribution shares and channel-ablation Dice drops
     segmentation.json    Dice of the prediction with the ground truth, per case and mean with its CI
-    sanity.json          cascading randomization of the primary method on `sanity_cases` cases
+    sanity.json          cascading randomization of the primary method on `evaluate.sanity` cases
     timings.json         seconds per stage, processes, device (the only file that differs between runs)
     report.html          orthogonal views, channel shares, verdict tables
 
@@ -27,7 +28,7 @@ JSON files are the same as those of one process (the numbers of a case never dep
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import datetime
 import os
 import time
@@ -44,7 +45,8 @@ from tumorcam.evaluate.headline import run_headline
 from tumorcam.explain import METHODS
 from tumorcam.io import write_json
 from tumorcam.volumes.cases import CaseResult, evaluate_case, explain_case
-from tumorcam.volumes.settings import SETTINGS_FILE, VolumeSettings, data_label
+from tumorcam.config import Settings, preset
+from tumorcam.volumes.settings import SETTINGS_FILE, all_methods, check_volumes, data_label, volume_layer
 
 EXPLANATIONS_DIR = "explanations"
 NIFTI_DIR = "nifti"
@@ -105,7 +107,7 @@ def clear_outputs(out: Path) -> None:
 
 
 def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str | Path | None,
-                settings: VolumeSettings | None = None, device: str = "auto", size: int | None = None,
+                settings: Settings | None = None, device: str = "auto", size: int | None = None,
                 log: Callable[[str], None] = print) -> Path | None:
     """Explain and evaluate the network of `model` (MODULE:FACTORY) with `weights` on the cases of
     `data` (an nnU-Net raw folder is prepared at `size`, default 64); write the run folder `out`
@@ -116,30 +118,31 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
     from tumorcam.training.distributed import barrier, gather_to_main, refuse_several_machines, start, stop
     from tumorcam.user_model import load_user_model
 
-    settings = dataclasses.replace(settings or VolumeSettings())  # the layer is filled in on this copy
-    settings.check()
+    settings = copy.deepcopy(settings or preset("own-model"))  # the split and layer are filled in on this copy
+    check_volumes(settings)
     refuse_several_machines("run")
     out = Path(out)
     info, dev = start(device, timeout=RANK_TIMEOUT)
     folder = out / EXPLANATIONS_DIR
-    partial = {m: folder / f".{m}.npy.partial" for m in settings.all_methods}
+    partial = {m: folder / f".{m}.npy.partial" for m in all_methods(settings)}
     try:
         timings: dict[str, float] = {}
         began = time.perf_counter()
         network = load_user_model(model, weights).to(dev).eval()  # a wrong --model fails before any work
         root = resolve_data(data, out, size, info, log)
         prepared = load_volumes(root)
-        settings.split = resolve_split(prepared, settings.split, settings.cases, warn=info.is_main)
-        rows = prepared.indices(settings.split)
-        if settings.cases is not None:
-            rows = rows[:settings.cases]
+        settings.explain.split = resolve_split(prepared, settings.explain.split, settings.explain.patients,
+                                               warn=info.is_main)
+        rows = prepared.indices(settings.explain.split)
+        if settings.explain.patients is not None:
+            rows = rows[:settings.explain.patients]
         if len(rows) == 0:
-            raise TumorcamError(f"split {settings.split}: no case in {root}", param="split")
+            raise TumorcamError(f"split {settings.explain.split}: no case in {root}", param="split")
         images, _ = prepared.tensors(rows[:1])
         check_model(network, images.to(dev), settings, model, root)
-        if settings.layer is None and any(METHODS[m].uses_layer for m in settings.methods):
-            settings.layer = default_layer(network, images.to(dev))
-            log(f"layer: {settings.layer} (the last convolution block before the head)")
+        if volume_layer(settings) is None and any(METHODS[m].uses_layer for m in settings.explain.methods):
+            settings.explain.layers = [default_layer(network, images.to(dev))]
+            log(f"layer: {volume_layer(settings)} (the last convolution block before the head)")
         if info.is_main:
             clear_outputs(out)
             (folder / NIFTI_DIR).mkdir(parents=True)
@@ -169,7 +172,7 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
             return None
         assert gathered is not None
         gathered.sort(key=lambda r: r.index)
-        header = {"data": data_label(Path(data), out), "prepared": data_label(root, out), "split": settings.split,
+        header = {"data": data_label(Path(data), out), "prepared": data_label(root, out), "split": settings.explain.split,
                   "n_cases": len(rows), "case_ids": np.asarray(prepared.case_ids[rows]).astype(str).tolist(),
                   "size": prepared.size, "channels": list(prepared.channels)}
 
@@ -196,9 +199,9 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
             os.replace(path, folder / f"{method}.npy")
         weights_sha256 = None if weights is None else file_sha256(Path(weights))
         _write_index(folder, settings, header, weights_sha256)
-        write_json(out / SETTINGS_FILE, {**settings.to_dict(), "model": model,
-                                          "weights": None if weights is None else str(weights),
-                                          "weights_sha256": weights_sha256, "data": header["data"]})
+        settings.data, settings.model.network = header["data"], model
+        settings.model.weights = None if weights is None else str(weights)
+        write_json(out / SETTINGS_FILE, {**settings.to_dict(), "weights_sha256": weights_sha256})
         report = build_volume_report(out)
         timings["report"] = time.perf_counter() - began
         write_json(out / "timings.json", {"seconds": {k: round(v, 3) for k, v in timings.items()},
@@ -226,7 +229,7 @@ def resolve_split(prepared: Any, split: str | None, cases: int | None = None, wa
     return split
 
 
-def check_model(network: torch.nn.Module, images: torch.Tensor, settings: VolumeSettings, spec: str,
+def check_model(network: torch.nn.Module, images: torch.Tensor, settings: Settings, spec: str,
                 root: Path) -> None:
     """One forward of the first case: the network must take the prepared volumes (C, S, S, S) and
     return logits (1, C_out, S, S, S) with the class `channel`; else one error naming `model`."""
@@ -236,7 +239,7 @@ def check_model(network: torch.nn.Module, images: torch.Tensor, settings: Volume
     shape = tuple(images.shape[1:])
     try:
         with torch.no_grad():
-            logits = Logits(network, settings.output)(images)
+            logits = Logits(network, settings.explain.output)(images)
     except TumorcamError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's network failed on our input
@@ -245,8 +248,8 @@ def check_model(network: torch.nn.Module, images: torch.Tensor, settings: Volume
     if logits.dim() != 5 or tuple(logits.shape[2:]) != shape[1:]:
         raise TumorcamError(f"model {spec}: returned {tuple(logits.shape)} for input (1, {', '.join(map(str, shape))});"
                             " a run on volumes needs logits (1, C_out, D, H, W) on the input's grid", param="model")
-    if not 0 <= settings.channel < logits.shape[1]:
-        raise TumorcamError(f"channel {settings.channel}: model {spec} has {logits.shape[1]} output channel(s)",
+    if not 0 <= settings.explain.channel < logits.shape[1]:
+        raise TumorcamError(f"channel {settings.explain.channel}: model {spec} has {logits.shape[1]} output channel(s)",
                             param="channel")
 
 
@@ -258,26 +261,26 @@ def _progress(items: list[int], show: bool) -> Any:
     return tqdm(items, desc="cases (explain, game, channels)", unit="case", total=len(items))
 
 
-def _row_layer(method: str, settings: VolumeSettings) -> str:
+def _row_layer(method: str, settings: Settings) -> str:
     from tumorcam.explain import INPUT_LAYER
 
-    return str(settings.layer) if METHODS[method].uses_layer else INPUT_LAYER
+    return str(volume_layer(settings)) if METHODS[method].uses_layer else INPUT_LAYER
 
 
-def _describe(method: str, settings: VolumeSettings) -> dict[str, Any]:
-    return {"method": method, "target": "none" if method == "random" else settings.target,
+def _describe(method: str, settings: Settings) -> dict[str, Any]:
+    return {"method": method, "target": "none" if method == "random" else settings.explain.targets[0],
             "layer": _row_layer(method, settings), "model": "trained", "control": METHODS[method].control}
 
 
-def _write_index(folder: Path, settings: VolumeSettings, header: dict[str, Any],
+def _write_index(folder: Path, settings: Settings, header: dict[str, Any],
                  weights_sha256: str | None) -> None:
-    entries = [{**_describe(m, settings), "file": f"{m}.npy", "channel": settings.channel}
-               for m in settings.all_methods]
+    entries = [{**_describe(m, settings), "file": f"{m}.npy", "channel": settings.explain.channel}
+               for m in all_methods(settings)]
     write_json(folder / "index.json", {**header, "weights_sha256": weights_sha256, "entries": entries})
 
 
 def write_case_maps(target: Path, prepared: Any, row: int, maps: dict[str, np.ndarray],
-                    settings: VolumeSettings) -> None:
+                    settings: Settings) -> None:
     """One case's maps of the methods (controls left out), resampled (trilinear, which keeps them in
     [0, 1]) to the case's original shape, as target/CASE_METHOD.nii.gz with the case's affine,
     stored as uint16 scaled by scl_slope (to 1/65535, half the bytes of float32)."""
@@ -286,7 +289,7 @@ def write_case_maps(target: Path, prepared: Any, row: int, maps: dict[str, np.nd
     from tumorcam.data.nnunet import write_nifti
 
     shape = tuple(int(n) for n in prepared.shapes[row])
-    for method in settings.methods:
+    for method in settings.explain.methods:
         if METHODS[method].control:
             continue
         volume = torch.from_numpy(np.asarray(maps[method], dtype=np.float32))[None, None]
@@ -313,7 +316,7 @@ def _stack(results: list[CaseResult], field: str, key: Any) -> np.ndarray:
     return np.stack([getattr(r, field)[key] for r in results])
 
 
-def faithfulness_file(results: list[CaseResult], settings: VolumeSettings, header: dict[str, Any]) -> dict[str, Any]:
+def faithfulness_file(results: list[CaseResult], settings: Settings, header: dict[str, Any]) -> dict[str, Any]:
     """faithfulness.json of a run on volumes: one row per (baseline, method) like the slices' file,
     the case as the patient; Holm over the primary pair and over the rest of the file."""
     from tumorcam.evaluate.ranking import auc, step_fractions
@@ -321,40 +324,40 @@ def faithfulness_file(results: list[CaseResult], settings: VolumeSettings, heade
 
     case_ids = np.asarray(header["case_ids"])
     rows = []
-    for baseline in settings.baselines:
-        for method in settings.all_methods:
-            row: dict[str, Any] = {**_describe(method, settings), "baseline": baseline, "score": settings.score}
+    for baseline in settings.evaluate.baselines:
+        for method in all_methods(settings):
+            row: dict[str, Any] = {**_describe(method, settings), "baseline": baseline, "score": settings.evaluate.score}
             for name in CURVES:
                 raw = _stack(results, name, (baseline, method))
                 references = {
                     "random": None if method == "random" else auc(_stack(results, name, (baseline, "random")),
-                                                                  settings.steps),
+                                                                  settings.evaluate.steps),
                     "mask": None if method in ("random", "predicted-mask") else
-                    auc(_stack(results, name, (baseline, "predicted-mask")), settings.steps)}
-                row[name] = metric_summary(auc(raw, settings.steps), references, case_ids,
+                    auc(_stack(results, name, (baseline, "predicted-mask")), settings.evaluate.steps)}
+                row[name] = metric_summary(auc(raw, settings.evaluate.steps), references, case_ids,
                                            lower_is_better=name == "deletion", test="wilcoxon",
-                                           resamples=settings.bootstrap, seed=settings.seed, curves=raw,
-                                           alpha=settings.alpha)
+                                           resamples=settings.evaluate.bootstrap, seed=settings.evaluate.seed, curves=raw,
+                                           alpha=settings.evaluate.alpha)
                 row[name]["unit"] = "patient"
-            row["per_case"] = {name: finite_list(auc(_stack(results, name, (baseline, method)), settings.steps))
+            row["per_case"] = {name: finite_list(auc(_stack(results, name, (baseline, method)), settings.evaluate.steps))
                                for name in CURVES}
             row["n_maps"], row["n_flat_maps"] = len(results), sum(r.flat[method] for r in results)
             rows.append(row)
-    primary = {"method": settings.primary_method, "target": settings.target,
-               "layer": _row_layer(settings.primary_method, settings), "baseline": settings.baselines[0]}
-    adjust_file(rows, CURVES, primary=primary, alpha=settings.alpha)
+    primary = {"method": settings.evaluate.primary.method, "target": settings.explain.targets[0],
+               "layer": _row_layer(settings.evaluate.primary.method, settings), "baseline": settings.evaluate.baselines[0]}
+    adjust_file(rows, CURVES, primary=primary, alpha=settings.evaluate.alpha)
     effects = {name: float(np.nanmedian([r.baseline_effects.get(name, np.nan) for r in results]))
                for name in dict.fromkeys(n for r in results for n in r.baseline_effects)}
     warn_uninformative(effects, len(results), unit="case")
     effects = {name: finite_list([value])[0] for name, value in effects.items()}
-    return {**header, "unit": "patient (one case = one patient)", "primary": primary, "alpha": settings.alpha,
-            "steps": settings.steps, "schedule": settings.schedule,
-            "fractions": step_fractions(settings.steps, settings.schedule).tolist(), "score": settings.score,
-            "baselines": settings.baselines, "baseline_effects": effects, "seed": settings.seed,
-            "bootstrap": settings.bootstrap, "results": case_keys(rows)}
+    return {**header, "unit": "patient (one case = one patient)", "primary": primary, "alpha": settings.evaluate.alpha,
+            "steps": settings.evaluate.steps, "schedule": settings.evaluate.schedule,
+            "fractions": step_fractions(settings.evaluate.steps, settings.evaluate.schedule).tolist(), "score": settings.evaluate.score,
+            "baselines": settings.evaluate.baselines, "baseline_effects": effects, "seed": settings.evaluate.seed,
+            "bootstrap": settings.evaluate.bootstrap, "results": case_keys(rows)}
 
 
-def localization_file(results: list[CaseResult], settings: VolumeSettings, header: dict[str, Any]) -> dict[str, Any]:
+def localization_file(results: list[CaseResult], settings: Settings, header: dict[str, Any]) -> dict[str, Any]:
     """localization.json of a run on volumes: per method the three metrics against the ground truth,
     vs the random map and the predicted-mask control, Holm over the file (all exploratory)."""
     from tumorcam.evaluate.localization import METRICS, TESTS
@@ -366,22 +369,22 @@ def localization_file(results: list[CaseResult], settings: VolumeSettings, heade
         return np.array([r.localization[method][metric] for r in results], dtype=np.float64)
 
     rows = []
-    for method in settings.all_methods:
+    for method in all_methods(settings):
         row: dict[str, Any] = _describe(method, settings)
         for metric in METRICS:
             references = {"random": None if method == "random" else values("random", metric),
                           "mask": None if method in ("random", "predicted-mask") else values("predicted-mask", metric)}
             row[metric] = metric_summary(values(method, metric), references, case_ids, lower_is_better=False,
-                                         test=TESTS[metric], resamples=settings.bootstrap, seed=settings.seed,
-                                         alpha=settings.alpha)
+                                         test=TESTS[metric], resamples=settings.evaluate.bootstrap, seed=settings.evaluate.seed,
+                                         alpha=settings.evaluate.alpha)
             row[metric]["unit"] = "patient"
         rows.append(row)
-    adjust_file(rows, METRICS, primary=None, alpha=settings.alpha)
-    return {**header, "unit": "patient (one case = one patient)", "top_percent": settings.top_percent,
-            "alpha": settings.alpha, "results": case_keys(rows)}
+    adjust_file(rows, METRICS, primary=None, alpha=settings.evaluate.alpha)
+    return {**header, "unit": "patient (one case = one patient)", "top_percent": settings.evaluate.top_percent,
+            "alpha": settings.evaluate.alpha, "results": case_keys(rows)}
 
 
-def channels_file(shares: np.ndarray, dice_drop: np.ndarray, settings: VolumeSettings,
+def channels_file(shares: np.ndarray, dice_drop: np.ndarray, settings: Settings,
                   header: dict[str, Any]) -> dict[str, Any]:
     """channels.json: each input sequence's attribution share and channel-ablation Dice drop, the
     cases' (N, C_in) `shares` and `dice_drop`."""
@@ -390,14 +393,14 @@ def channels_file(shares: np.ndarray, dice_drop: np.ndarray, settings: VolumeSet
     result = ChannelResult(shares=shares, dice_drop=dice_drop,
                            unit_ids=np.asarray(header["case_ids"]), unit="patient",
                            channel_names=tuple(header["channels"]),
-                           settings={"method": settings.channel_method, "baseline": settings.ablation_baseline,
-                                     "target": settings.target, "channel": settings.channel, "ig_steps": settings.ig_steps,
-                                     "seed": settings.seed})
-    return {**header, "method": settings.channel_method, "ablation_baseline": settings.ablation_baseline,
-            "summary": case_keys(result.summary(bootstrap=settings.bootstrap, alpha=settings.alpha))}
+                           settings={"method": settings.evaluate.channel_method, "baseline": settings.evaluate.ablation_baseline,
+                                     "target": settings.explain.targets[0], "channel": settings.explain.channel, "ig_steps": settings.explain.ig_steps,
+                                     "seed": settings.evaluate.seed})
+    return {**header, "method": settings.evaluate.channel_method, "ablation_baseline": settings.evaluate.ablation_baseline,
+            "summary": case_keys(result.summary(bootstrap=settings.evaluate.bootstrap, alpha=settings.evaluate.alpha))}
 
 
-def segmentation_file(results: list[CaseResult], settings: VolumeSettings, header: dict[str, Any]) -> dict[str, Any]:
+def segmentation_file(results: list[CaseResult], settings: Settings, header: dict[str, Any]) -> dict[str, Any]:
     """segmentation.json: Dice of the prediction with the ground truth per case, and its mean with a
     bootstrap CI over cases (each case one patient)."""
     from tumorcam.evaluate.stats import bootstrap_ci
@@ -405,13 +408,13 @@ def segmentation_file(results: list[CaseResult], settings: VolumeSettings, heade
 
     values = np.array([r.dice for r in results], dtype=np.float64)
     return {**header, "unit": "patient (one case = one patient)",
-            "dice": bootstrap_ci(values, resamples=settings.bootstrap, seed=settings.seed),
+            "dice": bootstrap_ci(values, resamples=settings.evaluate.bootstrap, seed=settings.evaluate.seed),
             "per_case": {"dice": finite_list(values), "predicted_voxels": [r.predicted_voxels for r in results]}}
 
 
-def sanity_file(network: torch.nn.Module, prepared: Any, rows: np.ndarray, settings: VolumeSettings,
+def sanity_file(network: torch.nn.Module, prepared: Any, rows: np.ndarray, settings: Settings,
                 header: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """sanity.json: cascading randomization of the primary method's maps on the first `sanity_cases`
+    """sanity.json: cascading randomization of the primary method's maps on the first `evaluate.sanity`
     cases (None: every case of the run; 0: skipped), one case at a time (memory stays that of one
     case), each case one patient: the verdict of `SanityResult` on the cases' mean |rho| and mean
     SSIM (region fixed from the intact model, compared inside each volume's foreground). One row in
@@ -420,36 +423,36 @@ def sanity_file(network: torch.nn.Module, prepared: Any, rows: np.ndarray, setti
     from tumorcam.evaluate.sanity import (CRITERION, FOREGROUND, LEVEL, MIN_PATIENTS, THRESHOLD_SOURCE, SanityResult,
                                           region_source, result_row, sanity)
 
-    count = len(rows) if settings.sanity_cases is None else min(settings.sanity_cases, len(rows))
+    count = len(rows) if settings.evaluate.sanity is None else min(settings.evaluate.sanity, len(rows))
     if count == 0:
-        return {**header, "skipped": "sanity_cases is 0"}
+        return {**header, "skipped": "evaluate.sanity is 0"}
     case_ids = [str(c) for c in header["case_ids"][:count]]
-    layer = None if not METHODS[settings.primary_method].uses_layer else settings.layer
+    layer = None if not METHODS[settings.evaluate.primary.method].uses_layer else volume_layer(settings)
     parts = []
     for i in range(count):
         image, _ = prepared.tensors(rows[i:i + 1])
         try:
-            parts.append(sanity(network, image.to(device), method=settings.primary_method, target=settings.target,
-                                layer=layer, channel=settings.channel, output=settings.output,
-                                ig_steps=settings.ig_steps, seed=settings.seed, patient_ids=case_ids[i:i + 1],
-                                min_patients=MIN_PATIENTS, bootstrap=settings.bootstrap, batch_size=1))
+            parts.append(sanity(network, image.to(device), method=settings.evaluate.primary.method, target=settings.explain.targets[0],
+                                layer=layer, channel=settings.explain.channel, output=settings.explain.output,
+                                ig_steps=settings.explain.ig_steps, seed=settings.evaluate.seed, patient_ids=case_ids[i:i + 1],
+                                min_patients=MIN_PATIENTS, bootstrap=settings.evaluate.bootstrap, batch_size=1))
         except torch.cuda.OutOfMemoryError:
-            raise TumorcamError(f"sanity_cases: case {case_ids[i]} of {tuple(image.shape[1:])} does not fit in the "
+            raise TumorcamError(f"sanity: case {case_ids[i]} of {tuple(image.shape[1:])} does not fit in the "
                                 f"memory of {device} for the sanity check; prepare the volumes at a smaller size, or "
-                                "set sanity_cases 0 in the settings") from None
+                                "set evaluate.sanity 0 in the settings", param="sanity") from None
     result = SanityResult.concat(parts)
-    row = {"method": settings.primary_method, "target": settings.target, "layer": layer,
-           "region": region_source(settings.target), **result_row(result)}
-    return {**header, "method": settings.primary_method, "target": settings.target, "n_cases": count,
+    row = {"method": settings.evaluate.primary.method, "target": settings.explain.targets[0], "layer": layer,
+           "region": region_source(settings.explain.targets[0]), **result_row(result)}
+    return {**header, "method": settings.evaluate.primary.method, "target": settings.explain.targets[0], "n_cases": count,
             "case_ids": case_ids, "n_patients": count, "unit": "patient (one case = one patient)",
             "stages": result.stages, "threshold": result.threshold, "criterion": CRITERION,
-            "threshold_source": THRESHOLD_SOURCE, "min_patients": result.min_patients, "bootstrap": settings.bootstrap,
-            "level": LEVEL, "foreground": FOREGROUND, "seed": settings.seed,
+            "threshold_source": THRESHOLD_SOURCE, "min_patients": result.min_patients, "bootstrap": settings.evaluate.bootstrap,
+            "level": LEVEL, "foreground": FOREGROUND, "seed": settings.evaluate.seed,
             "mean_abs_spearman": row["mean_abs_spearman"], "mean_ssim": row["ssim"], "n_compared": row["n_compared"],
             "verdict": row["verdict"], "reason": row["reason"], "passes": row["passes"], "results": [row]}
 
 
-def run_volume_demo(out: str | Path, *, settings: VolumeSettings | None = None, cases: int = 100, size: int = 32,
+def run_volume_demo(out: str | Path, *, settings: Settings | None = None, cases: int = 100, size: int = 32,
                     epochs: int = 30, device: str = "auto", seed: int = 0, threads: int | None = None,
                     log: Callable[[str], None] = print) -> Path | None:
     """The volume demo: synthetic volumes in nnU-Net's layout (OUT/synthetic-volumes), prepared at
@@ -483,5 +486,5 @@ def run_volume_demo(out: str | Path, *, settings: VolumeSettings | None = None, 
             log(f"trained the demo 3-D U-Net in {history['seconds']:.0f} s: validation Dice "
                 f"{history['val_dice_mean']:.3f} ({history['val_cases']} cases)")
     barrier(info)
-    settings = settings or VolumeSettings(split="test")
+    settings = settings or preset("demo-3d")
     return run_volumes(out, prepared, model=DEMO_MODEL, weights=weights, settings=settings, device=device, log=log)

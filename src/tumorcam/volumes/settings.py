@@ -1,135 +1,100 @@
-"""The settings of a run on volumes (`VolumeSettings`), kept in RUN/volume_config.json.
+"""What a run on volumes needs of the unified `tumorcam.config.Settings`, kept in RUN/volume_config.json.
 
-Every stage of `tumorcam.volumes.run` reads them; `check` turns a wrong value into one error
-naming the setting (the CLI flag where there is one).
+A run on volumes reads the same settings as a run on slices: one target (`explain.targets`), at most
+one layer (`explain.layers`, null: the last convolution block before the head), the first N cases
+(`explain.patients`), `evaluate.sanity` cases (0: no sanity check); the controls random and
+predicted-mask are always explained. `check_volumes` adds these rules to `Settings.check`;
+`load_run_settings` also reads the flat volume_config.json of earlier versions (`FLAT`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tumorcam.config import Settings
 from tumorcam.errors import TumorcamError
 
 SETTINGS_FILE = "volume_config.json"
-RUN_KEYS = ("model", "weights", "weights_sha256", "data")  # what volume_config.json records beside the settings
+RECORD_KEYS = ("weights_sha256",)  # what volume_config.json records beside the settings
 CONTROLS = ("random", "predicted-mask")  # always explained: the references of every comparison
 
+# The flat keys of an earlier volume_config.json -> their setting now.
+FLAT = {"split": "explain.split", "cases": "explain.patients", "methods": "explain.methods",
+        "target": "explain.targets", "layer": "explain.layers", "channel": "explain.channel",
+        "output": "explain.output", "ig_steps": "explain.ig_steps", "baselines": "evaluate.baselines",
+        "steps": "evaluate.steps", "schedule": "evaluate.schedule", "score": "evaluate.score",
+        "batch_size": "evaluate.batch_size", "top_percent": "evaluate.top_percent",
+        "channel_method": "evaluate.channel_method", "ablation_baseline": "evaluate.ablation_baseline",
+        "sanity_cases": "evaluate.sanity", "primary_method": "evaluate.primary.method",
+        "bootstrap": "evaluate.bootstrap", "alpha": "evaluate.alpha", "seed": "evaluate.seed",
+        "model": "model.network", "weights": "model.weights", "data": "data"}
 
-@dataclass
-class VolumeSettings:
-    """What a run on volumes explains and how it tests it.
 
-    `methods` (controls `random` and `predicted-mask` are added), `target`, `layer` (None: the last
-    convolution block before the head), `channel` (the explained class) and `output` as in
-    `tumorcam.explain`; `split` of the prepared volumes (None: `test` when the data has a test split,
-    else `all`; a split with training cases, `train` or `all`, is warned about when there is a test split);
-    `cases`: at most this many cases of the split, in case order (None: all). The game: `baselines`,
-    `steps` K, `schedule`, `score`, `batch_size` perturbed volumes per forward. Localisation:
-    `top_percent`. Per-sequence attribution: `channel_method` and `ablation_baseline`. Sanity:
-    `sanity_cases` cases (None: every case of the run; 0: skip). Statistics: `bootstrap`, `alpha`, `primary_method`; `seed`
-    seeds every random draw (per case: seed + the case's index in the split).
-    """
+def all_methods(settings: Settings) -> list[str]:
+    """The methods with the controls every comparison needs."""
+    return list(dict.fromkeys([*settings.explain.methods, *CONTROLS]))
 
-    split: str | None = None
-    cases: int | None = None
-    methods: list[str] = field(default_factory=lambda: ["gradcam", "saliency"])
-    target: str = "predicted-region"
-    layer: str | None = None
-    channel: int = 0
-    output: int | str | None = None
-    baselines: list[str] = field(default_factory=lambda: ["zero", "blur"])
-    steps: int = 20
-    schedule: str = "log"
-    score: str = "predicted-region"
-    batch_size: int = 16
-    ig_steps: int = 16
-    top_percent: float = 5.0
-    channel_method: str = "integrated-gradients"
-    ablation_baseline: str = "zero"
-    sanity_cases: int | None = None
-    primary_method: str = "gradcam"
-    bootstrap: int = 1000
-    alpha: float = 0.05
-    seed: int = 0
 
-    @property
-    def all_methods(self) -> list[str]:
-        """The methods with the controls every comparison needs."""
-        return list(dict.fromkeys([*self.methods, *CONTROLS]))
+def volume_layer(settings: Settings) -> str | None:
+    """The explained layer (None: not found yet, or no method uses one)."""
+    return settings.explain.layers[0] if settings.explain.layers else None
 
-    def check(self) -> None:
-        """One TumorcamError for the first setting out of range."""
-        from tumorcam.evaluate.baselines import BASELINES
-        from tumorcam.evaluate.channels import CHANNEL_METHODS
-        from tumorcam.evaluate.localization import check_top_percent
-        from tumorcam.evaluate.game import GAME_SCORES
-        from tumorcam.evaluate.ranking import check_schedule, check_steps
-        from tumorcam.explain import METHODS, TARGETS
 
-        if not isinstance(self.methods, list) or not all(isinstance(m, str) for m in self.methods):
-            raise TumorcamError(f"--methods: a list of method names, got {self.methods!r}")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if not self.methods or unknown:
-            raise TumorcamError(f"--methods: unknown method(s) {', '.join(map(repr, unknown)) or 'none given'} "
-                                f"(choose from {', '.join(METHODS)})")
-        if self.target not in TARGETS or TARGETS[self.target].needs_masks:
-            raise TumorcamError(f"--target: {self.target!r} is not a target of a run on volumes (choose "
-                                "predicted-region, mean-logits or boundary)")
-        if not isinstance(self.baselines, list) or not self.baselines or any(b not in BASELINES for b in self.baselines):
-            raise TumorcamError(f"--baselines: choose from {', '.join(BASELINES)}, got {self.baselines}")
-        if self.score not in GAME_SCORES or self.score == "gt-region":
-            raise TumorcamError(f"--score: choose predicted-region, dice or mean-sigmoid, got {self.score!r}")
-        check_steps(self.steps, "--steps")
-        check_schedule(self.schedule, "--schedule")
-        for name in ("batch_size", "ig_steps", "bootstrap"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise TumorcamError(f"{name}: must be an integer >= 1, got {value!r}")
-        if self.cases is not None and (isinstance(self.cases, bool) or not isinstance(self.cases, int)
-                                       or self.cases < 1):
-            raise TumorcamError(f"--cases: must be an integer >= 1, got {self.cases!r}")
-        if self.sanity_cases is not None and (isinstance(self.sanity_cases, bool) or not isinstance(self.sanity_cases, int)
-                                              or self.sanity_cases < 0):
-            raise TumorcamError(f"sanity_cases: must be an integer >= 0 (0: skip) or null (every case), "
-                                f"got {self.sanity_cases!r}")
-        if self.ablation_baseline not in ("zero", "mean"):
-            raise TumorcamError(f"ablation_baseline: choose zero or mean, got {self.ablation_baseline!r}")
-        if self.primary_method not in self.methods or METHODS[self.primary_method].control:
-            raise TumorcamError(f"primary_method: {self.primary_method!r} must be one of --methods "
-                                f"{','.join(self.methods)} and not a control")
-        if self.split not in (None, "train", "val", "test", "all"):
-            raise TumorcamError(f"--split: unknown split {self.split!r} (choose train, val, test or all)")
-        if self.channel_method not in CHANNEL_METHODS:
-            raise TumorcamError(f"channel_method: unknown method {self.channel_method!r} (choose from "
-                                f"{', '.join(CHANNEL_METHODS)})")
-        check_top_percent(self.top_percent)
-        if not 0 < self.alpha < 1:
-            raise TumorcamError(f"alpha: must be in (0, 1), got {self.alpha!r}")
+def _needs_no_masks(settings: Settings) -> bool:
+    from tumorcam.explain import TARGETS
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    return not TARGETS[settings.explain.targets[0]].needs_masks
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "settings",
-                  defaults: dict[str, Any] | None = None) -> VolumeSettings:
-        """The settings of `values` (a run's volume_config.json too: its `RUN_KEYS` are left out),
-        `defaults` where `values` has none; an unknown key is an error naming `source`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        given = {k: v for k, v in values.items() if k not in RUN_KEYS}
-        unknown = sorted(set(given) - known)
-        if unknown:
-            raise TumorcamError(f"{source}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**{**(defaults or {}), **given})
 
-    @classmethod
-    def load(cls, path: str | Path, defaults: dict[str, Any] | None = None) -> VolumeSettings:
-        """The settings of the JSON file `path` (`from_dict`)."""
-        from tumorcam.io import read_json_object
+def _primary_explained(settings: Settings) -> bool:
+    return settings.evaluate.primary.method in settings.explain.methods
 
-        return cls.from_dict(read_json_object(path), str(path), defaults)
+
+# param -> (rule on the settings, what it asks): what a run on volumes adds to `Settings.check`.
+VOLUME_CHECKS: dict[str, tuple[Callable[[Settings], bool], str]] = {
+    "targets": (lambda s: len(s.explain.targets) == 1, "a run on volumes explains one target"),
+    "target": (_needs_no_masks, "needs no mask on volumes: choose predicted-region, mean-logits or boundary"),
+    "layers": (lambda s: s.explain.layers is None or len(s.explain.layers) == 1, "a run on volumes explains one layer"),
+    "score": (lambda s: s.evaluate.score in ("predicted-region", "dice", "mean-sigmoid"),
+              "choose predicted-region, dice or mean-sigmoid"),
+    "primary": (_primary_explained, "evaluate.primary.method must be one of explain.methods"),
+}
+
+
+def check_volumes(settings: Settings) -> None:
+    """`settings.check()`, then one TumorcamError for the first rule of `VOLUME_CHECKS` it breaks."""
+    settings.check()
+    for param, (allowed, message) in VOLUME_CHECKS.items():
+        if not allowed(settings):
+            raise TumorcamError(f"{param}: {message}", param=param)
+
+
+def load_run_settings(path: str | Path) -> Settings:
+    """The settings of a settings file (a config.json or volume_config.json, `RECORD_KEYS` left out), or
+    of the flat volume_config.json of earlier versions (`FLAT`)."""
+    from tumorcam.config import preset
+    from tumorcam.io import read_json_object
+
+    values = {k: v for k, v in read_json_object(path).items() if k not in RECORD_KEYS}
+    if set(values) & {"preset", "explain", "evaluate", "train"} or not values:
+        return Settings.from_dict(values, str(path))
+    unknown = sorted(set(values) - set(FLAT))
+    if unknown:
+        raise TumorcamError(f"{unknown[0]}: unknown setting(s) {', '.join(unknown)} (in {path})", param=unknown[0])
+    settings = preset("own-model").to_dict()
+    for key, value in values.items():
+        if key in ("target", "layer"):
+            value = None if value is None else [value]
+        *sections, name = FLAT[key].split(".")
+        owner = settings
+        for section in sections:
+            owner = owner[section]
+        owner[name] = value
+        if key == "seed":  # seeded every draw, the maps' too
+            settings["explain"]["seed"] = value
+    return Settings.from_dict(settings, str(path))
 
 
 def data_label(root: Path, out: Path) -> str:

@@ -6,7 +6,7 @@ Both read RUN/volume_config.json (the settings, the model and its weights), RUN/
 reads the saved maps RUN/explanations/METHOD.npy. Each case is measured by `volumes.cases.evaluate_case`
 with the seed of its index, as the run measured it, and the files are made by the run's own writers:
 with the run's settings they are the files the run wrote. Settings given here replace the run's
-(`VolumeSettings` names), as `tumorcam evaluate` replaces them for slices.
+(`Settings` names), as `tumorcam evaluate` replaces them for slices.
 """
 
 from __future__ import annotations
@@ -46,21 +46,20 @@ class VolumeRun:
         from tumorcam.run_folder import file_sha256
         from tumorcam.user_model import load_user_model
         from tumorcam.volumes.run import EXPLANATIONS_DIR
-        from tumorcam.volumes.settings import SETTINGS_FILE, VolumeSettings, data_folder
+        from tumorcam.volumes.settings import SETTINGS_FILE, check_volumes, data_folder, load_run_settings
         from tumorcam.data.volumes import load_volumes
 
         path = Path(run)
-        config = read_json_object(path / SETTINGS_FILE)
-        settings = VolumeSettings.from_dict(config, str(path / SETTINGS_FILE))
-        settings = dataclasses.replace(settings, **{k: v for k, v in replace.items() if v is not None})
-        settings.check()
+        settings = load_run_settings(path / SETTINGS_FILE)
+        settings = settings.replace({f"evaluate.{name}": value for name, value in replace.items()})
+        check_volumes(settings)
         index_path = path / EXPLANATIONS_DIR / "index.json"
         if not index_path.is_file():
             raise TumorcamError(f"run: {path} has no {EXPLANATIONS_DIR}/index.json; run `tumorcam run` on it again",
                                 param="run")
         index = read_json_object(index_path)
         header = {key: index[key] for key in HEADER_KEYS}
-        weights = config.get("weights")
+        weights = settings.model.weights
         if weights is not None and (not Path(weights).is_file() or file_sha256(Path(weights)) != index["weights_sha256"]):
             raise TumorcamError(f"weights: {weights}, the run's weights, is missing or changed since the run "
                                 "made its maps", param="weights")
@@ -71,7 +70,7 @@ class VolumeRun:
             raise TumorcamError(f"run: the prepared volumes {prepared.root} lack the run's case(s) "
                                 f"{', '.join(missing[:3])}", param="run")
         dev = resolve_device(device)
-        network = load_user_model(config["model"], weights).to(dev).eval()
+        network = load_user_model(settings.model.network, weights).to(dev).eval()
         rows = np.array([row_of[case] for case in header["case_ids"]], dtype=np.int64)
         return cls(path, settings, header, network, prepared, rows, dev)
 
@@ -83,9 +82,10 @@ class VolumeRun:
     def saved_maps(self) -> dict[str, np.ndarray]:
         """The run's maps per method (N, D, H, W), memory-mapped from explanations/METHOD.npy."""
         from tumorcam.volumes.run import EXPLANATIONS_DIR
+        from tumorcam.volumes.settings import all_methods
 
         maps = {}
-        for method in self.settings.all_methods:
+        for method in all_methods(self.settings):
             file = self.path / EXPLANATIONS_DIR / f"{method}.npy"
             if not file.is_file():
                 raise TumorcamError(f"run: {file} missing; run `tumorcam run` on this folder again", param="run")
