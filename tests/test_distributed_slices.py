@@ -1,5 +1,6 @@
 """Slices under torchrun (`tumorcam.shard`): explain, faithfulness, localization and sanity with 2 ranks
-on CPU (gloo, 1 thread each) write the files of one process, for no more CPU time in the stages.
+on CPU (gloo, 1 thread each) write the files of one process. The CPU time of the two is printed, not
+asserted (a timed test fails with the machine's load): benchmarks/bench_shard.py compares it.
 
 Run as a script, this file is the driver each process runs: `python THIS RUN TIMES` (one process)
 or `torchrun --standalone --nproc_per_node=2 THIS RUN TIMES`; it runs the four stages on RUN and
@@ -24,11 +25,6 @@ import pytest
 HERE = Path(__file__).resolve()
 SRC = HERE.parents[1] / "src"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-# The stages' CPU time summed over the ranks, at most this times one process's. Each rank repeats a
-# fixed part of each stage (building and loading the model, reading the run's maps and slices,
-# joining the process group): about a third of this tiny run's 6 CPU s (measured 1.35x), a share
-# that shrinks as the slices grow; the margin leaves room for a loaded machine.
-CPU_MARGIN = 1.5
 FILES = ("faithfulness.json", "localization.json", "sanity.json")
 
 
@@ -74,7 +70,7 @@ def make_run(folder: Path, prepared: Path) -> Path:
         explain=ExplainConfig(split="all", patients=4, slices_per_patient=2, limit=None,
                               methods=["gradcam", "random", "predicted-mask"], targets=["predicted-region"],
                               batch_size=1),
-        evaluate=EvaluateConfig(split="all", steps=4, baselines=["zero", "blur"], bootstrap=100, sanity_slices=4),
+        evaluate=EvaluateConfig(split="all", steps=4, baselines=["zero", "blur"], bootstrap=100, sanity=4),
     )
     config.save(folder / "config.json")
     torch.manual_seed(1)
@@ -125,7 +121,7 @@ def test_patients_are_dealt_to_the_ranks_in_the_order_of_their_first_slice() -> 
     assert caught.value.param == "patients"
 
 
-def test_two_ranks_write_the_files_of_one_process_for_no_more_cpu(tmp_path: Path, blob_prepared: Path) -> None:
+def test_two_ranks_write_the_files_of_one_process(tmp_path: Path, blob_prepared: Path) -> None:
     one = make_run(tmp_path / "one", blob_prepared)
     two = tmp_path / "two"
     shutil.copytree(one, two)
@@ -144,7 +140,6 @@ def test_two_ranks_write_the_files_of_one_process_for_no_more_cpu(tmp_path: Path
             np.testing.assert_array_equal(a["maps"], b["maps"])
     for name in FILES:
         _close(json.loads((one / name).read_text()), json.loads((two / name).read_text()), name)
-    assert two_stages <= CPU_MARGIN * one_stages
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def _one_line_warnings() -> Iterator[None]:
 FLAGS: dict[str, str] = {
     "method": "--methods", "target": "--targets", "baseline": "--baselines", "layer": "--layer",
     "channel": "--channel", "weights": "--weights", "out": "--out", "run": "RUN", "images": "--image",
-    "num_threads": "--threads", "sanity_cases": "--sanity-cases", "sanity_slices": "--sanity-slices",
+    "num_threads": "--threads",
     "channel_paths": "--image", "model.encoder_weights": "--encoder-weights", "train.size": "--size",
     "train.epochs": "--epochs", "train.batch_size": "--batch-size", "train.lr": "--lr", "train.loss": "--loss",
 }
