@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tumorcam.config import ModelConfig
 from tumorcam.data.arrays import load_prepared
-from tumorcam.model import build_model
+from tumorcam.models.unet import build_model
 from tumorcam.training.data import epoch_batches, load_split
 from tumorcam.device import resolve_device, setup_backend
 from tumorcam.training.losses import make_loss

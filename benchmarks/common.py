@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tumorcam.config import ModelConfig
-from tumorcam.model import GrayUnet, build_model
+from tumorcam.models.unet import GrayUnet, build_model
 from tumorcam.device import resolve_device, setup_backend
 
 

@@ -117,7 +117,7 @@ def _get(data: Any, *keys: Any) -> Any:
 
 def _reference_row(rows: list[dict[str, Any]], method: str, primary: Mapping[str, Any]) -> dict[str, Any] | None:
     """The row of control `method` (random, predicted-mask) of the primary's baseline and trained model,
-    with the primary's target when there is one (as `tumorcam.evaluate.faithfulness.references`: a
+    with the primary's target when there is one (as `tumorcam.runs.faithfulness.references`: a
     generated random map has target "none")."""
     candidates = [row for row in rows if row.get("method") == method and row.get("baseline") == primary.get("baseline")
                   and row.get("model", "trained") == "trained" and not row.get("times_gt", False)]

@@ -33,11 +33,11 @@ from typing import Any
 
 import torch
 
-from tumorcam.evaluate.faithfulness import evaluate_faithfulness
-from tumorcam.evaluate.localization import evaluate_localization
-from tumorcam.evaluate.sanity import evaluate_sanity
-from tumorcam.explain.index import EXPLANATIONS_DIR, read_index, write_index
-from tumorcam.explain.run import explain_run
+from tumorcam.runs.faithfulness import evaluate_faithfulness
+from tumorcam.runs.localization import evaluate_localization
+from tumorcam.runs.sanity import evaluate_sanity
+from tumorcam.runfolder.index import EXPLANATIONS_DIR, read_index, write_index
+from tumorcam.runs.explain import explain_run
 from tumorcam.device import cpu_threads
 
 LOCALIZATION_METRICS = ("energy_pointing_game", "pointing_game", "top_iou")

@@ -21,8 +21,8 @@ from tumorcam.data.arrays import load_prepared
 from tumorcam.evaluate.stats import holm
 from tumorcam.io import save_npz, write_json
 from tumorcam.evaluate.metrics import summarize
-from tumorcam.evaluate.segmentation import write_examples
-from tumorcam.model import build_model, save_weights
+from tumorcam.runs.segmentation import write_examples
+from tumorcam.models.unet import build_model, save_weights
 
 SIZE = 64
 METHODS = ("gradcam", "saliency", "random", "predicted-mask")

@@ -16,8 +16,8 @@ from torch import nn
 
 from conftest import run_cli
 from tumorcam.errors import TumorcamError
-from tumorcam.explain.image import input_channels, model_input, unit_range
-from tumorcam.user_model import load_user_model
+from tumorcam.runs.image import input_channels, model_input, unit_range
+from tumorcam.models.user import load_user_model
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "own-model.md"
 

@@ -34,7 +34,7 @@ def test_train_threads(tmp_path: Path, monkeypatch, capsys) -> None:
 
     def train(config, out, resume=False):
         seen["num_threads"], seen["torch"] = config.train.num_threads, torch.get_num_threads()
-        return {"best_val_dice": None, "epochs": 0, "metrics": None}
+        return {"best_val_dice": None, "epochs": 0}
 
     monkeypatch.setattr(tumorcam.training, "train", train)
     code, _, err = run_cli(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--threads", "3"], capsys)
@@ -43,7 +43,7 @@ def test_train_threads(tmp_path: Path, monkeypatch, capsys) -> None:
 
 
 def test_run_threads_are_the_configs(tmp_path: Path, monkeypatch, capsys) -> None:
-    import tumorcam.pipeline
+    import tumorcam.runs.pipeline
 
     seen = {}
 
@@ -51,7 +51,7 @@ def test_run_threads_are_the_configs(tmp_path: Path, monkeypatch, capsys) -> Non
         seen.update(kwargs, torch=torch.get_num_threads())
         return tmp_path / "report.html"
 
-    monkeypatch.setattr(tumorcam.pipeline, "run_pipeline", run_pipeline)
+    monkeypatch.setattr(tumorcam.runs.pipeline, "run_pipeline", run_pipeline)
     code, out, err = run_cli(["run", "--out", str(tmp_path), "--threads", "3"], capsys)
     assert code in (0, None), err
     assert seen["config"].train.num_threads == 3 and seen["torch"] == 3
@@ -62,10 +62,10 @@ def test_run_threads_are_the_configs(tmp_path: Path, monkeypatch, capsys) -> Non
 
 
 def test_run_volume_demo_threads(tmp_path: Path, monkeypatch, capsys) -> None:
-    import tumorcam.volumes.run
+    import tumorcam.runs.volumes
 
     seen = {}
-    monkeypatch.setattr(tumorcam.volumes.run, "run_volume_demo", lambda out, **kw: seen.update(kw))
+    monkeypatch.setattr(tumorcam.runs.volumes, "run_volume_demo", lambda out, **kw: seen.update(kw))
     code, _, err = run_cli(["run", "--volumes", "--out", str(tmp_path), "--threads", "2"], capsys)
     assert code in (0, None), err
     assert seen["threads"] == 2 and torch.get_num_threads() == 2

@@ -76,7 +76,7 @@ def test_replace_sets_paths_and_checks_them() -> None:
 
 
 def test_a_flat_volume_config_of_earlier_versions_reads_as_the_sections(tmp_path) -> None:
-    from tumorcam.volumes.settings import load_run_settings
+    from tumorcam.runs.volume_settings import load_run_settings
 
     path = tmp_path / "volume_config.json"
     path.write_text(json.dumps({"split": "all", "cases": 3, "methods": ["gradcam"], "target": "mean-logits",

@@ -1,4 +1,4 @@
-"""Slices under torchrun (`tumorcam.shard`): explain, faithfulness, localization and sanity with 2 ranks
+"""Slices under torchrun (`tumorcam.runs.shard`): explain, faithfulness, localization and sanity with 2 ranks
 on CPU (gloo, 1 thread each) write the files of one process. The CPU time of the two is printed, not
 asserted (a timed test fails with the machine's load): benchmarks/bench_shard.py compares it.
 
@@ -37,10 +37,10 @@ def drive(run: Path, times: Path) -> None:
     import scipy.stats  # noqa: F401
 
     import tumorcam.explain.methods  # noqa: F401
-    from tumorcam.evaluate.faithfulness import evaluate_faithfulness
-    from tumorcam.evaluate.localization import evaluate_localization
-    from tumorcam.evaluate.sanity import evaluate_sanity
-    from tumorcam.explain.run import explain_run
+    from tumorcam.runs.faithfulness import evaluate_faithfulness
+    from tumorcam.runs.localization import evaluate_localization
+    from tumorcam.runs.sanity import evaluate_sanity
+    from tumorcam.runs.explain import explain_run
 
     began = time.process_time()
     explain_run(run)
@@ -60,7 +60,7 @@ def make_run(folder: Path, prepared: Path) -> Path:
     import torch
 
     from tumorcam.config import Config, EvaluateConfig, ExplainConfig, ModelConfig, TrainConfig
-    from tumorcam.model import WEIGHTS_FILE, build_model, save_weights
+    from tumorcam.models.unet import WEIGHTS_FILE, build_model, save_weights
 
     config = Config(
         preset="demo",
@@ -109,7 +109,7 @@ def _run(command: list[str], times: Path) -> tuple[float, float]:
 
 def test_patients_are_dealt_to_the_ranks_in_the_order_of_their_first_slice() -> None:
     from tumorcam.errors import TumorcamError
-    from tumorcam.shard import patient_shard
+    from tumorcam.runs.shard import patient_shard
     from tumorcam.training.distributed import Distributed
 
     ids = np.array(["B", "A", "B", "C", "A", "D"])

@@ -14,7 +14,7 @@ from tumorcam.config import ModelConfig
 from tumorcam.errors import TumorcamError
 from tumorcam.explain import METHODS, compute_maps
 from tumorcam.explain.maps import normalize
-from tumorcam.model import build_model
+from tumorcam.models.unet import build_model
 
 SIZE = 64
 SMALL_UNET = ModelConfig(encoder="resnet18", encoder_weights="none")

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from tumorcam.explain.volume_files import case_name, explain_volume_files, is_volume
-from tumorcam.user_model import load_user_model
+from tumorcam.runs.volume_files import case_name, explain_volume_files, is_volume
+from tumorcam.models.user import load_user_model
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "own-model.md"
 MODULE = "nifti_helper_models"
@@ -138,7 +138,7 @@ def test_an_odd_depth_is_padded_for_the_network_and_the_map_keeps_the_case_grid(
 
     from tumorcam.errors import TumorcamWarning
     from tumorcam.explain import explain
-    from tumorcam.explain.volume_files import network_multiple
+    from tumorcam.runs.volume_files import network_multiple
 
     for c, volume in enumerate(_case(np.random.default_rng(0), (21, 20, 20))):
         _write_nifti(workdir / f"ODD_{c:04d}.nii.gz", volume)

@@ -16,10 +16,10 @@ from tumorcam.cli import main
 from tumorcam.config import Config, ExplainConfig, ModelConfig, TrainConfig
 from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
-from tumorcam.evaluate.inputs import check_maps, explain_again, load_inputs
-from tumorcam.explain.image import explain_image, read_slice
-from tumorcam.explain.run import explain_run, model_sha256, sample_rows
-from tumorcam.model import WEIGHTS_FILE, build_model, save_weights
+from tumorcam.runs.inputs import check_maps, explain_again, load_inputs
+from tumorcam.runs.image import explain_image, read_slice
+from tumorcam.runs.explain import explain_run, model_sha256, sample_rows
+from tumorcam.models.unet import WEIGHTS_FILE, build_model, save_weights
 
 TEST_IDS = [11, 12, 23, 24]  # the blob fixture's test split (patients P010, P011)
 
@@ -360,7 +360,7 @@ def test_explain_image_writes_an_overlay_png(run: Path, tmp_path: Path, capsys):
 
 
 def test_medical_readers_and_the_message_when_the_extra_is_missing(tmp_path: Path, monkeypatch):
-    import tumorcam.explain.image as image_module
+    import tumorcam.runs.image as image_module
 
     real_import = image_module.importlib.import_module
 

@@ -20,12 +20,13 @@ from tumorcam.config import Config, ModelConfig
 from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
 from tumorcam.evaluate.baselines import BASELINES, ROAD_WEIGHTS, blur_images, blur_kernel, road_impute
-from tumorcam.evaluate.faithfulness import evaluate_faithfulness, target_score
+from tumorcam.evaluate.faithfulness import target_score
+from tumorcam.runs.faithfulness import evaluate_faithfulness
 from tumorcam.evaluate.game import GAME_SCORES, PerturbationGame, deletion_insertion
 from tumorcam.evaluate.ranking import auc, rank_pixels, step_counts, step_fractions
 from tumorcam.io import save_npz, write_json
-from tumorcam.model import GrayUnet, save_weights
-from tumorcam.run_folder import load_run_model
+from tumorcam.models.unet import GrayUnet, save_weights
+from tumorcam.runfolder.folder import load_run_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from seed_reference import reference_curves  # noqa: E402 - the seed's loop lives beside the benchmarks

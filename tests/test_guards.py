@@ -198,7 +198,7 @@ def test_the_run_folder_image_path_warns_on_far_intensities(tmp_path: Path, blob
 
     from tumorcam.cli import main
     from tumorcam.config import Config, ExplainConfig, ModelConfig, TrainConfig
-    from tumorcam.model import WEIGHTS_FILE, build_model, save_weights
+    from tumorcam.models.unet import WEIGHTS_FILE, build_model, save_weights
 
     run = tmp_path / "run"
     config = Config(preset="demo", data=str(blob_prepared), model=ModelConfig(encoder="resnet18", encoder_weights="none"),

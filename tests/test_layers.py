@@ -1,4 +1,4 @@
-"""Layering: tumorcam's own import graph has no cycles (beyond the listed ones).
+"""Layering: tumorcam's own import graph has no cycles, and its layers import only those below them.
 
 The graph is built with ``ast`` over ``src/tumorcam``: every ``import`` and
 ``from ... import`` statement counts, at module level and inside functions
@@ -9,8 +9,8 @@ when ``y`` is a submodule, else to ``tumorcam.x``.  Importing a submodule
 also runs its parent packages' ``__init__``; that implicit edge is not
 counted, only what the source names.
 
-The module graph is then collapsed to layers (tumorcam's subpackages and top-level modules) and
-checked the same way against KNOWN_PACKAGE_CYCLES.
+The module graph is then collapsed to layers (tumorcam's subpackages and top-level modules),
+checked for cycles the same way and against the order of LAYERS.
 """
 
 from __future__ import annotations
@@ -18,34 +18,24 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = "tumorcam"
 ROOT = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
-# Strongly connected components of the import graph that remain, each with
-# why it is not broken yet.  The test checks this list is EXACTLY what is
-# found: a new cycle fails, and so does a listed one that has gone (remove
-# it here when you break it).
-KNOWN_CYCLES: list[frozenset[str]] = []
-
-# The same at the level of tumorcam's subpackages and top-level modules (tumorcam.explain.run counts
-# as tumorcam.explain): a layer should not import a layer that imports it back. What remains, one
-# component, and the edges that hold it together:
-KNOWN_PACKAGE_CYCLES: list[frozenset[str]] = [
-    frozenset({
-        # explain.volume_files draws its figures with report.figures/report.volumes, and the report
-        # reads explain.index
-        "tumorcam.report",
-        # Run.explanations reads explain.index; explain.run/explain.image and evaluate.inputs/segmentation
-        # open a Run
-        "tumorcam.run_folder",
-        # evaluate.* explain maps; report.results/figures read evaluate.headline/summary/metrics
-        "tumorcam.evaluate",
-        "tumorcam.explain",
-    }),
-]
-
+# The layers, lowest first: a module may import its own layer and the layers before it, never one
+# after it (counting function-local imports). The engine (explain, evaluate) knows nothing of run
+# folders, training, models, the report or the CLI; the report reads run folders (runfolder) and
+# the engine's statistics, never the stages that write them.
+LAYERS = (
+    "tumorcam",  # the package's lazy exports
+    "tumorcam.errors", "tumorcam.logits", "tumorcam.io", "tumorcam.device", "tumorcam.guards",
+    "tumorcam.data",
+    "tumorcam.explain", "tumorcam.evaluate",  # the engine
+    "tumorcam.config",
+    "tumorcam.models", "tumorcam.training",
+    "tumorcam.runfolder", "tumorcam.report",
+    "tumorcam.runs",
+    "tumorcam.cli",
+)
 
 def _module_name(path: Path) -> str:
     rel = path.relative_to(ROOT.parent).with_suffix("")
@@ -200,30 +190,40 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     return packages
 
 
-def test_no_import_cycles_beyond_the_known_ones() -> None:
-    _check_cycles(import_graph(), KNOWN_CYCLES, "KNOWN_CYCLES")
+def test_no_import_cycles() -> None:
+    _check_cycles(import_graph())
 
 
-def test_no_package_cycles_beyond_the_known_ones() -> None:
-    _check_cycles(package_graph(import_graph()), KNOWN_PACKAGE_CYCLES, "KNOWN_PACKAGE_CYCLES")
+def test_no_package_cycles() -> None:
+    _check_cycles(package_graph(import_graph()))
 
 
-def _check_cycles(graph: dict[str, set[str]], known_list: list[frozenset[str]], name: str) -> None:
-    found = set(strongly_connected(graph))
-    known = set(known_list)
-    new = found - known
-    gone = known - found
-    message = []
-    if new:
-        message.append(
-            "import cycles (break them by moving code to the module it "
-            "belongs in, not by hiding an import):\n"
-            + "\n".join(_describe(graph, c) for c in sorted(new, key=sorted))
-        )
-    if gone:
-        message.append(
-            f"{name} lists components that are no longer there; "
-            "update the list:\n"
-            + "\n".join(f"  {sorted(c)}" for c in sorted(gone, key=sorted))
-        )
-    assert not message, "\n".join(message)
+def test_every_layer_is_listed_and_imports_only_the_layers_below() -> None:
+    graph = package_graph(import_graph())
+    assert set(graph) == set(LAYERS), f"add the new layer(s) to LAYERS: {sorted(set(graph) - set(LAYERS))}"
+    upward = [f"{a} -> {b}" for a in graph for b in graph[a] if LAYERS.index(b) > LAYERS.index(a)]
+    assert not upward, "imports of a later layer:\n  " + "\n  ".join(sorted(upward))
+
+
+def test_the_report_loads_no_model_code() -> None:
+    """Building the report reads files: importing every report module loads neither the networks
+    (tumorcam.models), training, nor the stages."""
+    import subprocess
+    import sys
+
+    report = sorted(m for m in _modules() if m.startswith("tumorcam.report"))
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in report)
+            + "print(sorted(m for m in sys.modules if m.startswith(('tumorcam.models', 'tumorcam.training', "
+              "'tumorcam.runs.'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+    direct = {m: sorted(t for t in import_graph()[m] if t.startswith(("tumorcam.models", "tumorcam.runs.")))
+              for m in report}
+    assert not any(direct.values()), direct
+
+
+def _check_cycles(graph: dict[str, set[str]]) -> None:
+    found = strongly_connected(graph)
+    assert not found, ("import cycles (break them by moving code to the module it belongs in, not by hiding an "
+                       "import):\n" + "\n".join(_describe(graph, c) for c in sorted(found, key=sorted)))

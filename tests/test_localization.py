@@ -12,13 +12,8 @@ from scipy.stats import wilcoxon
 
 from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
-from tumorcam.evaluate.localization import (
-    energy_pointing_game,
-    evaluate_localization,
-    localization_scores,
-    pointing_game,
-    top_percent_iou,
-)
+from tumorcam.evaluate.localization import energy_pointing_game, localization_scores, pointing_game, top_percent_iou
+from tumorcam.runs.localization import evaluate_localization
 from tumorcam.io import save_npz, write_json
 from test_faithfulness import make_run
 

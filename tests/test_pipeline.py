@@ -20,7 +20,7 @@ from tumorcam.cli import main
 from tumorcam.config import Config, preset
 from tumorcam.data.synth import patient_folds, write_synthetic
 from tumorcam.errors import TumorcamError
-from tumorcam.pipeline import STAGES_FILE, Stage, StageLog, plan_stages, run_pipeline, run_stages, stamp
+from tumorcam.runs.pipeline import STAGES_FILE, Stage, StageLog, plan_stages, run_pipeline, run_stages, stamp
 
 ALL_STAGES = ["synth", "prepare", "train", "segmentation", "explain", "explain-untrained", "faithfulness",
               "localization", "sanity", "report"]

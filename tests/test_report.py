@@ -337,7 +337,7 @@ def test_fmt_ci_reads_both_ci_shapes() -> None:
 
 
 def test_figure_5_reads_the_saved_predictions_and_names_the_command_when_they_are_missing(full_run: Path) -> None:
-    from tumorcam.evaluate.examples import EXAMPLES_FILE, load_examples
+    from tumorcam.runfolder.examples import EXAMPLES_FILE, load_examples
 
     examples = load_examples(full_run)
     assert len(examples.file_ids) == 3 and examples.predicted.shape == (3, 64, 64) and examples.size == 64
@@ -364,13 +364,13 @@ def hook(event, args):
 sys.addaudithook(hook)
 from tumorcam.report import build_report
 build_report(sys.argv[1])
-print(sorted(m for m in ("tumorcam.inference", "tumorcam.model", "segmentation_models_pytorch") if m in sys.modules))
+print(sorted(m for m in ("tumorcam.models.inference", "tumorcam.models.unet", "segmentation_models_pytorch") if m in sys.modules))
 print(sorted({p for p in opened if p.endswith(".pth")}))
 """
 
 
 def test_the_report_never_loads_or_runs_the_network(full_run: Path) -> None:
-    """Building the report imports neither tumorcam.inference nor tumorcam.model and opens no .pth."""
+    """Building the report imports neither tumorcam.models.inference nor tumorcam.models.unet and opens no .pth."""
     import os
     import subprocess
     import sys

@@ -16,12 +16,12 @@ import tumorcam
 from tumorcam.cli import main
 from tumorcam.config import Config, ExplainConfig, ModelConfig, TrainConfig
 from tumorcam.errors import TumorcamError
-from tumorcam.evaluate.inputs import load_inputs
-from tumorcam.explain.index import Entry, Index, read_index, write_index
-from tumorcam.explain.run import explain_run
+from tumorcam.runs.inputs import load_inputs
+from tumorcam.runfolder.index import Entry, Index, read_index, write_index
+from tumorcam.runs.explain import explain_run
 from tumorcam.io import save_npz
-from tumorcam.model import WEIGHTS_FILE, build_model, save_weights
-from tumorcam.run_folder import Run
+from tumorcam.models.unet import WEIGHTS_FILE, build_model, save_weights
+from tumorcam.runfolder.folder import Run
 
 TEST_IDS = [11, 12, 23, 24]  # the blob fixture's test split
 

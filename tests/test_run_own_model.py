@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from tumorcam.pipeline import STAGES_FILE
+from tumorcam.runs.pipeline import STAGES_FILE
 
 FACTORY = '''
 from torch import nn

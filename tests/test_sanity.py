@@ -20,29 +20,11 @@ from tumorcam.config import EvaluateConfig, preset
 from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
 from tumorcam.evaluate.stats import cluster_bootstrap_ci
-from tumorcam.evaluate.sanity import (
-    CRITERION,
-    SSIM_K1,
-    SSIM_K2,
-    SSIM_SIGMA,
-    SSIM_WINDOW,
-    THRESHOLD_SOURCE,
-    SanityResult,
-    cascade_stages,
-    cascading_randomization,
-    evaluate_sanity,
-    fixed_region_map_fn,
-    foreground_mask,
-    pick_slices,
-    intact_region,
-    randomize_,
-    region_source,
-    spearman_rows,
-    ssim,
-)
+from tumorcam.evaluate.sanity import CRITERION, SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, THRESHOLD_SOURCE, SanityResult, cascade_stages, cascading_randomization, fixed_region_map_fn, foreground_mask, pick_slices, intact_region, randomize_, region_source, spearman_rows, ssim
+from tumorcam.runs.sanity import evaluate_sanity
 from tumorcam.explain import compute_maps
 from tumorcam.io import write_json
-from tumorcam.model import GrayUnet
+from tumorcam.models.unet import GrayUnet
 from conftest import write_blob_prepared
 from test_faithfulness import make_run
 

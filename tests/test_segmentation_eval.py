@@ -16,8 +16,8 @@ from tumorcam.cli import main
 from tumorcam.config import preset
 from tumorcam.data.arrays import load_prepared
 from tumorcam.errors import TumorcamError
-from tumorcam.evaluate.segmentation import evaluate_segmentation
-from tumorcam.run_folder import load_run_model
+from tumorcam.runs.segmentation import evaluate_segmentation
+from tumorcam.runfolder.folder import load_run_model
 from tumorcam.training import train
 
 
@@ -110,7 +110,7 @@ def test_bad_input(tiny_run, tmp_path):
 def test_writes_figure_5_examples_as_the_report_once_predicted_them(tiny_run, tmp_path):
     """examples.npz: the report's example rows (one per class first), predicted by the last checkpoint
     at the training size without autocast, as the report did before it stopped running the network."""
-    from tumorcam.evaluate.examples import EXAMPLES_FILE, N_EXAMPLES, example_rows, load_examples
+    from tumorcam.runfolder.examples import EXAMPLES_FILE, N_EXAMPLES, example_rows, load_examples
 
     run, data = tiny_run
     (run / EXAMPLES_FILE).unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from tumorcam.cli import main
 from tumorcam.data.synth_volumes import write_synthetic_volumes
 from tumorcam.data.volumes import load_volumes
 from tumorcam.errors import TumorcamWarning
-from tumorcam.volumes.run import resolve_split
+from tumorcam.runs.volumes import resolve_split
 
 FLAIR_ONLY = '''
 import torch

@@ -115,7 +115,7 @@ def measure(record: Recorder, run: Path | None, prepared: Path, sizes: dict[str,
         trained = tumorcam.Run.open(run, device=dev)
         model, size, what = trained.model("last"), trained.config.train.size, f"trained: {run.name}/unet_trained.pth"
     else:
-        from tumorcam.model import build_model
+        from tumorcam.models.unet import build_model
 
         model, size, what = build_model(ModelConfig(encoder_weights="none")).to(dev).eval(), 64 if device == "cpu" else 224, \
             "untrained (paper_run left no weights)"

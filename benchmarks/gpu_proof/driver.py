@@ -29,8 +29,8 @@ GPU_STEPS = {
 }
 SMOKE_STEPS = {name: Step(0 if name == "paper_run/train" else 240, 5, 1) for name in STEPS}
 PREIMPORT = ("torch", "numpy", "scipy.stats", "PIL.Image", "segmentation_models_pytorch", "captum.attr",
-             "tumorcam.cli", "tumorcam.training", "tumorcam.explain", "tumorcam.explain.run",
-             "tumorcam.evaluate.faithfulness", "tumorcam.evaluate.segmentation", "common", "bench_train",
+             "tumorcam.cli", "tumorcam.training", "tumorcam.explain", "tumorcam.runs.explain",
+             "tumorcam.evaluate.faithfulness", "tumorcam.runs.segmentation", "common", "bench_train",
              "bench_explain", "bench_faithfulness")
 
 

@@ -28,7 +28,7 @@ _EXPORTS = {
     "explain_components": "tumorcam.explain",
     "METHODS": "tumorcam.explain",
     "TARGETS": "tumorcam.explain",
-    "Run": "tumorcam.run_folder",
+    "Run": "tumorcam.runfolder.folder",
     "faithfulness": "tumorcam.evaluate.faithfulness",
     "FaithfulnessResult": "tumorcam.evaluate.faithfulness",
     "localization": "tumorcam.evaluate.localization",

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tumorcam.device import DEMO_THREADS
 from tumorcam.errors import TumorcamError
 
-DEMO_THREADS = 1  # the demos' CPU threads (`demo-2d` preset, volume demo): fixed, so their figures never follow the load
 SPLITS = ("train", "val", "test", "all")
 
 
@@ -65,7 +65,7 @@ class ModelConfig:
     encoder: str = "resnet34"
     encoder_weights: str = "imagenet"  # "imagenet", "none" or a path to a local encoder file
     classes: int = 1
-    network: str | None = None  # a user's network, MODULE:FACTORY (`tumorcam.user_model`): no training, explained as is
+    network: str | None = None  # a user's network, MODULE:FACTORY (`tumorcam.models.user`): no training, explained as is
     weights: str | None = None  # the state_dict of `network` (.pth or .safetensors)
 
     CHECKS: ClassVar[dict[str, Check]] = {

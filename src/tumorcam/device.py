@@ -8,8 +8,9 @@ import re
 
 import torch
 
-from tumorcam.config import DEMO_THREADS
 from tumorcam.errors import TumorcamError
+
+DEMO_THREADS = 1  # the demos' CPU threads (`demo-2d` preset, volume demo): fixed, so their figures never follow the load
 
 
 def resolve_device(name: str) -> torch.device:

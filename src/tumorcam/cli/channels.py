@@ -1,9 +1,9 @@
 """`tumorcam channels RUN`: per-sequence attribution of a run's model -> RUN/channels.json.
 
 A run on volumes (volume_config.json) is measured case by case with its settings
-(`tumorcam.volumes.stages.volume_channels`, the file `tumorcam run` writes); a trained run on slices
+(`tumorcam.runs.volume_stages.volume_channels`, the file `tumorcam run` writes); a trained run on slices
 on the slices its explain step samples, each input channel of the 2-D slices a sequence
-(`tumorcam.evaluate.channels.run_channels`).
+(`tumorcam.runs.channels.run_channels`).
 """
 
 from __future__ import annotations
@@ -48,13 +48,13 @@ def channels_command(
 ) -> None:
     """Per-sequence attribution shares and channel-ablation Dice drops -> RUN/channels.json."""
     from tumorcam.errors import TumorcamError
-    from tumorcam.run_folder import is_volume_run
+    from tumorcam.runfolder.folder import is_volume_run
     from tumorcam.training.distributed import refuse_under_torchrun
 
     refuse_under_torchrun("channels")
     use_threads(threads)
     if is_volume_run(run):
-        from tumorcam.volumes.stages import volume_channels
+        from tumorcam.runs.volume_stages import volume_channels
 
         for name, value in (("data", data), ("split", split)):
             if value is not None:
@@ -62,7 +62,7 @@ def channels_command(
         doc = volume_channels(run, device=device or "auto")
         scope = f"{doc['n_cases']} case" + ("" if doc["n_cases"] == 1 else "s")
     else:
-        from tumorcam.evaluate.channels import run_channels
+        from tumorcam.runs.channels import run_channels
 
         doc = run_channels(run, data=data, split=split, device=device)
         scope = f"{doc['n_slices']} slice(s) of {doc['n_patients']} patient(s)"

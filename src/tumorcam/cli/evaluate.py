@@ -2,7 +2,7 @@
 
 A stage is one entry of `STAGES` (flag name -> function(run, data, split, options) -> summary
 line). With no stage flag, every stage runs. Before the stages that read RUN/explanations
-(`MAP_STAGES`), maps that are missing or do not fit (`tumorcam.evaluate.inputs.check_maps`: another
+(`MAP_STAGES`), maps that are missing or do not fit (`tumorcam.runs.inputs.check_maps`: another
 split, other slices, other weights) are made first by the explain step, with a note.
 """
 
@@ -17,11 +17,11 @@ import typer
 from tumorcam.cli._command import Command, THREADS_HELP, echo_headline, use_threads
 
 if TYPE_CHECKING:
-    from tumorcam.run_folder import Run
+    from tumorcam.runfolder.folder import Run
 
 
 def _segmentation(run: Path, data: Optional[Path], split: str, options: dict[str, Any]) -> str:
-    from tumorcam.evaluate.segmentation import evaluate_segmentation
+    from tumorcam.runs.segmentation import evaluate_segmentation
 
     doc = evaluate_segmentation(run, data=data, split=split, checkpoint=options["checkpoint"],
                                 device=options["device"])
@@ -36,7 +36,7 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def _faithfulness(run: Path, data: Optional[Path], split: str, options: dict[str, Any]) -> str:
-    from tumorcam.evaluate.faithfulness import evaluate_faithfulness
+    from tumorcam.runs.faithfulness import evaluate_faithfulness
 
     doc = evaluate_faithfulness(run, data=data, split=split, steps=options["steps"], baselines=options["baselines"],
                                 score=options["score"], schedule=options["schedule"], batch_size=options["batch_size"],
@@ -56,7 +56,8 @@ def _faithfulness(run: Path, data: Optional[Path], split: str, options: dict[str
 
 
 def _localization(run: Path, data: Optional[Path], split: str, options: dict[str, Any]) -> str:
-    from tumorcam.evaluate.localization import METRICS, evaluate_localization
+    from tumorcam.evaluate.localization import METRICS
+    from tumorcam.runs.localization import evaluate_localization
 
     doc = evaluate_localization(run, data=data, split=split, top_percent=options["top_percent"],
                                 patients=options.get("patients"), slices_per_patient=options.get("slices_per_patient"))
@@ -72,7 +73,7 @@ def _localization(run: Path, data: Optional[Path], split: str, options: dict[str
 
 
 def _sanity(run: Path, data: Optional[Path], split: str, options: dict[str, Any]) -> str:
-    from tumorcam.evaluate.sanity import evaluate_sanity
+    from tumorcam.runs.sanity import evaluate_sanity
 
     doc = evaluate_sanity(run, data=data, split=split, device=options["device"], patients=options.get("patients"),
                           slices_per_patient=options.get("slices_per_patient"))
@@ -124,8 +125,8 @@ def evaluate_command(
     threads: Optional[int] = typer.Option(None, "--threads", min=0, metavar="N", help=THREADS_HELP),
 ) -> None:
     """Evaluate a run (trained, or on volumes): the chosen stages, or all of them when none is chosen."""
-    from tumorcam.run_folder import Run, is_volume_run
-    from tumorcam.shard import is_main_process
+    from tumorcam.runfolder.folder import Run, is_volume_run
+    from tumorcam.runs.shard import is_main_process
     from tumorcam.training.distributed import refuse_under_torchrun
 
     use_threads(threads)
@@ -176,7 +177,7 @@ def _refuse_for_volumes(given: dict[str, Any]) -> None:
 def _evaluate_volumes(run: Path, names: list[str], device: Optional[str], replace: dict[str, Any]) -> None:
     """The stages `names` of a run on volumes (`volumes.stages.evaluate_volume_run`), a line per file,
     then the headline."""
-    from tumorcam.volumes.stages import evaluate_volume_run
+    from tumorcam.runs.volume_stages import evaluate_volume_run
 
     docs = evaluate_volume_run(run, names, device=device or "auto", **replace)
     for name, doc in docs.items():
@@ -192,7 +193,7 @@ def _cases(count: int) -> str:
 def _explain_first(run: Run, data: Optional[Path], split: str, patients: Optional[int],
                    slices_per_patient: Optional[int]) -> None:
     """Run the explain step when RUN/explanations is missing or does not fit the evaluation."""
-    from tumorcam.evaluate.inputs import check_maps, explain_again
+    from tumorcam.runs.inputs import check_maps, explain_again
 
     check = check_maps(run, data=data, split=split, patients=patients, slices_per_patient=slices_per_patient)
     if check.reason is not None:

@@ -1,7 +1,7 @@
-"""`tumorcam explain`: heatmaps of a run's model (`RUN`, see `tumorcam.explain.run`; `RUN --image FILE`
+"""`tumorcam explain`: heatmaps of a run's model (`RUN`, see `tumorcam.runs.explain`; `RUN --image FILE`
 for one slice), or of your own network (`--image FILE --model MODULE:FACTORY --out DIR`, see
-`tumorcam.explain.image.explain_files` and `tumorcam.user_model`; for a 3-D network the --image
-files are the NIfTI channels of one case, see `tumorcam.explain.volume_files`)."""
+`tumorcam.runs.image.explain_files` and `tumorcam.models.user`; for a 3-D network the --image
+files are the NIfTI channels of one case, see `tumorcam.runs.volume_files`)."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def explain_command(
     """Heatmaps for the chosen methods, targets and layers, plus Grad-CAM x GT, in RUN/explanations/;
     or, with --model, heatmaps of your own network for each --image, in --out."""
     from tumorcam.errors import TumorcamError
-    from tumorcam.shard import is_main_process
+    from tumorcam.runs.shard import is_main_process
 
     use_threads(threads)
 
@@ -129,7 +129,7 @@ def explain_command(
     if run is None:
         raise TumorcamError("RUN: give a run folder, or --image FILE --model MODULE:FACTORY --out DIR")
     if image:
-        from tumorcam.explain.image import explain_image
+        from tumorcam.runs.image import explain_image
 
         if len(image) > 1 and out is not None:
             raise TumorcamError("--out: one overlay PNG for one --image; leave it out for several")
@@ -140,8 +140,8 @@ def explain_command(
         return
     if out is not None:
         raise TumorcamError("--out: only with --image (maps go to RUN/explanations/)")
-    from tumorcam.explain.index import read_index
-    from tumorcam.explain.run import explain_run
+    from tumorcam.runfolder.index import read_index
+    from tumorcam.runs.explain import explain_run
 
     folder = explain_run(run, data=data, split=split, limit=limit, ids=_ids(ids), methods=_names(methods),
                          targets=_names(targets), layers=_names(layers), batch_size=batch_size, untrained=untrained,
@@ -162,9 +162,9 @@ def _explain_own_model(run: Optional[Path], images: Optional[list[Path]], out: O
     for a 3-D network, one of the case whose channels the images are."""
     from tumorcam.device import resolve_device
     from tumorcam.errors import TumorcamError
-    from tumorcam.explain.image import explain_files, spatial_dims
-    from tumorcam.explain.volume_files import explain_volume_files
-    from tumorcam.user_model import load_user_model
+    from tumorcam.runs.image import explain_files, spatial_dims
+    from tumorcam.runs.volume_files import explain_volume_files
+    from tumorcam.models.user import load_user_model
 
     if run is not None:
         raise TumorcamError(f"--model: explains your own network, not the run {run}; give RUN or --model")

@@ -9,13 +9,13 @@ import typer
 
 def build_run_report(run: str | Path) -> Path:
     """The report of any run folder, by its kind: a run on volumes (volume_config.json, no config.json)
-    gets `tumorcam.volumes.report.build_volume_report`, every other folder `tumorcam.report.build_report`
+    gets `tumorcam.report.volume_page.build_volume_report`, every other folder `tumorcam.report.build_report`
     (which names a folder that is not a run). Both read the folder's JSON and saved arrays only."""
-    from tumorcam.run_folder import is_volume_run
+    from tumorcam.runfolder.folder import is_volume_run
 
     run = Path(run)
     if is_volume_run(run):
-        from tumorcam.volumes.report import build_volume_report
+        from tumorcam.report.volume_page import build_volume_report
 
         return build_volume_report(run)
     from tumorcam.report import build_report

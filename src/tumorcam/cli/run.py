@@ -69,7 +69,7 @@ def run_command(
 ) -> None:
     """Run the whole pipeline into one run folder, skipping the stages already done; print the report's path.
     With volumes (nnU-Net's raw layout or prepared volumes) and --model, or with --volumes: the checks on
-    3-D volumes (`tumorcam.volumes.run`); with slices and --model: your network's, without training."""
+    3-D volumes (`tumorcam.runs.volumes`); with slices and --model: your network's, without training."""
     use_threads(threads)
     on_volumes = volumes or _is_volume_data(data)
     if volumes and (data is not None or model is not None or weights is not None):
@@ -88,7 +88,7 @@ def run_command(
         default_out = Path("runs") / "volumes"
         report = _run_volumes(data, out or default_out, volumes, settings, prepare_size, threads, log)
     else:
-        from tumorcam.pipeline import run_pipeline
+        from tumorcam.runs.pipeline import run_pipeline
 
         report = run_pipeline(out=out if out is not None else Path("runs") / name, data=data, force=force,
                               config=settings, prepare_size=256 if prepare_size is None else prepare_size,
@@ -101,7 +101,7 @@ def run_command(
 def _settings(preset_name: str, config: Optional[Path], given: dict[str, Any]) -> Any:
     """The run's settings: `config` (else the preset's), with the values of the options `given`."""
     from tumorcam.config import preset
-    from tumorcam.volumes.settings import load_run_settings
+    from tumorcam.runs.volume_settings import load_run_settings
 
     settings = load_run_settings(config) if config is not None else preset(preset_name)
     overrides = {}
@@ -123,7 +123,7 @@ def _is_volume_data(data: Optional[Path]) -> bool:
 def _run_volumes(data: Optional[Path], out: Path, demo: bool, settings: Any, size: Optional[int],
                  threads: Optional[int], log: Any) -> Optional[Path]:
     """`tumorcam run` on volumes: the demo (--volumes) or --data DATASET --model MODULE:FACTORY."""
-    from tumorcam.volumes.run import run_volume_demo, run_volumes
+    from tumorcam.runs.volumes import run_volume_demo, run_volumes
 
     if demo:
         return run_volume_demo(out, settings=settings, size=size or 32, device=settings.train.device,

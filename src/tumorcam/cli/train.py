@@ -37,7 +37,7 @@ def train_command(
     """
     from tumorcam.config import preset as preset_config
     from tumorcam.errors import TumorcamError
-    from tumorcam.run_folder import CONFIG_FILE, Run
+    from tumorcam.runfolder.folder import CONFIG_FILE, Run
     from tumorcam.training import train
 
     use_threads(threads)
@@ -61,10 +61,23 @@ def train_command(
     best = result["best_val_dice"]
     typer.echo(f"trained {result['epochs']} epoch(s) into {out}" +
                ("" if best is None else f"; best val Dice {best:.4f} (epoch {result['best_epoch']})"))
-    metrics = result["metrics"]
+    metrics = _test_metrics(out, Path(config.data))
     if metrics is not None:
         typer.echo(f"test Dice {metrics['dice']['mean']:.4f}  IoU {metrics['iou']['mean']:.4f} "
                    f"({metrics['n']} slices) -> {out / 'metrics.json'}")
+
+
+def _test_metrics(out: Path, data: Path) -> dict | None:
+    """The trained model's Dice and IoU on the test split (RUN/metrics.json), by the first process
+    alone; None without a test split or on the other torchrun ranks."""
+    from tumorcam.data.arrays import load_prepared
+    from tumorcam.models.unet import WEIGHTS_FILE
+    from tumorcam.runs.segmentation import evaluate_segmentation
+    from tumorcam.runs.shard import is_main_process
+
+    if not is_main_process() or not (out / WEIGHTS_FILE).is_file() or len(load_prepared(data).indices("test")) == 0:
+        return None
+    return evaluate_segmentation(out, data=data, split="test")["overall"]
 
 
 def register(app: typer.Typer) -> None:

@@ -17,8 +17,8 @@ import numpy as np
 
 from tumorcam.data.arrays import PreparedData
 from tumorcam.errors import TumorcamError
-from tumorcam.explain.index import INDEX_FILE, Entry
-from tumorcam.run_folder import Run
+from tumorcam.runfolder.index import INDEX_FILE, Entry
+from tumorcam.runfolder.folder import Run
 
 
 @dataclass

@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tumorcam.data.arrays import CLASS_NAMES
-from tumorcam.explain.index import Entry
+from tumorcam.runfolder.index import Entry
 from tumorcam.io import atomic_path
 from tumorcam.report import results
 from tumorcam.report.contents import RunContents, Section, rows_of_file_ids

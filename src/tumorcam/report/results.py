@@ -13,11 +13,11 @@ import numpy as np
 
 from tumorcam.data.arrays import PreparedData
 from tumorcam.errors import TumorcamError
-from tumorcam.evaluate.examples import EXAMPLES_COMMAND, EXAMPLES_FILE, load_examples, one_per_class_first
+from tumorcam.runfolder.examples import EXAMPLES_COMMAND, EXAMPLES_FILE, load_examples
 from tumorcam.evaluate.headline import method_name, run_headline
 
 if TYPE_CHECKING:
-    from tumorcam.run_folder import Run
+    from tumorcam.runfolder.folder import Run
 
 
 @dataclass
@@ -132,7 +132,7 @@ def is_control(row: dict[str, Any]) -> bool:
     `control` flag, or, where a file has none (sanity.json), the method registry's."""
     if "control" in row:
         return bool(row["control"])
-    from tumorcam.explain.index import method_is_control
+    from tumorcam.runfolder.index import method_is_control
 
     return method_is_control(str(row.get("method")))
 

@@ -5,7 +5,7 @@ optional augmentation on the device, bf16 autocast on CUDA, Adam (fused on CUDA)
 and IoU on the patient-wise validation split at the training size. Files in the run folder
 (rank 0 only, all atomic): `config.json`, `provenance.json`, `train_state.pth` (resume),
 `unet_trained.pth` (last epoch), `unet_best.pth` (best validation Dice), `history.json`,
-`history.csv`, and at the end `metrics.json` (`evaluate_segmentation` on the test split).
+`history.csv`. The test split is not touched here (`tumorcam train` and a run's segmentation stage score it).
 A non-finite epoch loss stops training with a clear message; the files of the last good
 epoch stay as they were. The command for several GPUs is in `tumorcam.training.distributed`.
 """
@@ -34,9 +34,9 @@ from tumorcam import __version__
 from tumorcam.config import Config
 from tumorcam.data.arrays import PreparedData, load_prepared
 from tumorcam.errors import TumorcamError
-from tumorcam.evaluate.segmentation import score
+from tumorcam.models.inference import score
 from tumorcam.io import atomic_path, write_json, write_text
-from tumorcam.model import BEST_WEIGHTS_FILE, WEIGHTS_FILE, build_model, save_weights
+from tumorcam.models.unet import BEST_WEIGHTS_FILE, WEIGHTS_FILE, build_model, save_weights
 from tumorcam.training import distributed
 from tumorcam.training.data import DeviceSplit, epoch_batches, load_split, steps_per_epoch
 from tumorcam.device import setup_backend
@@ -51,8 +51,7 @@ def train(config: Config, out: str | Path, resume: bool = False) -> dict[str, An
     """Train `config.model` on the prepared folder `config.data`, writing the run folder `out`.
 
     With `resume`, continue from `out/train_state.pth` (model, optimiser, epoch) up to
-    `config.train.epochs`. Returns {"run", "epochs", "best_epoch", "best_val_dice", "history",
-    "metrics"} where "metrics" is the test summary of metrics.json (None without a test split).
+    `config.train.epochs`. Returns {"run", "epochs", "best_epoch", "best_val_dice", "history"}.
     """
     out = Path(out)
     _check_config(config)
@@ -160,13 +159,8 @@ def _train(config: Config, out: Path, resume: bool, info: distributed.Distribute
             _write_history(out, history, best_epoch, best_dice)
             tqdm.write(_epoch_line(row, tc.epochs), file=sys.stderr)
 
-    metrics = None
-    if info.is_main and len(data.indices("test")):
-        from tumorcam.evaluate.segmentation import evaluate_segmentation
-
-        metrics = evaluate_segmentation(out, data=data.root, split="test", device=device)["overall"]
     return {"run": str(out), "epochs": tc.epochs, "best_epoch": best_epoch, "best_val_dice": best_dice,
-            "history": history, "metrics": metrics}
+            "history": history}
 
 
 def _match_param_layout(optimizer: torch.optim.Optimizer) -> None:

@@ -1,7 +1,7 @@
 """The demo's 3-D network: a small MONAI U-Net trained on the synthetic volumes, so that a run on
 volumes has a model that learned something to explain (`tumorcam run --volumes`).
 
-`demo_unet` is the factory (`--model tumorcam.volumes.train:demo_unet`): MONAI's
+`demo_unet` is the factory (`--model tumorcam.training.volumes:demo_unet`): MONAI's
 `UNet(spatial_dims=3, in_channels=4, out_channels=1, channels=(8, 16, 32, 64), strides=(2, 2, 2),
 num_res_units=1)`. `train_demo_unet` fits it on the train split of a prepared volume folder with
 Adam and MONAI's `DiceCELoss` (sigmoid), seeded, and saves the state_dict as safetensors.
@@ -20,7 +20,7 @@ from torch import nn
 from tumorcam.errors import TumorcamError
 from tumorcam.io import atomic_path
 
-DEMO_MODEL = "tumorcam.volumes.train:demo_unet"
+DEMO_MODEL = "tumorcam.training.volumes:demo_unet"
 DEMO_CHANNELS = 4
 
 

@@ -87,7 +87,7 @@ def load_user_model(spec: str, weights: str | Path | None = None) -> nn.Module:
 
 def load_state(model: nn.Module, path: Path, spec: str) -> None:
     """Load the state_dict at `path` into `model` (built by `spec`), strictly."""
-    from tumorcam.model import read_state_dict
+    from tumorcam.models.unet import read_state_dict
 
     option = f"weights {path}"
     state = read_state_dict(path, param="weights")

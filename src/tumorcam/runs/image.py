@@ -8,7 +8,7 @@ needed. A 3-D NIfTI volume gives its middle slice along the last axis, rotated t
 orientation. The slice is normalised as `data prepare` does (negatives clipped, divided by its
 maximum, resized bilinear to config.train.size), and compared with the run's prepared training
 slices (`training_sample`): intensities far from theirs are warned (`tumorcam.guards.warn_intensity`). A 3-D network's input, the NIfTI volumes of one
-case, is read by `tumorcam.explain.volume_files`.
+case, is read by `tumorcam.runs.volume_files`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tumorcam.explain.layers import INPUT_LAYER
 from tumorcam.explain.methods import Method
 from tumorcam.explain.methods.base import Output
 from tumorcam.guards import first_convolution, warn_intensity
-from tumorcam.user_model import first_line
+from tumorcam.models.user import first_line
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TRAINING_SAMPLE = 256  # training slices that an outside slice's intensities are compared with
@@ -101,8 +101,8 @@ def explain_image(
     default to the first of config.explain's."""
     from tumorcam.data.slices import normalize
     from tumorcam.explain import compute_maps, get_method, get_target
-    from tumorcam.explain.run import explain_model
-    from tumorcam.run_folder import as_run
+    from tumorcam.runs.explain import explain_model
+    from tumorcam.runfolder.folder import as_run
 
     run, image = as_run(run), Path(image)
     config = run.config
@@ -196,7 +196,7 @@ def input_channels(model: nn.Module) -> int:
 def model_input(slice_: np.ndarray, channels: int, imagenet: bool = False) -> torch.Tensor:
     """The slice x in [0, 1] (H, W) as a batch of one (1, C_in, H, W): x repeated to the C_in channels;
     with `imagenet`, each channel c then becomes (x - mean_c) / std_c with ImageNet's mean and std."""
-    from tumorcam.model import IMAGENET_MEAN, IMAGENET_STD
+    from tumorcam.models.unet import IMAGENET_MEAN, IMAGENET_STD
 
     x = torch.from_numpy(np.ascontiguousarray(slice_, dtype=np.float32))[None, None].repeat(1, channels, 1, 1)
     if imagenet:

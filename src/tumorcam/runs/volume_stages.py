@@ -43,10 +43,11 @@ class VolumeRun:
         """The run on volumes at `run`, its model on `device`; `replace` (setting -> value, None
         left out) replaces the run's settings."""
         from tumorcam.device import resolve_device
-        from tumorcam.run_folder import file_sha256
-        from tumorcam.user_model import load_user_model
-        from tumorcam.volumes.run import EXPLANATIONS_DIR
-        from tumorcam.volumes.settings import SETTINGS_FILE, check_volumes, data_folder, load_run_settings
+        from tumorcam.runfolder.folder import file_sha256
+        from tumorcam.models.user import load_user_model
+        from tumorcam.runs.volumes import EXPLANATIONS_DIR
+        from tumorcam.runs.volume_settings import check_volumes, load_run_settings
+        from tumorcam.runfolder.folder import SETTINGS_FILE, data_folder
         from tumorcam.data.volumes import load_volumes
 
         path = Path(run)
@@ -81,8 +82,8 @@ class VolumeRun:
 
     def saved_maps(self) -> dict[str, np.ndarray]:
         """The run's maps per method (N, D, H, W), memory-mapped from explanations/METHOD.npy."""
-        from tumorcam.volumes.run import EXPLANATIONS_DIR
-        from tumorcam.volumes.settings import all_methods
+        from tumorcam.runs.volumes import EXPLANATIONS_DIR
+        from tumorcam.runs.volume_settings import all_methods
 
         maps = {}
         for method in all_methods(self.settings):
@@ -104,8 +105,8 @@ def evaluate_volume_run(run: str | Path, stages: Sequence[str] = VOLUME_STAGES, 
     call's, else the run's sanity.json). `replace`: settings that replace the run's (steps,
     baselines, score, schedule, batch_size, top_percent). Returns the files written, by stage."""
     from tumorcam.evaluate.headline import run_headline
-    from tumorcam.volumes.cases import evaluate_case
-    from tumorcam.volumes.run import faithfulness_file, localization_file, sanity_file, segmentation_file
+    from tumorcam.runs.cases import evaluate_case
+    from tumorcam.runs.volumes import faithfulness_file, localization_file, sanity_file, segmentation_file
 
     unknown = [name for name in stages if name not in VOLUME_STAGES]
     if unknown:
@@ -145,8 +146,8 @@ def volume_channels(run: str | Path, *, device: str = "auto", **replace: Any) ->
     channel-ablation Dice drops (`volumes.cases.evaluate_case`'s), written to RUN/channels.json (the
     run's file); `replace` (channel_method, ablation_baseline, ig_steps, ...) replaces the run's
     settings. Returns the file's content."""
-    from tumorcam.volumes.cases import case_sequences
-    from tumorcam.volumes.run import channels_file
+    from tumorcam.runs.cases import case_sequences
+    from tumorcam.runs.volumes import channels_file
 
     opened = VolumeRun.open(run, device, **replace)
     measured = [case_sequences(opened.network, opened.case(i)[0], opened.settings) for i in range(len(opened.rows))]

@@ -44,9 +44,10 @@ from tumorcam.evaluate.game import warn_uninformative
 from tumorcam.evaluate.headline import run_headline
 from tumorcam.explain import METHODS
 from tumorcam.io import write_json
-from tumorcam.volumes.cases import CaseResult, evaluate_case, explain_case
+from tumorcam.runs.cases import CaseResult, evaluate_case, explain_case
 from tumorcam.config import Settings, preset
-from tumorcam.volumes.settings import SETTINGS_FILE, all_methods, check_volumes, data_label, volume_layer
+from tumorcam.runs.volume_settings import all_methods, check_volumes, volume_layer
+from tumorcam.runfolder.folder import SETTINGS_FILE, data_label
 
 EXPLANATIONS_DIR = "explanations"
 NIFTI_DIR = "nifti"
@@ -116,7 +117,7 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
     from tumorcam.data.volumes import load_volumes
     from tumorcam.explain.layers import default_layer
     from tumorcam.training.distributed import barrier, gather_to_main, refuse_several_machines, start, stop
-    from tumorcam.user_model import load_user_model
+    from tumorcam.models.user import load_user_model
 
     settings = copy.deepcopy(settings or preset("own-model"))  # the split and layer are filled in on this copy
     check_volumes(settings)
@@ -192,8 +193,8 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
         write_json(out / "faithfulness.json", faithfulness)
 
         began = time.perf_counter()
-        from tumorcam.run_folder import file_sha256
-        from tumorcam.volumes.report import build_volume_report
+        from tumorcam.runfolder.folder import file_sha256
+        from tumorcam.report.volume_page import build_volume_report
 
         for method, path in partial.items():
             os.replace(path, folder / f"{method}.npy")
@@ -234,7 +235,7 @@ def check_model(network: torch.nn.Module, images: torch.Tensor, settings: Settin
     """One forward of the first case: the network must take the prepared volumes (C, S, S, S) and
     return logits (1, C_out, S, S, S) with the class `channel`; else one error naming `model`."""
     from tumorcam.explain.methods.base import Logits
-    from tumorcam.user_model import first_line
+    from tumorcam.models.user import first_line
 
     shape = tuple(images.shape[1:])
     try:
@@ -464,7 +465,7 @@ def run_volume_demo(out: str | Path, *, settings: Settings | None = None, cases:
     from tumorcam.device import cpu_threads, demo_threads, resolve_device
     from tumorcam.io import write_json as write
     from tumorcam.training.distributed import barrier, start
-    from tumorcam.volumes.train import DEMO_MODEL, train_demo_unet
+    from tumorcam.training.volumes import DEMO_MODEL, train_demo_unet
 
     out = Path(out)
     raw, prepared, weights = out / "synthetic-volumes", out / PREPARED_DIR, out / "demo_unet.safetensors"

@@ -21,7 +21,7 @@ from torch import nn
 from tumorcam.errors import TumorcamError
 from tumorcam.guards import flat_maps
 from tumorcam.config import Settings
-from tumorcam.volumes.settings import all_methods, volume_layer
+from tumorcam.runs.volume_settings import all_methods, volume_layer
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """What the explanation checks read from a run: the maps of RUN/explanations (`Run.explanations`,
-entries of `tumorcam.explain.index`), the slices they explain (images, masks and patient ids from
+entries of `tumorcam.runfolder.index`), the slices they explain (images, masks and patient ids from
 the prepared data, matched by file id), and the model; the summaries the checks write are built by
 `tumorcam.evaluate.summary`.
 
@@ -24,9 +24,9 @@ import torch
 from tumorcam.config import Config
 from tumorcam.errors import TumorcamError
 from tumorcam.evaluate.reference import random_maps
-from tumorcam.explain.index import INDEX_FILE, Entry, write_index
-from tumorcam.model import WEIGHTS_FILE
-from tumorcam.run_folder import Run, as_run
+from tumorcam.runfolder.index import INDEX_FILE, Entry, write_index
+from tumorcam.models.unet import WEIGHTS_FILE
+from tumorcam.runfolder.folder import Run, as_run
 
 RANDOM = "random"
 SAMPLE_RECORD = ("selection", "patients", "slices_per_patient", "limit", "seed")
@@ -111,7 +111,7 @@ def check_maps(run: str | Path | Run, data: str | Path | None = None, split: str
     now. The remake keeps each model kind's methods, targets and layers; maps of other weights are
     made again on the same file ids.
     """
-    from tumorcam.explain.run import select_rows, untrained_sha256
+    from tumorcam.runs.explain import select_rows, untrained_sha256
 
     run = as_run(run)
     has_model = run.weights_sha256 is not None
@@ -204,7 +204,7 @@ def _command(path: Path, call: dict[str, Any]) -> str:
 def explain_again(run: str | Path | Run, check: MapsCheck, data: str | Path | None = None) -> None:
     """Make RUN/explanations fit as `check` (of `check_maps`) says: the `explain_run` calls of
     `check.remake`, then the sample's record kept when the same slices were explained again."""
-    from tumorcam.explain.run import explain_run
+    from tumorcam.runs.explain import explain_run
 
     run = as_run(run)
     if check.reason is None:

@@ -14,7 +14,7 @@ against the prepared masks (`tumorcam.evaluate.metrics`). Writes `RUN/metrics.js
 where CI = {"mean", "ci_low", "ci_high", "n"} (95% percentile bootstrap of the mean).
 
 With the run's own data (`data=None`) it also writes `RUN/figures_data/examples.npz`, the predicted
-masks of Figure 5's example slices (`tumorcam.evaluate.examples`), so that the report never runs
+masks of Figure 5's example slices (`tumorcam.runfolder.examples`), so that the report never runs
 the network.
 """
 
@@ -31,20 +31,11 @@ from torch import nn
 from tumorcam.errors import TumorcamError
 from tumorcam.data.arrays import CHUNK, PreparedData
 from tumorcam.io import write_json
-from tumorcam.evaluate.examples import N_EXAMPLES, example_rows, save_examples
-from tumorcam.evaluate.metrics import EMPTY_MASK_CONVENTION, dice_iou, summarize
-from tumorcam.model import CHECKPOINTS
-from tumorcam.run_folder import Run, as_run
-from tumorcam.inference import predict_masks
-
-
-def score(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, batch_size: int,
-          device: torch.device, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-slice Dice and IoU (CPU float32 tensors) of the model's masks against `masks`;
-    predictions are made at the images' size and compared at the masks' size."""
-    pred = predict_masks(model, images, batch_size, device, amp, out_size=masks.shape[-1])
-    dice, iou = dice_iou(pred, masks.to(pred.device))
-    return dice.cpu(), iou.cpu()
+from tumorcam.runfolder.examples import N_EXAMPLES, example_rows, save_examples
+from tumorcam.evaluate.metrics import EMPTY_MASK_CONVENTION, summarize
+from tumorcam.models.unet import CHECKPOINTS
+from tumorcam.runfolder.folder import Run, as_run
+from tumorcam.models.inference import predict_masks, score
 
 
 def evaluate_segmentation(run: str | Path | Run, data: str | Path | None = None, split: str = "test", *,
@@ -97,7 +88,7 @@ def evaluate_segmentation(run: str | Path | Run, data: str | Path | None = None,
 def write_examples(run: str | Path, model: nn.Module, prepared: PreparedData, size: int, device: torch.device,
                    checkpoint: str) -> Path:
     """Predict Figure 5's example slices (`example_rows`) at the training size `size`, without
-    autocast, and save them to RUN/figures_data/examples.npz (`tumorcam.evaluate.examples`)."""
+    autocast, and save them to RUN/figures_data/examples.npz (`tumorcam.runfolder.examples`)."""
     rows = example_rows(prepared, N_EXAMPLES)
     if len(rows) == 0:
         raise TumorcamError(f"{prepared.root}: no slice to show in Figure 5")

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from tumorcam.config import Settings
 from tumorcam.errors import TumorcamError
 
-SETTINGS_FILE = "volume_config.json"
+
 RECORD_KEYS = ("weights_sha256",)  # what volume_config.json records beside the settings
 CONTROLS = ("random", "predicted-mask")  # always explained: the references of every comparison
 
@@ -95,18 +94,3 @@ def load_run_settings(path: str | Path) -> Settings:
         if key == "seed":  # seeded every draw, the maps' too
             settings["explain"]["seed"] = value
     return Settings.from_dict(settings, str(path))
-
-
-def data_label(root: Path, out: Path) -> str:
-    """The prepared folder as the run's files name it: relative to the run folder when inside it (so a
-    run's files do not depend on where the run folder is), else its absolute path."""
-    try:
-        return str(root.resolve().relative_to(out.resolve()))
-    except ValueError:
-        return str(root.resolve())
-
-
-def data_folder(run: str | Path, label: str) -> Path:
-    """The prepared folder of a run's `data` label (`data_label`)."""
-    path = Path(label)
-    return path if path.is_absolute() or not (Path(run) / path).is_dir() else Path(run) / path

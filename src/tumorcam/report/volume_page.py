@@ -1,7 +1,7 @@
 """RUN/report.html of a run on volumes: the primary verdict first, orthogonal views of the maps
 through the tumour centre, each sequence's share of the attribution, then the verdict tables.
 
-It reads only the run folder (`tumorcam.volumes.run` documents it) and draws with
+It reads only the run folder (`tumorcam.runs.volumes` documents it) and draws with
 `tumorcam.report.volumes`; the page's look is the slices' report's (`tumorcam.report.html`).
 """
 
@@ -175,7 +175,7 @@ def _sanity_table(sanity: dict[str, Any]) -> Table:
 def _view_figures(run: Path, index: dict[str, Any], folder: Path) -> list[FigureResult]:
     from tumorcam.data.volumes import load_volumes
     from tumorcam.report.volumes import draw_orthogonal_views
-    from tumorcam.volumes.settings import data_folder
+    from tumorcam.runfolder.folder import data_folder
 
     prepared = load_volumes(data_folder(run, index["prepared"]))
     row_of = {str(c): i for i, c in enumerate(prepared.case_ids)}

@@ -1,6 +1,6 @@
 """Batched inference for validation and evaluation: logits of (N,1,S,S) images, on one device.
 
-Scoring the masks (Dice/IoU) is evaluation: `tumorcam.evaluate.segmentation.score`."""
+`score`: the Dice and IoU of those masks with the ground truth (`tumorcam.evaluate.metrics.dice_iou`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tumorcam.device import autocast
+from tumorcam.evaluate.metrics import dice_iou
 
 
 @torch.no_grad()
@@ -32,3 +33,12 @@ def predict_masks(model: nn.Module, images: torch.Tensor, batch_size: int, devic
         preds.append(logits > 0)
     model.train(was_training)
     return torch.cat(preds)
+
+
+def score(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, batch_size: int,
+          device: torch.device, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-slice Dice and IoU (CPU float32 tensors) of the model's masks against `masks`;
+    predictions are made at the images' size and compared at the masks' size."""
+    pred = predict_masks(model, images, batch_size, device, amp, out_size=masks.shape[-1])
+    dice, iou = dice_iou(pred, masks.to(pred.device))
+    return dice.cpu(), iou.cpu()

@@ -37,7 +37,7 @@ from typing import Any
 
 from tumorcam.config import Config, preset as preset_config
 from tumorcam.errors import TumorcamError
-from tumorcam.evaluate.examples import EXAMPLES_FILE
+from tumorcam.runfolder.examples import EXAMPLES_FILE
 from tumorcam.io import remove_outputs, write_json
 
 STAGES_FILE = "stages.json"
@@ -237,7 +237,7 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
         return run
 
     def explain(untrained: bool) -> Callable[[], None]:
-        from tumorcam.explain.run import explain_run
+        from tumorcam.runs.explain import explain_run
 
         return current_config(lambda: explain_run(out, untrained=untrained,
                                                   methods=untrained_methods if untrained else None))
@@ -312,12 +312,12 @@ def _fill_layers(cfg: Config, log: Callable[[str], None]) -> None:
 
         from tumorcam.data.arrays import load_prepared
         from tumorcam.explain.layers import default_layer
-        from tumorcam.run_folder import Run
+        from tumorcam.runfolder.folder import Run
 
         image, _ = load_prepared(cfg.data).tensors([0], cfg.train.size)
         run = Run(Path(cfg.data), cfg)
         network = run.model()
-        from tumorcam.user_model import first_line
+        from tumorcam.models.user import first_line
 
         try:
             with torch.no_grad():
@@ -335,7 +335,7 @@ def _fill_layers(cfg: Config, log: Callable[[str], None]) -> None:
 
 
 def _evaluate_segmentation(out: Path, split: str) -> None:
-    from tumorcam.evaluate.segmentation import evaluate_segmentation
+    from tumorcam.runs.segmentation import evaluate_segmentation
 
     evaluate_segmentation(out, split=split)
 

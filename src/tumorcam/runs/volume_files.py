@@ -43,7 +43,7 @@ from tumorcam import guards
 from tumorcam.data.nnunet import AFFINE_TOLERANCE, read_nifti, write_nifti
 from tumorcam.data.volumes import normalize_case
 from tumorcam.errors import TumorcamError
-from tumorcam.explain.image import (
+from tumorcam.runs.image import (
     WrittenMaps,
     checked_method,
     explain_input,
@@ -54,7 +54,7 @@ from tumorcam.explain.image import (
 )
 from tumorcam.explain.maps import normalize, upsample
 from tumorcam.explain.methods.base import Output
-from tumorcam.user_model import first_line
+from tumorcam.models.user import first_line
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 CHANNEL_FILE = re.compile(r"(?P<case>.+)_(?P<index>\d{4})")

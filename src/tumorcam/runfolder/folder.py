@@ -5,7 +5,7 @@
     run = tumorcam.Run.open("runs/demo")            # RUN/config.json, read once
     model = run.model("best")                       # unet_best.pth on run.device, in eval mode
     rows = run.split("test")                        # rows of the prepared data (config.data)
-    index = run.explanations                        # RUN/explanations/index.json (`tumorcam.explain.index`)
+    index = run.explanations                        # RUN/explanations/index.json (`tumorcam.runfolder.index`)
 
 `run.device` is resolved once, from config.train.device unless `Run.open(path, device=...)` gives
 one; models, prepared folders and the weights hash are read once per `Run`. The explanations index
@@ -27,10 +27,11 @@ from tumorcam.errors import TumorcamError
 
 if TYPE_CHECKING:
     from tumorcam.data.arrays import PreparedData
-    from tumorcam.explain.index import Index
-    from tumorcam.model import GrayUnet
+    from tumorcam.runfolder.index import Index
+    from tumorcam.models.unet import GrayUnet
 
 CONFIG_FILE = "config.json"
+SETTINGS_FILE = "volume_config.json"  # the settings of a run on volumes
 
 
 def file_sha256(path: Path) -> str:
@@ -44,8 +45,6 @@ def file_sha256(path: Path) -> str:
 
 def is_volume_run(path: str | Path) -> bool:
     """Whether `path` is a run on volumes: volume_config.json and no config.json."""
-    from tumorcam.volumes.settings import SETTINGS_FILE
-
     path = Path(path)
     return (path / SETTINGS_FILE).is_file() and not (path / CONFIG_FILE).is_file()
 
@@ -80,12 +79,12 @@ class Run:
 
     def model(self, checkpoint: str = "last") -> GrayUnet:
         """The trained network, in eval mode on `device`: `last` (unet_trained.pth) or `best` (unet_best.pth)."""
-        from tumorcam.model import CHECKPOINTS
+        from tumorcam.models.unet import CHECKPOINTS
 
         if checkpoint not in CHECKPOINTS:
             raise TumorcamError(f"checkpoint: unknown checkpoint {checkpoint!r} (choose {' or '.join(CHECKPOINTS)})")
         if self.config.model.network is not None:  # a user's network: the one model, whatever the checkpoint
-            from tumorcam.user_model import load_user_model
+            from tumorcam.models.user import load_user_model
 
             checkpoint = "last"
             if checkpoint not in self._models:
@@ -126,14 +125,14 @@ class Run:
 
     @property
     def explanations_folder(self) -> Path:
-        from tumorcam.explain.index import EXPLANATIONS_DIR
+        from tumorcam.runfolder.index import EXPLANATIONS_DIR
 
         return self.path / EXPLANATIONS_DIR
 
     @property
     def explanations(self) -> Index:
         """RUN/explanations/index.json (read at each access); no index is an error naming `tumorcam explain`."""
-        from tumorcam.explain.index import read_index
+        from tumorcam.runfolder.index import read_index
 
         return read_index(self.explanations_folder)
 
@@ -141,7 +140,7 @@ class Run:
     def weights_sha256(self) -> str | None:
         """sha256 of the trained weights (unet_trained.pth, or a user's network's model.weights), None when
         the run has none."""
-        from tumorcam.model import WEIGHTS_FILE
+        from tumorcam.models.unet import WEIGHTS_FILE
 
         weights = self.config.model.weights if self.config.model.network is not None else None
         path = Path(weights) if weights is not None else self.path / WEIGHTS_FILE
@@ -167,7 +166,7 @@ def load_run_model(run: str | Path, which: str = "last", device: str | torch.dev
                    config: Config | None = None) -> tuple[GrayUnet, Config]:
     """The trained model of a run folder (`last`: unet_trained.pth, `best`: unet_best.pth), in eval mode;
     `config` is the run's when the caller has read it already (`tumorcam.Run.model`)."""
-    from tumorcam.model import CHECKPOINTS, GrayUnet, load_weights
+    from tumorcam.models.unet import CHECKPOINTS, GrayUnet, load_weights
 
     run = Path(run)
     if config is None:
@@ -178,3 +177,18 @@ def load_run_model(run: str | Path, which: str = "last", device: str | torch.dev
     model = GrayUnet(config.model.encoder, encoder_weights=None, classes=config.model.classes)
     load_weights(model, run / name)
     return model.to(device).eval(), config
+
+
+def data_label(root: Path, out: Path) -> str:
+    """The prepared folder as the run's files name it: relative to the run folder when inside it (so a
+    run's files do not depend on where the run folder is), else its absolute path."""
+    try:
+        return str(root.resolve().relative_to(out.resolve()))
+    except ValueError:
+        return str(root.resolve())
+
+
+def data_folder(run: str | Path, label: str) -> Path:
+    """The prepared folder of a run's `data` label (`data_label`)."""
+    path = Path(label)
+    return path if path.is_absolute() or not (Path(run) / path).is_dir() else Path(run) / path

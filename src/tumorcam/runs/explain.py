@@ -8,7 +8,7 @@ in [0, 1] and `file_ids` int64 (N,); for Grad-CAM also the Grad-CAM x GT maps (`
 `index.json` = {"split", "size", "weights_sha256", "selection" ("sample" | "ids"), "patients",
 "slices_per_patient", "limit", "seed" (the sample's settings; null with ids), "n_patients", "n_slices",
 "entries": [{"file", "method", "target", "layer", "model", "times_gt", "control", "weights_sha256"}]}
-(read and written by `tumorcam.explain.index`).
+(read and written by `tumorcam.runfolder.index`).
 
 `weights_sha256` names the weights that made the maps: for the trained model the sha256 of
 RUN/unet_trained.pth (`Run.weights_sha256`), for the untrained one `model_sha256` of its state_dict
@@ -33,12 +33,12 @@ from tumorcam.config import Config
 from tumorcam.data.arrays import PreparedData, warn_training_split
 from tumorcam.errors import TumorcamError
 from tumorcam.explain import compute_maps, get_method, get_target
-from tumorcam.explain.index import Entry, Index, read_index, write_index
+from tumorcam.runfolder.index import Entry, Index, read_index, write_index
 from tumorcam.explain.layers import INPUT_LAYER, resolve_layer
 from tumorcam.explain.maps import times_mask
 from tumorcam.io import save_npz
-from tumorcam.run_folder import Run, as_run
-from tumorcam.shard import join, patient_shard
+from tumorcam.runfolder.folder import Run, as_run
+from tumorcam.runs.shard import join, patient_shard
 
 
 def model_sha256(model: torch.nn.Module) -> str:
@@ -55,7 +55,7 @@ def model_sha256(model: torch.nn.Module) -> str:
 
 def untrained_sha256(config: Config) -> str:
     """`model_sha256` of the untrained network `explain_model` builds (the global RNG is left as it was)."""
-    from tumorcam.model import build_model
+    from tumorcam.models.unet import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
@@ -65,7 +65,7 @@ def untrained_sha256(config: Config) -> str:
 def explain_model(run: Run, untrained: bool) -> torch.nn.Module:
     """The run's trained model (`run.model()`), or (`untrained`) `build_model(config.model)` seeded with
     config.train.seed, on `run.device` in eval mode."""
-    from tumorcam.model import build_model
+    from tumorcam.models.unet import build_model
 
     if untrained:
         torch.manual_seed(run.config.train.seed)
