@@ -1,5 +1,5 @@
-"""Faithfulness by Deletion/Insertion: the library call `faithfulness` and the run folder's
-`evaluate_faithfulness`.
+"""Faithfulness by Deletion/Insertion: the library call `faithfulness` (the run folder's stage is
+`tumorcam.runs.faithfulness.evaluate_faithfulness`).
 
     import tumorcam
 
@@ -15,7 +15,7 @@ each curve; the summary is the mean of unit means with a cluster-bootstrap CI, a
 Wilcoxon test against the reference per unit (the patient with `patient_ids`, else the image),
 deletion lower-is-better and insertion higher-is-better, Holm-adjusted over the two.
 
-`evaluate_faithfulness` plays every map of RUN/explanations; the option `score` = `target` scores
+The run folder's stage plays every map of RUN/explanations; its option `score` = `target` scores
 each map by its target (`TARGET_SCORES`).
 """
 

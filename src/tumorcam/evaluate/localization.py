@@ -1,5 +1,5 @@
 """Localization of maps against the ground-truth tumor mask, per image: the library call
-`localization` and the run folder's `evaluate_localization`.
+`localization` and the run folder stage `tumorcam.runs.localization.evaluate_localization`.
 
     import tumorcam
 

@@ -1,5 +1,6 @@
 """Model-parameter randomization test (Adebayo et al. 2018, "Sanity checks for saliency maps"),
-cascading from the output down: the library call `sanity` and the run folder's `evaluate_sanity`.
+cascading from the output down: the library call `sanity` (the run folder's stage is
+`tumorcam.runs.sanity.evaluate_sanity`).
 
     import tumorcam
 

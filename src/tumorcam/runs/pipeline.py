@@ -242,10 +242,8 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
         return current_config(lambda: explain_run(out, untrained=untrained,
                                                   methods=untrained_methods if untrained else None))
 
-    def evaluate(module: str, function: str) -> Callable[[], None]:
-        import importlib
-
-        return current_config(lambda: getattr(importlib.import_module(f"tumorcam.evaluate.{module}"), function)(out))
+    def evaluate(stage: Callable[[Path], Any]) -> Callable[[], None]:
+        return current_config(lambda: stage(out))
 
     explain_stamp = stamp("explain", explain_settings, model_stamp)
     stages += [
@@ -258,9 +256,13 @@ def plan_stages(out: Path, cfg: Config, data: Path | None, prepare_size: int,
                             stamp("explain-untrained", untrained_methods, explain_stamp),
                             explain(True), clean=()))  # adds its entries to the index of the trained model's maps
     maps_stamp = stages[-1].stamp
-    for module, name in (("faithfulness", "faithfulness"), ("localization", "localization"), ("sanity", "sanity")):
-        stages.append(Stage(name, (f"{name}.json",), stamp(name, evaluate_settings, maps_stamp),
-                            evaluate(module, f"evaluate_{module}")))
+    from tumorcam.runs.faithfulness import evaluate_faithfulness
+    from tumorcam.runs.localization import evaluate_localization
+    from tumorcam.runs.sanity import evaluate_sanity
+
+    for name, stage in (("faithfulness", evaluate_faithfulness), ("localization", evaluate_localization),
+                        ("sanity", evaluate_sanity)):
+        stages.append(Stage(name, (f"{name}.json",), stamp(name, evaluate_settings, maps_stamp), evaluate(stage)))
     report_stamp = stamp("report", {}, *[s.stamp for s in stages])
     stages.append(Stage("report", ("report.html", "figures"), report_stamp, current_config(lambda: _report(out))))
     return stages

@@ -3,7 +3,7 @@ faithfulness, localisation, sanity) and `volume_channels` (per-sequence attribut
 
 Both read RUN/volume_config.json (the settings, the model and its weights), RUN/explanations/index.json
 (the cases, their order and the prepared folder) and the prepared volumes; `evaluate_volume_run` also
-reads the saved maps RUN/explanations/METHOD.npy. Each case is measured by `volumes.cases.evaluate_case`
+reads the saved maps RUN/explanations/METHOD.npy. Each case is measured by `runs.cases.evaluate_case`
 with the seed of its index, as the run measured it, and the files are made by the run's own writers:
 with the run's settings they are the files the run wrote. Settings given here replace the run's
 (`Settings` names), as `tumorcam evaluate` replaces them for slices.
@@ -143,7 +143,7 @@ def evaluate_volume_run(run: str | Path, stages: Sequence[str] = VOLUME_STAGES, 
 
 def volume_channels(run: str | Path, *, device: str = "auto", **replace: Any) -> dict[str, Any]:
     """Per-sequence attribution of the run on volumes `run`: each case's attribution shares and
-    channel-ablation Dice drops (`volumes.cases.evaluate_case`'s), written to RUN/channels.json (the
+    channel-ablation Dice drops (`runs.cases.evaluate_case`'s), written to RUN/channels.json (the
     run's file); `replace` (channel_method, ablation_baseline, ig_steps, ...) replaces the run's
     settings. Returns the file's content."""
     from tumorcam.runs.cases import case_sequences
