@@ -244,7 +244,7 @@ def test_the_demos_run_on_a_fixed_thread_count_whatever_the_load(tmp_path: Path,
 
     import torch
 
-    from tumorcam import pipeline
+    from tumorcam.runs import pipeline
     from tumorcam.config import preset
     from tumorcam.device import DEMO_THREADS, cpu_threads, demo_threads
 

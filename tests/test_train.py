@@ -160,7 +160,7 @@ def test_cli_train_then_resume_and_error_line(blob_prepared, tmp_path, capsys):
             "--epochs", "1", "--batch-size", "4", "--no-augment", "--device", "cpu", "--encoder-weights", "none"]
     main(args)
     config = Config.load(run / "config.json")
-    assert (config.preset, config.model.encoder, config.train.augment) == ("demo", "resnet34", False)
+    assert (config.preset, config.model.encoder, config.train.augment) == ("demo-2d", "resnet34", False)
     assert "trained 1 epoch(s)" in capsys.readouterr().out
     main(["train", "--out", str(run), "--resume", "--epochs", "2"])  # the run's own config is the base
     capsys.readouterr()

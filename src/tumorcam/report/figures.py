@@ -24,6 +24,7 @@ from tumorcam.runfolder.index import Entry
 from tumorcam.io import atomic_path
 from tumorcam.report import results
 from tumorcam.report.contents import RunContents, Section, rows_of_file_ids
+from tumorcam.runfolder.examples import one_per_class_first
 
 HEATMAP_CMAP = "inferno"
 DPI = 110
@@ -191,7 +192,7 @@ def draw_untrained_gradcam(contents: RunContents) -> Figure:
     entries = [untrained] + ([trained] if trained else [])
     file_ids, maps = _shared_maps(*entries)
     images, masks, labels = _slices(contents, file_ids, maps[0].shape[-1])
-    show = results.one_per_class_first(labels, MAX_ROWS)
+    show = one_per_class_first(labels, MAX_ROWS)
     titles = ["slice + ground truth", "before fine-tuning"] + (["after fine-tuning"] if trained else [])
     fig, axes = _new_figure(len(show), len(titles))
     heat = None
@@ -216,7 +217,7 @@ def draw_gradcam_times_gt(contents: RunContents) -> Figure:
     entries = ([plain] if plain else []) + [times_gt]
     file_ids, maps = _shared_maps(*entries)
     images, masks, labels = _slices(contents, file_ids, maps[0].shape[-1])
-    show = results.one_per_class_first(labels, MAX_ROWS)
+    show = one_per_class_first(labels, MAX_ROWS)
     titles = ["slice + ground truth"] + (["Grad-CAM"] if plain else []) + ["Grad-CAM x ground truth"]
     fig, axes = _new_figure(len(show), len(titles))
     heat = None
