@@ -55,7 +55,8 @@ def warn_training_split(splits: dict[str, list], split: str, keys: np.ndarray, r
 
 @dataclass
 class PreparedData:
-    """The arrays of a prepared folder (memory-mapped) with its manifest and splits."""
+    """The arrays of a prepared folder (memory-mapped) with its manifest and splits; a
+    `tumorcam.data.prepared.Prepared` whose unit is the patient."""
 
     root: Path
     images: np.ndarray
@@ -66,12 +67,19 @@ class PreparedData:
     manifest: dict[str, Any]
     splits: dict[str, list[int]]
 
+    unit = "patient"
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     @property
     def size(self) -> int:
         return int(self.images.shape[-1])
+
+    @property
+    def unit_ids(self) -> np.ndarray:
+        """The patient id of each slice."""
+        return self.pids
 
     def indices(self, split: str) -> np.ndarray:
         """Row indices of a split (`train`, `val`, `test`) or of everything (`all`)."""

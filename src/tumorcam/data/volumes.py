@@ -82,7 +82,8 @@ SERIAL_BELOW_BYTES = 100 * 2**20  # imagesTr/ smaller than this is read in-proce
 
 @dataclass
 class PreparedVolumes:
-    """The arrays of a prepared volume folder (memory-mapped) with its manifest and splits."""
+    """The arrays of a prepared volume folder (memory-mapped) with its manifest and splits; a
+    `tumorcam.data.prepared.Prepared` whose unit is the case."""
 
     root: Path
     images: np.ndarray
@@ -93,8 +94,15 @@ class PreparedVolumes:
     manifest: dict[str, Any]
     splits: dict[str, list[str]]
 
+    unit = "case"
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def unit_ids(self) -> np.ndarray:
+        """The case id of each volume."""
+        return self.case_ids
 
     @property
     def channels(self) -> list[str]:
