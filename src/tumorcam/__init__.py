@@ -9,11 +9,18 @@
     tumorcam.sanity(model, images, channel=1).passes  # cascading randomization of the weights
     tumorcam.channels(model, volumes, channel_names=["T1", "T1CE", "T2", "FLAIR"]).summary()  # per sequence
 
+    measure = tumorcam.DeletionInsertion(model, channel=1)  # the same checks, accumulated over batches
+    for images, maps, pids in batches:
+        measure.update(images, maps, patient_ids=pids)
+    measure.summary()["headline"]["level"]
+
 `tumorcam.explain` (the function and its package), `tumorcam.explain_components`, `tumorcam.METHODS`,
 `tumorcam.TARGETS`, `tumorcam.faithfulness` (with `FaithfulnessResult`), `tumorcam.localization`,
 `tumorcam.sanity` (with `SanityResult`), `tumorcam.channels` (with `ChannelResult`: each input channel's
-share of the attribution and the Dice drop of ablating it) and `tumorcam.Run` (a run folder) are
-imported on first use, so `import tumorcam` stays light.
+share of the attribution and the Dice drop of ablating it), `tumorcam.Run` (a run folder) and the
+accumulating measures of `tumorcam.evaluate.measures` (`DeletionInsertion`, `Localization`, `Dice`,
+`Sanity`, `Channels`, and `MEASURES` naming them) are imported on first use, so `import tumorcam`
+stays light.
 """
 
 from __future__ import annotations
@@ -36,10 +43,17 @@ _EXPORTS = {
     "SanityResult": "tumorcam.evaluate.sanity",
     "channels": "tumorcam.evaluate.channels",
     "ChannelResult": "tumorcam.evaluate.channels",
+    "DeletionInsertion": "tumorcam.evaluate.measures",
+    "Localization": "tumorcam.evaluate.measures",
+    "Dice": "tumorcam.evaluate.measures",
+    "Sanity": "tumorcam.evaluate.measures",
+    "Channels": "tumorcam.evaluate.measures",
+    "MEASURES": "tumorcam.evaluate.measures",
 }
 
-__all__ = ["METHODS", "TARGETS", "ChannelResult", "FaithfulnessResult", "Run", "SanityResult", "__version__",
-           "channels", "explain", "explain_components", "faithfulness", "localization", "sanity"]
+__all__ = ["MEASURES", "METHODS", "TARGETS", "ChannelResult", "Channels", "DeletionInsertion", "Dice",
+           "FaithfulnessResult", "Localization", "Run", "Sanity", "SanityResult", "__version__", "channels", "explain",
+           "explain_components", "faithfulness", "localization", "sanity"]
 
 
 def __getattr__(name: str) -> Any:

@@ -36,9 +36,26 @@ def prepare(
 ) -> dict[str, Any]:
     """Prepare SRC (one path or several) into the folder `out`; return the manifest.
 
-    `out` must not exist or be empty; it is built under a temporary name and renamed, so a failure
-    leaves nothing. A bad slice fails the whole run naming the file, unless `skip_bad`, which
-    skips it and lists it with the reason in the manifest.
+    `out` is built under a temporary name and renamed, so a failure leaves nothing. Rows are in
+    file-number order; the splits are patient-wise (official folds when known, else stratified
+    70/15/15).
+
+    Args:
+        src: figshare `.mat` files' folder, zips of them, or PNG image/mask pairs; one path or several.
+        out: the prepared folder; must not exist or be empty.
+        size: the side the slices are resized to (at least 8).
+        skip_bad: skip a bad slice and list it with the reason in the manifest, instead of failing the
+            whole run naming the file.
+        seed: seeds the splits.
+        workers: processes reading the slices (None: the CPUs available, at most 16).
+
+    Returns:
+        The manifest (also written as manifest.json).
+
+    Raises:
+        TumorcamError: for no source, a size below 8, workers < 1, an `out` that exists and is not empty (prepare
+            never overwrites), sources without slices, a bad slice (without `skip_bad`), or every
+            slice bad.
     """
     started = time.perf_counter()
     paths = [Path(src)] if isinstance(src, (str, os.PathLike)) else [Path(p) for p in src]

@@ -103,17 +103,28 @@ class ChannelResult:
     settings: dict[str, Any]
 
     def summary(self, *, bootstrap: int = 1000, alpha: float = 0.05, level: float = 0.95) -> dict[str, Any]:
-        """A JSON-ready dict: the settings, `unit`, `n_patients` (units), `n_slices` (images),
-        `channel_names`, `alpha`, `level`, `bootstrap`; `channels`: per channel name `share` and
-        `dice_drop` (each `cluster_bootstrap_ci`: mean of unit means, ci_low, ci_high, unit,
-        n_patients, n_slices of its finite values) and `n_patients`/`n_slices` (the images with both
-        values finite, and their units); `top_channel` (largest mean share; None without shares);
-        `tests`: the exploratory tests on unit means (see the module docstring), each a
-        `paired_comparison` row with `kind`, `comparison`, `channel`, `versus`, `positive_share`
-        (share of units with d > 0), `p_adjusted` and `adjusted_over` (Holm's m: the tests with a
-        p-value, adjusted together) and `verdict` from `p_adjusted` at `alpha`; `agreement`:
-        {count, n, share, rule}; `per_slice`: the shares and drops per channel name (null for NaN).
-        `bootstrap` resamples at `level`, seeded with settings["seed"]."""
+        """The statistics per channel and the exploratory tests, as a JSON-ready dict.
+
+        Args:
+            bootstrap: cluster-bootstrap resamples, seeded with settings["seed"].
+            alpha: the level of the verdicts (from `p_adjusted`).
+            level: the confidence level of the CIs.
+
+        Returns:
+            The settings, `unit`, `n_patients` (units), `n_slices` (images), `channel_names`, `alpha`,
+            `level`, `bootstrap`; `channels`: per channel name `share` and `dice_drop` (each
+            `cluster_bootstrap_ci`: mean of unit means, ci_low, ci_high, unit, n_patients, n_slices of
+            its finite values) and `n_patients`/`n_slices` (the images with both values finite, and
+            their units); `top_channel` (largest mean share; None without shares); `tests`: the
+            exploratory tests on unit means (see the module docstring), each a `paired_comparison` row
+            with `kind`, `comparison`, `channel`, `versus`, `positive_share` (share of units with
+            d > 0), `p_adjusted` and `adjusted_over` (Holm's m: the tests with a p-value, adjusted
+            together) and `verdict` from `p_adjusted` at `alpha`; `agreement`: {count, n, share,
+            rule}; `per_slice`: the shares and drops per channel name (null for NaN).
+
+        Raises:
+            ValueError: for bootstrap < 1 or a level outside (0, 1).
+        """
         names = list(self.channel_names)
         seed = int(self.settings.get("seed", 0))
         ids = self.unit_ids
@@ -324,11 +335,42 @@ def channels(
     amp: bool = False,
     seed: int = 0,
 ) -> ChannelResult:
-    """`channel_shares` and `channel_ablation` of `images` (B, C_in, *spatial) as one `ChannelResult`.
+    """`channel_shares` and `channel_ablation` of `images` as one `ChannelResult`.
 
-    `patient_ids` (B,): the unit of the statistics (else each image); `channel_names` (C_in,):
-    distinct names of the input channels (default "channel_0", ...); `seed` seeds the summary's
-    bootstrap. The other parameters as in `channel_shares` and `channel_ablation`.
+    Args:
+        model: any module returning logits (B, C, *spatial), read with a sigmoid for C = 1 and a
+            softmax for C > 1.
+        images: (B, C_in, H, W) or (B, C_in, D, H, W).
+        patient_ids: (B,) the unit of the statistics (None: each image).
+        channel_names: (C_in,) distinct names of the input channels (default "channel_0", ...).
+        target: a name of `tumorcam.TARGETS` or a callable `(logits, masks) -> weights`, as in
+            `tumorcam.explain` (`channel_shares`).
+        channel: the class, as in `tumorcam.explain`.
+        output: picks the logits from a tuple, list or dict output, as in `tumorcam.explain`.
+        masks: (B, 1, *spatial) or (B, *spatial), the ground truth, as in `tumorcam.explain`.
+        method: one of `CHANNEL_METHODS` (`channel_shares`).
+        ig_steps: integrated-gradients path points.
+        baseline: `zero` or `mean` (the image's mean of channel c), the ablation's fill
+            (`channel_ablation`).
+        batch_size: images per attribution (integrated gradients: per path step) and per forward of
+            the ablated copies.
+        amp: bf16 autocast on CUDA.
+        seed: seeds the summary's bootstrap.
+
+    Returns:
+        A `ChannelResult`: `shares` and `dice_drop` (B, C_in) each; `summary()` gives the statistics.
+
+    Raises:
+        TumorcamError: for images that are not (B, C_in, *spatial), patient ids that are not one per
+            image, channel names that are not C_in distinct names, an unknown baseline or method, a
+            non-integer channel, ig_steps or batch_size < 1, a target that needs masks without them,
+            or a model whose output or channel does not fit (`tumorcam.guards`).
+
+    Example:
+        >>> result = tumorcam.channels(model, volumes, channel=1, patient_ids=pids,
+        ...                            channel_names=["T1", "T1CE", "T2", "FLAIR"])
+        >>> result.shares, result.dice_drop  # (B, C_in) each
+        >>> result.summary()["channels"]["FLAIR"]["share"]["mean"]
     """
     check_images(images)
     count, c_in = images.shape[:2]

@@ -88,14 +88,26 @@ class FaithfulnessResult:
 
     def summary(self, *, bootstrap: int = 1000, alpha: float = 0.05, level: float = 0.95,
                 sanity: Any = None) -> dict[str, Any]:
-        """One row like those of faithfulness.json: the settings, and for `deletion` and `insertion`
-        the mean of unit means with its `level` cluster-bootstrap CI (`bootstrap` resamples), `unit`,
-        `n_patients` (units), `n_slices`, `curve_mean`, `vs_random` (the paired Wilcoxon test against
-        the reference: p_value, p_adjusted, verdict, n_pairs, estimate with its CI, ...; None without a
-        reference) and `vs_mask` (the same against the predicted-mask control; None without it),
-        Holm-adjusted at `alpha` over these four; `per_slice` the AUCs; `headline` the one answer
-        (`tumorcam.evaluate.headline`), with `sanity` a `SanityResult` of the same maps' method (or
-        its verdict dict, or None: then at best "undetermined")."""
+        """The statistics of the curves and the headline, as one row like those of faithfulness.json.
+
+        Args:
+            bootstrap: cluster-bootstrap resamples of the CIs.
+            alpha: the level of the Holm adjustment over the (up to) four comparisons and of the verdicts.
+            level: the confidence level of the CIs.
+            sanity: a `SanityResult` of the same maps' method (or its verdict dict, or None: then the
+                headline is at best "undetermined").
+
+        Returns:
+            The settings, and for `deletion` and `insertion` the mean of unit means with its `level`
+            cluster-bootstrap CI, `unit`, `n_patients` (units), `n_slices`, `curve_mean`, `vs_random`
+            (the paired Wilcoxon test against the reference: p_value, p_adjusted, verdict, n_pairs,
+            estimate with its CI, ...; None without a reference) and `vs_mask` (the same against the
+            predicted-mask control; None without it), Holm-adjusted at `alpha` over these four;
+            `per_slice` the AUCs; `headline` the one answer (`tumorcam.evaluate.headline`).
+
+        Raises:
+            ValueError: for bootstrap < 1 or a level outside (0, 1).
+        """
         steps = self.curves.steps
         row: dict[str, Any] = {"baseline": self.baseline, "score": self.score, "schedule": self.schedule,
                                "steps": steps, "reference": self.reference}
@@ -145,24 +157,52 @@ def faithfulness(
     seed: int = 0,
     amp: bool = False,
 ) -> FaithfulnessResult:
-    """Deletion/Insertion of `maps` (B, *spatial) (or (B, 1, *spatial)) explaining `model` on `images`
-    (B, C_in, H, W) or (B, C_in, D, H, W), against a reference map.
+    """Deletion/Insertion of `maps` explaining `model` on `images`, against a reference map.
 
-    `model`: any module returning logits (B, C, *spatial), read with a sigmoid for C = 1 and a
-    softmax for C > 1; `channel` is the scored class (required for C > 1; None: 0 for C = 1), as
-    checked by `tumorcam.guards`, which also warns of images with an empty predicted region (NaN
-    AUCs, left out of the statistics); `output` picks the logits from a tuple, list
-    or dict output (an index, key or callable, as in `tumorcam.explain`). `score`: `predicted-region`
-    (mean probability of the class over its predicted region), `gt-region` (over `masks`, the
-    ground truth (B, 1, *spatial) of the class), `dice` (of the prediction with the unperturbed
-    one) or `mean-sigmoid` (mean probability over the image). `baseline`: zero, mean, blur, road or
-    rise, for images and volumes alike. `steps` K and `schedule` (log or uniform): the game's steps.
-    `reference`: "random" (seeded maps of U(0, 1) noise), a tensor of reference maps like `maps`,
-    or None. `mask_reference`: also play the model's predicted-mask control (1 inside the predicted
-    region of `channel`, 0 outside), so that `summary()` asks whether the maps say more than the mask.
-    `patient_ids` (B,): the unit of the statistics (else each image). `seed` seeds the
-    random reference, the ties of the ranking and ROAD's noise. The model runs in eval mode on the
-    images' device, `batch_size` perturbed images per forward, bf16 autocast on CUDA only with `amp`.
+    The model runs in eval mode on the images' device. Per image the AUC of each curve; images with
+    an empty predicted region (warned by `tumorcam.guards`) have NaN AUCs, left out of the statistics.
+
+    Args:
+        model: any module returning logits (B, C, *spatial), read with a sigmoid for C = 1 and a
+            softmax for C > 1.
+        images: (B, C_in, H, W) or (B, C_in, D, H, W).
+        maps: (B, *spatial) (or (B, 1, *spatial)) maps of the images.
+        channel: the scored class (required for C > 1; None: 0 for C = 1), as checked by
+            `tumorcam.guards`.
+        output: picks the logits from a tuple, list or dict output (an index, key or callable, as in
+            `tumorcam.explain`).
+        masks: the ground truth (B, 1, *spatial) of the class, needed by the `gt-region` score.
+        patient_ids: (B,) the unit of the statistics (None: each image).
+        baseline: what a removed pixel becomes: zero, mean, blur, road or rise, for images and
+            volumes alike.
+        steps: K, the game's steps.
+        schedule: log or uniform, the game's schedule of steps.
+        score: `predicted-region` (mean probability of the class over its predicted region),
+            `gt-region` (over `masks`), `dice` (of the prediction with the unperturbed one) or
+            `mean-sigmoid` (mean probability over the image).
+        reference: "random" (seeded maps of U(0, 1) noise), a tensor of reference maps like `maps`,
+            or None.
+        mask_reference: also play the model's predicted-mask control (1 inside the predicted region
+            of `channel`, 0 outside), so that `summary()` asks whether the maps say more than the mask.
+        batch_size: perturbed images per forward.
+        seed: seeds the random reference, the ties of the ranking and ROAD's noise.
+        amp: bf16 autocast on CUDA.
+
+    Returns:
+        A `FaithfulnessResult`: the curves of the maps, of the reference and of the mask control;
+        `summary()` gives the statistics and the headline.
+
+    Raises:
+        TumorcamError: for images or maps of the wrong shape, a non-integer channel, score
+            `gt-region` without masks, patient ids that are not one per image, an unknown reference,
+            baseline, score or schedule, steps < 1, batch_size < 1, or a model whose output or
+            channel does not fit (`tumorcam.guards`).
+
+    Example:
+        >>> maps = tumorcam.explain(model, images, channel=1)
+        >>> result = tumorcam.faithfulness(model, images, maps, channel=1, patient_ids=pids)
+        >>> result.deletion_auc, result.insertion_auc  # (B,) per image
+        >>> result.summary()["deletion"]["vs_random"]["verdict"]  # "better", "worse", "not shown to differ", ...
     """
     from tumorcam import guards
     from tumorcam.evaluate.game import check_game

@@ -110,13 +110,34 @@ def localization_scores(maps: torch.Tensor, masks: torch.Tensor, *, top_percent:
 def localization(maps: torch.Tensor, masks: torch.Tensor, *, patient_ids: Any = None, reference: Reference = "random",
                  top_percent: float = 5.0, seed: int = 0, bootstrap: int = 1000,
                  alpha: float = 0.05) -> dict[str, dict[str, Any]]:
-    """The three metrics of `maps` (B, *spatial) against the ground-truth `masks` (B, *spatial) or
-    (B, 1, *spatial), 2-D or 3-D, summarized per metric like a row of localization.json: mean of
-    unit means, `ci_low`/`ci_high` (cluster bootstrap, `bootstrap` resamples, seeded), `unit`
-    ("patient" with `patient_ids`, else "slice": each image its own unit), `n_patients` (units),
-    `n_slices`, and `vs_random`: the paired test against the `reference` maps ("random": seeded
-    U(0, 1) maps; a tensor like `maps`; None: no test), Holm-adjusted at `alpha` over the three
-    metrics. `top_percent` p and `seed` (ties) as in `top_percent_iou`.
+    """The three metrics of `maps` against the ground truth, summarized per metric against a reference.
+
+    Args:
+        maps: (B, *spatial), 2-D or 3-D.
+        masks: the ground truth, (B, *spatial) or (B, 1, *spatial).
+        patient_ids: (B,) the unit of the statistics: "patient" with them, else "slice" (each image
+            its own unit).
+        reference: the maps of the paired test: "random" (seeded U(0, 1) maps), a tensor like
+            `maps`, or None (no test).
+        top_percent: p of the top-p% IoU, in (0, 100], as in `top_percent_iou`.
+        seed: seeds the random maps, the ties (as in `top_percent_iou`) and the bootstrap.
+        bootstrap: cluster-bootstrap resamples.
+        alpha: the level of the Holm adjustment over the three metrics.
+
+    Returns:
+        Per metric (`pointing_game`, `energy_pointing_game`, `top_iou`) a row like those of
+        localization.json: mean of unit means, `ci_low`/`ci_high` (cluster bootstrap, seeded), `unit`,
+        `n_patients` (units), `n_slices`, and `vs_random`: the paired test against the `reference`
+        maps, Holm-adjusted at `alpha` over the three metrics.
+
+    Raises:
+        TumorcamError: for maps and masks whose shapes do not fit, a top_percent outside (0, 100],
+            patient ids that are not one per image, or an unknown reference.
+        ValueError: for bootstrap < 1.
+
+    Example:
+        >>> summary = tumorcam.localization(maps, masks, patient_ids=pids)
+        >>> summary["energy_pointing_game"]["mean"], summary["energy_pointing_game"]["vs_random"]["verdict"]
     """
     maps = as_maps(maps)
     masks = torch.as_tensor(masks)

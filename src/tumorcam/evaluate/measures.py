@@ -77,6 +77,10 @@ class Measure(ABC):
             maps: (B, *spatial) maps of the images (measures with `needs_maps`).
             masks: (B, 1, *spatial) ground truth (measures with `needs_masks`; else optional).
             patient_ids: (B,) the unit of each image; None: each image its own unit.
+
+        Raises:
+            TumorcamError: when a needed argument is missing, the shapes disagree, or patient ids are
+                given for some batches and not for others; and as the library call of the measure.
         """
         check_images(images)
         if self.needs_maps and maps is None:
@@ -114,7 +118,14 @@ class DeletionInsertion(Measure):
 
     Args:
         model: returns logits (B, C, *spatial).
-        channel, output, baseline, steps, schedule, score, batch_size, amp: as in `tumorcam.faithfulness`.
+        channel: as in `tumorcam.faithfulness`.
+        output: as in `tumorcam.faithfulness`.
+        baseline: as in `tumorcam.faithfulness`.
+        steps: K, as in `tumorcam.faithfulness`.
+        schedule: as in `tumorcam.faithfulness`.
+        score: as in `tumorcam.faithfulness`.
+        batch_size: as in `tumorcam.faithfulness`.
+        amp: as in `tumorcam.faithfulness`.
         seed: seeds batch b's random reference and ties with `seed + n`.
 
     Raises:
@@ -144,7 +155,14 @@ class DeletionInsertion(Measure):
                             patient_ids=unit_ids, seed=seed, **self.settings)
 
     def result(self) -> FaithfulnessResult:
-        """The pooled `FaithfulnessResult` of every batch."""
+        """The pooled `FaithfulnessResult` of every batch.
+
+        Returns:
+            One `FaithfulnessResult` of the curves of every image seen.
+
+        Raises:
+            TumorcamError: before any `update`.
+        """
         ids, unit = self._seen()
         first = self.results[0]
 
@@ -162,7 +180,20 @@ class DeletionInsertion(Measure):
             seed=self.seed, n_flat_maps=sum(r.n_flat_maps for r in self.results))
 
     def summary(self, *, bootstrap: int = 1000, alpha: float = 0.05, sanity: Any = None) -> dict[str, Any]:
-        """`FaithfulnessResult.summary` of the pooled curves (with `sanity` for the headline)."""
+        """`FaithfulnessResult.summary` of the pooled curves (with `sanity` for the headline).
+
+        Args:
+            bootstrap: cluster-bootstrap resamples.
+            alpha: the level of the Holm adjustment and of the verdicts.
+            sanity: a `SanityResult` or its verdict dict for the headline (None: at best "undetermined").
+
+        Returns:
+            The row of `FaithfulnessResult.summary`.
+
+        Raises:
+            TumorcamError: before any `update`.
+            ValueError: for bootstrap < 1.
+        """
         return self.result().summary(bootstrap=bootstrap, alpha=alpha, sanity=sanity)
 
 
@@ -197,7 +228,20 @@ class Localization(Measure):
                 localization_scores(reference, masks, top_percent=self.top_percent, seed=seed))
 
     def summary(self, *, bootstrap: int = 1000, alpha: float = 0.05) -> dict[str, Any]:
-        """Per metric the mean of unit means with its CI and the test against the random maps (Holm over three)."""
+        """The statistics of every image seen, as `tumorcam.localization` gives them.
+
+        Args:
+            bootstrap: cluster-bootstrap resamples.
+            alpha: the level of the Holm adjustment over the three metrics.
+
+        Returns:
+            Per metric the mean of unit means with its CI and the test against the random maps
+            (Holm over three).
+
+        Raises:
+            TumorcamError: before any `update`.
+            ValueError: for bootstrap < 1.
+        """
         ids, unit = self._seen()
         scores, reference = ({metric: np.concatenate([r[i][metric] for r in self.results])
                               for metric in self.results[0][i]} for i in (0, 1))
@@ -210,8 +254,14 @@ class Dice(Measure):
 
     Args:
         model: returns logits (B, C, *spatial); the predicted region is the `predicted-mask` control's.
-        channel, output: as in `tumorcam.explain`.
+        channel: as in `tumorcam.explain`.
+        output: as in `tumorcam.explain`.
         batch_size: images per forward.
+        seed: seeds the bootstrap.
+
+    Raises:
+        TumorcamError: for batch_size < 1 or a seed that is not an integer; from `update`, for masks
+            that do not fit the prediction.
     """
 
     name = "dice"
@@ -240,7 +290,19 @@ class Dice(Measure):
         return dice_iou(predicted, masks > 0.5)[0].double().cpu().numpy()
 
     def summary(self, *, bootstrap: int = 1000, alpha: float = 0.05) -> dict[str, Any]:
-        """{"dice": mean of unit means, ci_low, ci_high, n_patients, n_slices; "unit", "per_image"}."""
+        """The Dice of every image seen, summarised over units.
+
+        Args:
+            bootstrap: cluster-bootstrap resamples.
+            alpha: unused (no test); the measures' common signature.
+
+        Returns:
+            {"dice": mean of unit means, ci_low, ci_high, n_patients, n_slices; "unit", "per_image"}.
+
+        Raises:
+            TumorcamError: before any `update`.
+            ValueError: for bootstrap < 1.
+        """
         ids, unit = self._seen()
         values = np.concatenate(self.results)
         summary = cluster_bootstrap_ci(values, ids, resamples=bootstrap, seed=self.seed)
@@ -254,7 +316,20 @@ class Sanity(Measure):
 
     Args:
         model: the intact model (left untouched).
-        method, target, layer, channel, output, threshold, stages, ig_steps, batch_size: as in `tumorcam.sanity`.
+        method: as in `tumorcam.sanity`.
+        target: as in `tumorcam.sanity`.
+        layer: as in `tumorcam.sanity`.
+        channel: as in `tumorcam.sanity`.
+        output: as in `tumorcam.sanity`.
+        threshold: as in `tumorcam.sanity`, in (0, 1].
+        stages: as in `tumorcam.sanity`.
+        ig_steps: as in `tumorcam.sanity`.
+        batch_size: as in `tumorcam.sanity`.
+        seed: seeds the randomization, the same for every batch (the randomised weights must be the
+            same model for all of them).
+
+    Raises:
+        TumorcamError: for an unknown method, ig_steps or batch_size < 1, or a threshold outside (0, 1].
     """
 
     name = "sanity"
@@ -281,7 +356,17 @@ class Sanity(Measure):
         return sanity(self.model, images, masks=masks, patient_ids=unit_ids, seed=self.seed, **self.settings)
 
     def result(self, bootstrap: int = 1000) -> SanityResult:
-        """The pooled `SanityResult` (its `verdict` decides on every image seen)."""
+        """The pooled `SanityResult` (its `verdict` decides on every image seen).
+
+        Args:
+            bootstrap: the result's cluster-bootstrap resamples.
+
+        Returns:
+            One `SanityResult` of every image seen.
+
+        Raises:
+            TumorcamError: before any `update`.
+        """
         ids, _ = self._seen()
         first = self.results[0]
         return SanityResult(stages=first.stages, spearman=np.concatenate([r.spearman for r in self.results], axis=1),
@@ -289,7 +374,19 @@ class Sanity(Measure):
                             patient_ids=ids, min_patients=first.min_patients, resamples=bootstrap, seed=self.seed)
 
     def summary(self, *, bootstrap: int = 1000, alpha: float = 0.05) -> dict[str, Any]:
-        """{"verdict", "reason", "n_patients", "stages"} of the pooled result."""
+        """The verdict of the pooled result.
+
+        Args:
+            bootstrap: cluster-bootstrap resamples.
+            alpha: unused; the measures' common signature.
+
+        Returns:
+            {"verdict", "reason", "n_patients", "stages"} of the pooled result.
+
+        Raises:
+            TumorcamError: before any `update`.
+            ValueError: for bootstrap < 1.
+        """
         result = self.result(bootstrap)
         verdict, reason = result.decide()
         return {"verdict": verdict, "reason": reason, "n_patients": result.n_patients, "stages": result.stages}
@@ -301,7 +398,18 @@ class Channels(Measure):
 
     Args:
         model: returns logits (B, C, *spatial).
-        channel_names, target, channel, output, method, ig_steps, baseline, batch_size: as in `tumorcam.channels`.
+        channel_names: as in `tumorcam.channels`.
+        target: as in `tumorcam.channels`.
+        channel: as in `tumorcam.channels`.
+        output: as in `tumorcam.channels`.
+        method: as in `tumorcam.channels`.
+        ig_steps: as in `tumorcam.channels`.
+        baseline: as in `tumorcam.channels`.
+        batch_size: as in `tumorcam.channels`.
+        seed: seeds the summary's bootstrap.
+
+    Raises:
+        TumorcamError: for ig_steps or batch_size < 1; from `update`, as `tumorcam.channels`.
     """
 
     name = "channels"
@@ -322,7 +430,19 @@ class Channels(Measure):
         return channels(self.model, images, masks=masks, patient_ids=unit_ids, seed=self.seed, **self.settings)
 
     def summary(self, *, bootstrap: int = 1000, alpha: float = 0.05) -> dict[str, Any]:
-        """`ChannelResult.summary` of the pooled shares and drops."""
+        """`ChannelResult.summary` of the pooled shares and drops.
+
+        Args:
+            bootstrap: cluster-bootstrap resamples.
+            alpha: the level of the verdicts.
+
+        Returns:
+            The dict of `ChannelResult.summary`.
+
+        Raises:
+            TumorcamError: before any `update`.
+            ValueError: for bootstrap < 1.
+        """
         ids, unit = self._seen()
         first = self.results[0]
         pooled = ChannelResult(shares=np.concatenate([r.shares for r in self.results]),

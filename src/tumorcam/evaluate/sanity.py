@@ -248,14 +248,27 @@ def index_shape(spatial: tuple[int, ...] | torch.Size, size: int) -> tuple[int, 
 
 @dataclass
 class SanityResult:
-    """Similarity of each stage's maps with the original maps: arrays (stages, N), NaN where the
-    original map is flat; `patient_ids` (N,) the unit of each map (None: each map its own unit);
-    `threshold`, `min_patients`, `resamples` (cluster-bootstrap draws), `seed` and `level` those of
-    the criterion (see `verdict`).
+    """Similarity of each stage's maps with the original maps, and the verdict of the check.
 
     Every mean here is over units: a unit's mean over its compared maps (a finite rho and SSIM),
     then the mean of the unit means, m = (1/P) sum_p m_p; the standard deviations are the
-    (population) ones of the unit means; the CIs are percentile cluster-bootstrap intervals of m."""
+    (population) ones of the unit means; the CIs are percentile cluster-bootstrap intervals of m.
+
+    Args:
+        stages: the module paths randomized, cumulatively, in order.
+        spearman: (stages, N) Spearman rho of each stage's maps with the original maps, NaN where the
+            original map is flat.
+        ssim: (stages, N) SSIM of the same, NaN where the original map is flat.
+        threshold: the criterion's threshold (see `verdict`).
+        patient_ids: (N,) the unit of each map (None: each map its own unit).
+        min_patients: the fewest patients compared for a verdict other than "undetermined".
+        resamples: cluster-bootstrap draws of the CIs.
+        seed: seeds the bootstrap.
+        level: the confidence level of the CIs.
+
+    Raises:
+        TumorcamError: for patient_ids that are not one per map.
+    """
 
     stages: list[str]
     spearman: np.ndarray
@@ -301,8 +314,18 @@ class SanityResult:
         return self.patients_compared[-1] if self.stages else 0
 
     def patient_means(self, values: np.ndarray, stage: int = -1) -> tuple[np.ndarray, np.ndarray]:
-        """Per-patient mean of `values` (stages, N) at `stage` over the patient's compared maps, and
-        the patient ids (sorted; a patient without a compared map left out)."""
+        """Per-patient mean of `values` at `stage` over the patient's compared maps.
+
+        Args:
+            values: (stages, N) one value per stage and map (e.g. `spearman`).
+            stage: the stage's index (default the fully randomised one).
+
+        Returns:
+            The patients' means and the patient ids (sorted; a patient without a compared map left out).
+
+        Raises:
+            ValueError: for values that do not have one entry per map.
+        """
         from tumorcam.evaluate.stats import patient_means
 
         kept = np.where(self.compared[stage], np.asarray(values, np.float64)[stage], np.nan)
@@ -363,9 +386,20 @@ class SanityResult:
 
     def decide(self, threshold: float | None = None,
                final_cis: tuple[dict[str, Any], dict[str, Any]] | None = None) -> tuple[str, str | None]:
-        """(verdict, reason) at the fully randomised stage against `threshold` (default `self.threshold`);
-        see `verdict` and `reason`. `final_cis`: the last stage's |rho| and SSIM CIs when the caller has
-        them already (`abs_spearman_ci[-1]`, `ssim_ci[-1]`), else they are bootstrapped here."""
+        """The verdict at the fully randomised stage against `threshold`, and why; see `verdict` and `reason`.
+
+        Args:
+            threshold: the criterion's threshold (default `self.threshold`).
+            final_cis: the last stage's |rho| and SSIM CIs when the caller has them already
+                (`abs_spearman_ci[-1]`, `ssim_ci[-1]`), else they are bootstrapped here.
+
+        Returns:
+            (verdict, reason): "passes", "fails" or "undetermined", and the reason of an
+            "undetermined" in a sentence (None otherwise).
+
+        Raises:
+            ValueError: for resamples < 1 or a level outside (0, 1) (the bootstrap's settings).
+        """
         t = self.threshold if threshold is None else float(threshold)
         n_maps = self.n_compared[-1] if self.stages else 0
         if n_maps == 0:
@@ -404,13 +438,27 @@ class SanityResult:
         return PASSED.get(self.verdict)
 
     def fails(self, threshold: float | None = None) -> bool | None:
-        """The verdict against `threshold` (default `self.threshold`): True for "fails", False for
-        "passes", None for "undetermined"."""
+        """Whether the check fails against `threshold`.
+
+        Args:
+            threshold: the criterion's threshold (default `self.threshold`).
+
+        Returns:
+            True for the verdict "fails", False for "passes", None for "undetermined".
+
+        Raises:
+            ValueError: for resamples < 1 or a level outside (0, 1) (the bootstrap's settings).
+        """
         passed = PASSED.get(self.decide(threshold)[0])
         return None if passed is None else not passed
 
     def final_patient_means(self) -> dict[str, list]:
-        """At the fully randomised stage, each compared patient's mean |rho| and mean SSIM."""
+        """At the fully randomised stage, each compared patient's mean |rho| and mean SSIM.
+
+        Returns:
+            {"patient_ids", "mean_abs_spearman", "ssim"}: lists, one entry per compared patient (null
+            for NaN).
+        """
         from tumorcam.evaluate.summary import finite_list
 
         rho, ids = self.patient_means(np.abs(self.spearman))
@@ -420,8 +468,17 @@ class SanityResult:
 
     @classmethod
     def concat(cls, parts: list[SanityResult]) -> SanityResult:
-        """One result of the maps of `parts` (the same stages; chunks of one set of images), in order,
-        with the first part's settings."""
+        """One result of the maps of `parts`, in order, with the first part's settings.
+
+        Args:
+            parts: results of the same stages (chunks of one set of images).
+
+        Returns:
+            The `SanityResult` of every map of `parts`.
+
+        Raises:
+            TumorcamError: for no part.
+        """
         if not parts:
             raise TumorcamError("images: no image to check")
         first = parts[0]
@@ -533,19 +590,54 @@ def sanity(model: nn.Module, images: torch.Tensor, *, method: str = "gradcam",
            threshold: float = 0.5, stages: list[str] | None = None, ig_steps: int = 32, seed: int = 0, amp: bool = False,
            patient_ids: Any = None, min_patients: int = MIN_PATIENTS, bootstrap: int = RESAMPLES,
            batch_size: int = CHUNK) -> SanityResult:
-    """Cascading randomization of `model` for the maps of `tumorcam.explain(model, images, method=...,
-    target=..., layer=..., channel=..., output=..., masks=...)`, the target's region fixed from the
-    intact model (`fixed_region_map_fn`), compared inside each image's foreground (`foreground_mask`).
-    `stages`: module paths randomized cumulatively, output first (default `cascade_stages`: the smp
-    U-Net's head, decoder and encoder stages, or any model's children with parameters, last first).
-    `layer=None` is the intact model's default layer, kept for every randomized copy. `seed` seeds
-    the re-initialization, the random map and the bootstrap. `model` itself is left untouched.
+    """Cascading randomization of `model` for the maps of `tumorcam.explain`, and its verdict.
 
-    The verdict (`SanityResult.verdict`): `patient_ids` (one per image; None: each image its own
-    unit) are the units of the mean and of its cluster-bootstrap CI (`bootstrap` resamples, 95%);
-    passes when the CIs of the mean |rho| and the mean SSIM of the fully randomized model lie below
-    `threshold`, fails when either lies at or above it, undetermined otherwise or with fewer than
-    `min_patients` patients compared. The maps are computed `batch_size` images at a time.
+    The maps are those of `tumorcam.explain(model, images, method=..., target=..., layer=...,
+    channel=..., output=..., masks=...)`, the target's region fixed from the intact model
+    (`fixed_region_map_fn`), compared inside each image's foreground (`foreground_mask`). `model`
+    itself is left untouched.
+
+    The verdict (`SanityResult.verdict`): passes when the CIs of the mean |rho| and the mean SSIM of
+    the fully randomized model lie below `threshold`, fails when either lies at or above it,
+    undetermined otherwise or with fewer than `min_patients` patients compared.
+
+    Args:
+        model: any module returning logits (B, C, *spatial).
+        images: (B, C_in, *spatial).
+        method: a name of `tumorcam.METHODS`.
+        target: a name of `tumorcam.TARGETS` or a callable, as in `tumorcam.explain`.
+        layer: a module path or module of `model`; None: the intact model's default layer, kept for
+            every randomized copy.
+        channel: the explained class, as in `tumorcam.explain`.
+        output: picks the logits from a tuple, list or dict output, as in `tumorcam.explain`.
+        masks: the ground truth, as in `tumorcam.explain`.
+        threshold: the verdict's threshold, in (0, 1].
+        stages: module paths randomized cumulatively, output first (default `cascade_stages`: the
+            smp U-Net's head, decoder and encoder stages, or any model's children with parameters,
+            last first).
+        ig_steps: integrated-gradients path points.
+        seed: seeds the re-initialization, the random map and the bootstrap.
+        amp: bf16 autocast on CUDA.
+        patient_ids: one per image, the units of the mean and of its cluster-bootstrap CI (None:
+            each image its own unit).
+        min_patients: the fewest patients compared for a verdict other than undetermined.
+        bootstrap: cluster-bootstrap resamples of the CIs (95%).
+        batch_size: the maps are computed `batch_size` images at a time.
+
+    Returns:
+        A `SanityResult`: per stage and image the Spearman rho and SSIM with the intact maps;
+        `verdict`, `passes` and `reason` decide.
+
+    Raises:
+        TumorcamError: for an unknown method, a threshold outside (0, 1], images that are not
+            (B, C_in, *spatial), min_patients, bootstrap or batch_size < 1, patient ids that are not
+            one per image, a layer that is not a submodule of `model`, a model whose output or channel
+            does not fit (`tumorcam.guards`), or stages that name no layer of `model` (or a model
+            with no parameters to randomize).
+
+    Example:
+        >>> result = tumorcam.sanity(model, images, method="gradcam", channel=1)
+        >>> result.stages, result.n_compared, result.passes
     """
     from tumorcam.explain import get_method
     from tumorcam.explain.layers import default_layer

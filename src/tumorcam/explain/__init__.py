@@ -81,19 +81,40 @@ def explain(
     ig_steps: int = 32,
     seed: Seed = 0,
 ) -> torch.Tensor:
-    """Heatmaps (B, *spatial) float32 in [0, 1] of `images` (B, C_in, *spatial), on the images' device.
+    """Heatmaps of `images` in [0, 1], one per image, by `method` at `layer` for `target`.
 
-    `method`: a name of `METHODS`. `target`: a name of `TARGETS` or a callable
-    `(logits, masks) -> weights` (weights broadcastable to the logits (B, C, *spatial)); the
-    scalar explained is sum(weights * logits). `layer`: a module path or module of `model` (None:
-    the last convolution block before the head, logged; when its Grad-CAM-family maps are flat for
-    every image, the next block up, with a warning); layer-free methods ignore it. `channel`: the
-    explained class, required when the model has several output channels (None: 0 for one).
-    The checks and warnings of `tumorcam.guards` run first; flat maps are warned. `output`: picks the
-    logits from a tuple, list or dict output (index, key or callable). `masks` (B, 1, *spatial) or
-    (B, *spatial): the ground truth of the explained class, needed by `gt-region`,
-    `false-positive` and `false-negative`. `ig_steps`: integrated-gradients path points. `seed`
-    seeds the random map (an int for the call, or one per image). `amp`: bf16 autocast on CUDA.
+    The checks and warnings of `tumorcam.guards` run first; flat maps are warned.
+
+    Args:
+        model: any module returning logits (B, C, *spatial).
+        images: (B, C_in, H, W) or (B, C_in, D, H, W) inputs of the model.
+        method: a name of `METHODS`.
+        target: a name of `TARGETS` or a callable `(logits, masks) -> weights` (weights broadcastable
+            to the logits (B, C, *spatial)); the scalar explained is sum(weights * logits).
+        layer: a module path or module of `model` (None: the last convolution block before the head,
+            logged; when its Grad-CAM-family maps are flat for every image, the next block up, with a
+            warning); layer-free methods ignore it.
+        channel: the explained class, required when the model has several output channels (None: 0
+            for one).
+        output: picks the logits from a tuple, list or dict output (index, key or callable).
+        masks: (B, 1, *spatial) or (B, *spatial), the ground truth of the explained class, needed by
+            `gt-region`, `false-positive` and `false-negative`.
+        batch_size: images per forward and backward (integrated gradients: one per path step).
+        amp: bf16 autocast on CUDA.
+        ig_steps: integrated-gradients path points.
+        seed: seeds the random map (an int for the call, or one per image).
+
+    Returns:
+        (B, *spatial) float32 heatmaps in [0, 1], on the images' device.
+
+    Raises:
+        TumorcamError: for an unknown method or target, images that are not (B, C_in, *spatial), a
+            target that needs masks without them, batch_size < 1, a layer that is not in `model` or
+            not on the path to the output, a missing or invalid `channel`, or seeds that do not
+            match the images.
+
+    Example:
+        >>> maps = tumorcam.explain(model, x, channel=1)  # (4, 64, 64): Grad-CAM of class 1's predicted region
     """
     return explain_at(model, images, method=method, target=target, layer=layer, channel=channel, output=output,
                       masks=masks, batch_size=batch_size, amp=amp, ig_steps=ig_steps, seed=seed)[0]
@@ -272,8 +293,29 @@ def explain_components(
     The lesions are the connected components of the prediction on the logits' grid (scipy.ndimage.label,
     face, edge and corner neighbours connect: 8 in 2-D, 26 in 3-D); lesion l of image b is explained as
     `explain(..., target=R_l)` with R_l its mask (s = sum of z_c over the lesion). An image with no
-    predicted pixel has no lesion; with none at all, the fields are empty (L = 0). Parameters as
-    `explain`; a per-image `seed` list is given per image and used for each of its lesions.
+    predicted pixel has no lesion.
+
+    Args:
+        model: as in `explain`.
+        images: as in `explain`.
+        method: as in `explain`.
+        layer: as in `explain`.
+        channel: as in `explain`.
+        output: as in `explain`.
+        batch_size: as in `explain`.
+        amp: as in `explain`.
+        ig_steps: as in `explain`.
+        seed: as in `explain`; a per-image `seed` list is given per image and used for each of its
+            lesions.
+
+    Returns:
+        `LesionMaps`: `maps` (L, *spatial) float32 in [0, 1], `image_index` (L,) the image of each
+        lesion, `lesions` (L, *spatial) bool its mask; with no lesion at all, the fields are empty
+        (L = 0).
+
+    Raises:
+        TumorcamError: as `explain` does for the method, images, batch size, layer and channel, or
+            for seeds that do not match the images.
     """
     chosen = get_method(method)
     guards.check_images(images)

@@ -16,9 +16,19 @@ FIGURES_DIR = "figures"
 
 
 def build_report(run: str | Path) -> Path:
-    """Figures (RUN/figures/*.png) and the self-contained RUN/report.html of a run; returns the page's path.
+    """Figures (RUN/figures/*.png) and the self-contained RUN/report.html of a run.
 
     Sections whose inputs the run lacks are shown as "not available", with the reason.
+
+    Args:
+        run: the run folder.
+
+    Returns:
+        The path of RUN/report.html.
+
+    Raises:
+        TumorcamError: for a folder that is not a run (no config.json), or explanations whose file ids
+            are not in the prepared data.
     """
     run = Path(run)
     contents = load_run_contents(run)

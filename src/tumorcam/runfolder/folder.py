@@ -50,7 +50,26 @@ def is_volume_run(path: str | Path) -> bool:
 
 
 class Run:
-    """A run folder: `path`, `config`, `device`, and its model, prepared data and explanations on demand."""
+    """A run folder: `path`, `config`, `device`, and its model, prepared data and explanations on demand.
+
+    Models, prepared folders and the weights hash are read once per `Run`; the explanations index is
+    read anew at each access (a stage may have rewritten it). `Run.open` is the usual way in.
+
+    Args:
+        path: the run folder.
+        config: its settings (RUN/config.json).
+        device: auto, cpu, cuda, cuda:N or a torch.device; None: config.train.device, resolved at
+            first use.
+
+    Raises:
+        TumorcamError: for a device that cannot be resolved (`tumorcam.device.resolve_device`).
+
+    Example:
+        >>> run = tumorcam.Run.open("runs/demo")            # RUN/config.json, read once
+        >>> model = run.model("best")                       # unet_best.pth on run.device, in eval mode
+        >>> rows = run.split("test")                        # rows of the prepared data (config.data)
+        >>> index = run.explanations                        # RUN/explanations/index.json
+    """
 
     def __init__(self, path: Path, config: Config, device: str | torch.device | None = None) -> None:
         self.path = path
@@ -62,8 +81,22 @@ class Run:
 
     @classmethod
     def open(cls, path: str | Path, *, device: str | torch.device | None = None) -> Run:
-        """The run folder at `path` (one that holds config.json); `device` (auto, cpu, cuda, cuda:N or a
-        torch.device) replaces config.train.device."""
+        """The run folder at `path`, its config.json read once.
+
+        Args:
+            path: a run folder (one that holds config.json).
+            device: auto, cpu, cuda, cuda:N or a torch.device; replaces config.train.device.
+
+        Returns:
+            The `Run`.
+
+        Raises:
+            TumorcamError: for a folder without config.json, an invalid config.json, or a device that
+                cannot be resolved.
+
+        Example:
+            >>> run = tumorcam.Run.open("runs/demo", device="cpu")
+        """
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
             raise TumorcamError(f"{path}: not a run folder (no {CONFIG_FILE}); train one with `tumorcam train`")
@@ -78,7 +111,19 @@ class Run:
         return _resolve(self.config.train.device)
 
     def model(self, checkpoint: str = "last") -> GrayUnet:
-        """The trained network, in eval mode on `device`: `last` (unet_trained.pth) or `best` (unet_best.pth)."""
+        """The trained network, in eval mode on `device`, loaded once.
+
+        A run of a user's network (config.model.network) has one model, whatever the checkpoint.
+
+        Args:
+            checkpoint: `last` (unet_trained.pth) or `best` (unet_best.pth).
+
+        Returns:
+            The model.
+
+        Raises:
+            TumorcamError: for an unknown checkpoint, or a run without that weights file.
+        """
         from tumorcam.models.unet import CHECKPOINTS
 
         if checkpoint not in CHECKPOINTS:
@@ -95,8 +140,19 @@ class Run:
         return self._models[checkpoint]
 
     def prepared(self, data: str | Path | None = None) -> PreparedData:
-        """The prepared data of the folder `data`, else of config.data (a relative config.data is looked
-        for from the working directory, then from the run folder)."""
+        """The prepared data of a folder, read once.
+
+        Args:
+            data: the prepared folder; None: config.data (a relative config.data is looked for from
+                the working directory, then from the run folder).
+
+        Returns:
+            The `PreparedData` (`tumorcam.data.arrays`).
+
+        Raises:
+            TumorcamError: when neither `data` nor config.data names a folder, or the folder is not
+                prepared data.
+        """
         from tumorcam.data.arrays import load_prepared
 
         if data is None:
@@ -112,8 +168,19 @@ class Run:
         return self._prepared[root]
 
     def split(self, name: str, data: str | Path | None = None) -> np.ndarray:
-        """Rows of the prepared data (`prepared(data)`) in the split `name` (train, val, test or all), to
-        evaluate: a split with training slices warns (`data.arrays.warn_training_split`)."""
+        """Rows of the prepared data in a split, to evaluate; a split with training slices warns
+        (`data.arrays.warn_training_split`).
+
+        Args:
+            name: train, val, test or all.
+            data: the prepared folder, as in `prepared`.
+
+        Returns:
+            The row indices of the split in `prepared(data)`.
+
+        Raises:
+            TumorcamError: for a split without slices, or as `prepared`.
+        """
         from tumorcam.data.arrays import warn_training_split
 
         prepared = self.prepared(data)
@@ -125,6 +192,7 @@ class Run:
 
     @property
     def explanations_folder(self) -> Path:
+        """RUN/explanations/."""
         from tumorcam.runfolder.index import EXPLANATIONS_DIR
 
         return self.path / EXPLANATIONS_DIR

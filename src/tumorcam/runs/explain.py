@@ -190,12 +190,33 @@ def explain_run(
     patients: int | None = None,
     slices_per_patient: int | None = None,
 ) -> Path:
-    """Write RUN/explanations/ (maps and index.json) for the chosen methods, targets and layers; return the folder.
+    """Write RUN/explanations/ (maps and index.json) for the chosen methods, targets and layers.
 
-    The slices are the file `ids` given, else `sample_rows(patients, slices_per_patient, limit)` seeded
-    with config.explain.seed. Settings left as None come from the run's config.explain; the input size
-    is config.train.size and the data config.data unless `data` is given. `untrained` explains the
-    network before fine-tuning (entries with model "untrained"). The model runs on `run.device`.
+    Settings left as None come from the run's config.explain; the input size is config.train.size.
+    The model runs on `run.device`.
+
+    Args:
+        run: the run folder, or its `Run`.
+        data: the prepared folder (None: config.data).
+        split: the split the slices come from.
+        limit: at most `limit` slices in all (the sample).
+        ids: file ids of exact slices; else the slices are `sample_rows(patients, slices_per_patient,
+            limit)` seeded with config.explain.seed.
+        methods: names of `tumorcam.METHODS`.
+        targets: names of `tumorcam.TARGETS`.
+        layers: module paths of the model's layers explained.
+        batch_size: images per batch of maps.
+        untrained: explain the network before fine-tuning (entries with model "untrained").
+        patients: patients of the seeded sample.
+        slices_per_patient: up to K slices of each patient in the sample.
+
+    Returns:
+        The folder RUN/explanations/.
+
+    Raises:
+        TumorcamError: for a run folder without config.json, a split without slices, ids not in the
+            split, sample settings given with ids, counts or batch_size < 1, unknown methods, targets
+            or layers, or `gt-region` on slices without tumour pixels.
     """
     run = as_run(run)
     config = run.config

@@ -45,14 +45,34 @@ def evaluate_faithfulness(
     patients: int | None = None,
     slices_per_patient: int | None = None,
 ) -> dict[str, Any]:
-    """Deletion/Insertion of every trained-model map of RUN/explanations (methods, controls and the
-    random map), each row with its patient-level AUC summary against the random map (`vs_random`)
-    and the predicted-mask control (`vs_mask`) of the same target, Holm-adjusted over the file;
-    writes RUN/faithfulness.json (schema in docs/evaluate.md) and returns it.
+    """Deletion/Insertion of every trained-model map of RUN/explanations; writes RUN/faithfulness.json.
 
-    Every map is scored by `target_score(map target, score)`; the maps it is compared with are
-    scored with the same score. One `PerturbationGame` per (baseline, score) plays every map that
-    needs that score. `patients` and `slices_per_patient` select the slices (`load_inputs`).
+    The maps are the methods, the controls and the random map; each row has its patient-level AUC
+    summary against the random map (`vs_random`) and the predicted-mask control (`vs_mask`) of the
+    same target, Holm-adjusted over the file. Every map is scored by `target_score(map target,
+    score)`; the maps it is compared with are scored with the same score. One `PerturbationGame` per
+    (baseline, score) plays every map that needs that score. Settings left as None come from the
+    run's config.evaluate.
+
+    Args:
+        run: the run folder.
+        data: the prepared folder (None: the run's config.data).
+        split: the split of the explained slices (None: the run's).
+        steps: K, the game's steps.
+        baselines: what a removed pixel becomes, one game per baseline (zero, mean, blur, road, rise).
+        score: the score of the game (see `target_score`).
+        schedule: log or uniform.
+        batch_size: perturbed images per forward.
+        device: where the model runs (None: the run's, config.train.device).
+        patients: with `slices_per_patient`, selects the slices (`load_inputs`).
+        slices_per_patient: with `patients`, selects the slices (`load_inputs`).
+
+    Returns:
+        The contents of RUN/faithfulness.json (schema in docs/evaluate.md).
+
+    Raises:
+        TumorcamError: for invalid options (steps, baselines, score, schedule, batch_size), a run
+            folder without config.json or maps that do not fit its data and weights (`load_inputs`).
     """
     from tumorcam.config import overridden
     from tumorcam.io import optional_json, write_json

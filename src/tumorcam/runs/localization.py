@@ -21,14 +21,28 @@ def evaluate_localization(run: str | Path, data: str | Path | None = None, split
                           top_percent: float | None = None, patients: int | None = None,
                           slices_per_patient: int | None = None) -> dict[str, Any]:
     """Localisation of every map of RUN/explanations (trained and untrained model, controls included);
-    writes RUN/localization.json (schema in docs/evaluate.md) and returns it.
+    writes RUN/localization.json.
 
     Each row's metric has the patient-level summary of `tumorcam.evaluate.summary.metric_summary`
     (higher is better), compared with the random map (`vs_random`) and the predicted-mask control
     (`vs_mask`) of the same model kind and target, each with the Wilcoxon signed-rank test on the
-    patients' mean differences (`TESTS`). Every comparison
-    is exploratory: one Holm adjustment over the file. `patients` and `slices_per_patient` select
-    the slices (`load_inputs`).
+    patients' mean differences (`TESTS`). Every comparison is exploratory: one Holm adjustment over
+    the file.
+
+    Args:
+        run: the run folder.
+        data: the prepared folder (None: the run's config.data).
+        split: the split of the explained slices (None: the run's).
+        top_percent: p of the top-p% IoU, in (0, 100] (None: config.evaluate.top_percent).
+        patients: with `slices_per_patient`, selects the slices (`load_inputs`).
+        slices_per_patient: with `patients`, selects the slices (`load_inputs`).
+
+    Returns:
+        The contents of RUN/localization.json (schema in docs/evaluate.md).
+
+    Raises:
+        TumorcamError: for a top_percent outside (0, 100], a run folder without config.json, or maps
+            that do not fit its data and weights (`load_inputs`).
     """
     from tumorcam.config import overridden
     from tumorcam.io import write_json

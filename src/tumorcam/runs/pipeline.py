@@ -133,11 +133,29 @@ def run_pipeline(
 ) -> Path:
     """Run every stage into the run folder `out` (skipping finished ones) and return the report's path.
 
-    `data`: None (the synthetic dataset), a prepared folder, a folder of .mat files, the figshare
-    zips (a folder holding them, or one zip) or a PNG folder. `config` (`tumorcam.config.Settings`)
-    replaces the preset's settings; its train.num_threads are every stage's CPU threads (0 automatic).
     With config.model.network (a user's network) nothing is trained: the network is explained,
-    evaluated and reported as it is. `log` receives one line per stage.
+    evaluated and reported as it is.
+
+    Args:
+        out: the run folder.
+        data: None (the synthetic dataset), a prepared folder, a folder of .mat files, the figshare
+            zips (a folder holding them, or one zip) or a PNG folder.
+        preset: the name of the settings' preset.
+        force: redo every stage.
+        config: settings (`tumorcam.config.Settings`) that replace the preset's; its
+            train.num_threads are every stage's CPU threads (0 automatic).
+        prepare_size: the size the slices are prepared at.
+        synthetic_patients: patients of the synthetic dataset (without `data`).
+        synthetic_slices: slices per patient of the synthetic dataset.
+        log: receives one line per stage.
+
+    Returns:
+        The path of RUN/report.html.
+
+    Raises:
+        TumorcamError: for an `out` that is not a folder or holds files `tumorcam run` did not make,
+            a `data` that does not exist, a stage log that is not one, a user's network that fails on a
+            prepared slice, or as the stages do.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():

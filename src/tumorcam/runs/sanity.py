@@ -29,16 +29,33 @@ def evaluate_sanity(run: str | Path, data: str | Path | None = None, split: str 
                     device: str | torch.device | None = None, patients: int | None = None,
                     slices_per_patient: int | None = None, min_patients: int = MIN_PATIENTS) -> dict[str, Any]:
     """Cascading randomisation of the run's model for every (method, target, layer) of its trained-model
-    maps, the controls included (`edges` must fail: it ignores the weights), on `limit` (default
-    EvaluateConfig.sanity; None: every explained slice) of the run's explained slices picked
-    by `pick_slices`, the maps computed `CHUNK` slices at a time and compared inside each slice's
-    foreground, the patient as the unit of the verdict (`SanityResult.verdict`, `min_patients`,
-    EvaluateConfig.bootstrap resamples); writes RUN/sanity.json (schema in docs/evaluate.md). Left out: the random map (its seeded noise ignores
-    the weights by construction) and the x GT maps (the method's own maps times the mask, checked
-    as the method).
+    maps; writes RUN/sanity.json.
 
-    `patients` and `slices_per_patient` go to the input loading (they choose the slices when the run
-    has no maps yet)."""
+    The controls are included (`edges` must fail: it ignores the weights); left out: the random map
+    (its seeded noise ignores the weights by construction) and the x GT maps (the method's own maps
+    times the mask, checked as the method). The slices are picked by `pick_slices` from the run's
+    explained slices, the maps computed `CHUNK` slices at a time and compared inside each slice's
+    foreground, the patient as the unit of the verdict (`SanityResult.verdict`,
+    EvaluateConfig.bootstrap resamples).
+
+    Args:
+        run: the run folder.
+        data: the prepared folder (None: the run's config.data).
+        split: the split of the explained slices (None: the run's).
+        limit: slices checked (default EvaluateConfig.sanity; None there: every explained slice).
+        methods: the methods checked (None: every method of the trained-model maps).
+        device: where the model runs (None: the run's, config.train.device).
+        patients: goes to the input loading (it chooses the slices when the run has no maps yet).
+        slices_per_patient: goes to the input loading, as `patients`.
+        min_patients: the fewest patients compared for a verdict other than undetermined.
+
+    Returns:
+        The contents of RUN/sanity.json (schema in docs/evaluate.md).
+
+    Raises:
+        TumorcamError: for `random` among the methods, a method without maps in RUN/explanations, a
+            run folder without config.json, or maps that do not fit its data and weights (`load_inputs`).
+    """
     from tqdm.auto import tqdm
 
     from tumorcam.config import overridden

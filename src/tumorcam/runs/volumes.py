@@ -110,10 +110,27 @@ def clear_outputs(out: Path) -> None:
 def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str | Path | None,
                 settings: Settings | None = None, device: str = "auto", size: int | None = None,
                 log: Callable[[str], None] = print) -> Path | None:
-    """Explain and evaluate the network of `model` (MODULE:FACTORY) with `weights` on the cases of
-    `data` (an nnU-Net raw folder is prepared at `size`, default 64); write the run folder `out`
-    (see the module docstring; an earlier run's outputs there are replaced) and return its report's
-    path (rank 0; the other ranks return None once their cases are gathered)."""
+    """Explain and evaluate the network of `model` with `weights` on the cases of `data`; write the run
+    folder `out` (see the module docstring; an earlier run's outputs there are replaced).
+
+    Args:
+        out: the run folder.
+        data: nnU-Net's raw layout (prepared first into RUN/prepared) or a prepared volume folder.
+        model: MODULE:FACTORY of the network.
+        weights: its weights (None: as the factory makes it).
+        settings: the run's settings (`tumorcam.config.Settings`; None: the `own-model` preset).
+        device: auto, cpu, cuda or cuda:N.
+        size: the size an nnU-Net raw folder is prepared at (default 64).
+        log: receives the progress lines.
+
+    Returns:
+        The path of the report (rank 0; the other ranks return None once their cases are gathered).
+
+    Raises:
+        TumorcamError: for a `data` that is neither layout, a prepared folder made from other data or
+            at another size, an `out` that holds a run on slices, a split without cases, or a model
+            that fails on the volumes or returns the wrong shape.
+    """
     from tumorcam.data.volumes import load_volumes
     from tumorcam.explain.layers import default_layer
     from tumorcam.training.distributed import barrier, gather_to_main, refuse_several_machines, start, stop

@@ -50,8 +50,19 @@ HISTORY_FIELDS = ("epoch", "loss", "val_dice", "val_iou", "seconds", "img_per_s"
 def train(config: Config, out: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train `config.model` on the prepared folder `config.data`, writing the run folder `out`.
 
-    With `resume`, continue from `out/train_state.pth` (model, optimiser, epoch) up to
-    `config.train.epochs`. Returns {"run", "epochs", "best_epoch", "best_val_dice", "history"}.
+    Args:
+        config: the run's settings (model, data, train).
+        out: the run folder.
+        resume: continue from `out/train_state.pth` (model, optimiser, epoch) up to `config.train.epochs`.
+
+    Returns:
+        {"run", "epochs", "best_epoch", "best_val_dice", "history"}.
+
+    Raises:
+        TumorcamError: for no config.data, a train.size that is not a multiple of 32 (at least 32),
+            train.epochs or train.batch_size < 1, a train.lr that is not positive, an unknown
+            train.schedule, an empty train split, an `out` that already holds a training run (without
+            `resume`), or a non-finite epoch loss.
     """
     out = Path(out)
     _check_config(config)
