@@ -15,7 +15,7 @@ from tumorcam.cli import flag_message
 from tumorcam.errors import TumorcamError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tumorcam"
-PENDING = ["config.py", "runs/volume_settings.py", "runs/pipeline.py"]
+PENDING: list[str] = []
 FLAG = re.compile(r"--[a-z]")
 
 

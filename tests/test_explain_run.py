@@ -207,7 +207,7 @@ def test_the_index_records_the_sample_control_flags_and_the_weights(run: Path):
 def test_load_inputs_refuses_other_slices_until_explained_again(run: Path, capsys):
     explain_run(run, methods=["random"], targets=["mean-logits"])
     with pytest.raises(TumorcamError, match=r"explain other slices than patients=1 slices_per_patient=1 selects; "
-                                            r"run `tumorcam explain .* --patients 1 --slices-per-patient 1` first"):
+                                            r"make them with `explain_run\(.*patients=1, slices_per_patient=1\)` first"):
         load_inputs(run, device="cpu", with_model=False, patients=1, slices_per_patient=1)
     assert len(_index(run)["entries"]) == 1 and _index(run)["patients"] is None  # loading made nothing
     check = check_maps(run, patients=1, slices_per_patient=1)

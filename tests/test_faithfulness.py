@@ -436,7 +436,7 @@ def test_evaluate_faithfulness_needs_a_run_with_maps(tmp_path: Path, blob_prepar
         evaluate_faithfulness(empty)
     (tmp_path / "no-maps").mkdir()
     no_maps = make_run(tmp_path / "no-maps", blob_prepared, with_maps=False)
-    with pytest.raises(TumorcamError, match=r"no maps in .*explanations \(no index.json\); run `tumorcam explain "):
+    with pytest.raises(TumorcamError, match=r"no maps in .*explanations \(no index.json\); make them with `explain_run\("):
         evaluate_faithfulness(no_maps)
     assert not (no_maps / "explanations").exists()  # nothing is made as a side effect of loading
     run = make_run(tmp_path, blob_prepared)

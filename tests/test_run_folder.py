@@ -166,8 +166,8 @@ def test_the_index_reads_old_entries_and_loads_maps_only_when_asked(tmp_path: Pa
 
 
 def test_loading_never_explains(run: Path):
-    with pytest.raises(TumorcamError, match=r"no maps in .*explanations \(no index.json\); run `tumorcam explain "
-                                            rf"{run}` first"):
+    with pytest.raises(TumorcamError, match=r"no maps in .*explanations \(no index.json\); make them with "
+                                            rf"`explain_run\('{run}'\)` first"):
         load_inputs(run, device="cpu", with_model=False)
     assert not (run / "explanations").exists()
 
@@ -184,7 +184,7 @@ def test_load_inputs_refuses_maps_of_other_weights_and_evaluate_explains_them_ag
     torch.manual_seed(3)  # "retrained"
     save_weights(build_model(Run.open(run).config.model), run / WEIGHTS_FILE)
     with pytest.raises(TumorcamError, match=r"were made by other weights than the run's now \(trained model\); "
-                                            r"run `tumorcam explain .* --ids 11,12,23,24 --split test` first"):
+                                            r"make them with `explain_run\(.*ids=\[11, 12, 23, 24\], split='test'\)` first"):
         load_inputs(run, device="cpu", with_model=False)
     assert _index(run) == before  # nothing was remade by loading
 

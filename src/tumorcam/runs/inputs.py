@@ -6,7 +6,7 @@ the prepared data, matched by file id), and the model; the summaries the checks 
 `load_inputs` reads the maps as they are and never makes them. Maps that do not fit the request
 (`check_maps`: no maps, maps of another split, of other slices than `patients`/`slices_per_patient`
 select, or of other weights than the run's now, per model kind by `weights_sha256`) are one error
-that names the `tumorcam explain` command to run. `tumorcam evaluate` runs that step itself first
+that names the `explain_run` call to make. `tumorcam evaluate` runs that step itself first
 (`explain_again`). Maps that carry no weights hash (hand-made, or from before hashes) are taken as
 they are, with a note.
 """
@@ -180,25 +180,19 @@ def _misfit(run: Run, reason: str, remake: list[dict[str, Any]], verb: str = "re
     """A `MapsCheck` of maps that do not fit, its error naming the commands that make them fit."""
     if run.weights_sha256 is None:
         message = (f"{run.path}: {reason}, and there is no trained model ({WEIGHTS_FILE}) to {verb} them; "
-                   "run `tumorcam train` first")
+                   "train it first")
     else:
-        commands = " and ".join(f"`{_command(run.path, call)}`" for call in remake)
-        message = f"{run.path}: {reason}; run {commands} first (`tumorcam evaluate RUN` does it itself)"
+        calls = " and ".join(f"`{_call(run.path, call)}`" for call in remake)
+        message = f"{run.path}: {reason}; make them with {calls} first (`explain_again` does it)"
     return MapsCheck(reason=reason, message=message, remake=remake)
 
 
-def _command(path: Path, call: dict[str, Any]) -> str:
-    """The `tumorcam explain` command line of one `explain_run` call."""
-    words = ["tumorcam", "explain", str(path)]
-    if call.get("untrained"):
-        words.append("--untrained")
-    for key in ("methods", "targets", "layers", "ids"):
-        if call.get(key):
-            words += [f"--{key}", ",".join(map(str, call[key]))]
-    for key in ("split", "patients", "slices_per_patient"):
-        if call.get(key) is not None:
-            words += [f"--{key.replace('_', '-')}", str(call[key])]
-    return " ".join(words)
+def _call(path: Path, call: dict[str, Any]) -> str:
+    """One `explain_run` call as Python: `explain_run('RUN', methods=['gradcam'], patients=1)`."""
+    arguments = [repr(str(path))] + [f"{key}={call[key]!r}" for key in
+                                     ("untrained", "methods", "targets", "layers", "ids", "split", "patients",
+                                      "slices_per_patient") if call.get(key) not in (None, False, [])]
+    return f"explain_run({', '.join(arguments)})"
 
 
 def explain_again(run: str | Path | Run, check: MapsCheck, data: str | Path | None = None) -> None:

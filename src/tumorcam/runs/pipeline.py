@@ -98,7 +98,7 @@ class StageLog:
         except FileNotFoundError:
             self.stages = {}
         except (OSError, ValueError, KeyError, TypeError):
-            raise TumorcamError(f"{self.path}: not a tumorcam stage log; remove it or pass --force") from None
+            raise TumorcamError(f"{self.path}: not a tumorcam stage log; remove it or force the run", param="force") from None
 
     def done(self, stage: Stage, out: Path) -> bool:
         record = self.stages.get(stage.name, {})
@@ -159,12 +159,12 @@ def run_pipeline(
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise TumorcamError(f"--out {out}: exists and is not a folder")
+        raise TumorcamError(f"out {out}: exists and is not a folder", param="out")
     if data is not None and not Path(data).exists():
-        raise TumorcamError(f"--data {data}: no such file or folder")
+        raise TumorcamError(f"data {data}: no such file or folder", param="data")
     if out.is_dir() and not (out / STAGES_FILE).exists() and any(out.iterdir()) and not force:
-        raise TumorcamError(f"--out {out}: holds files that `tumorcam run` did not make; choose another folder "
-                            "(or pass --force to let the pipeline replace what it writes there)")
+        raise TumorcamError(f"out {out}: holds files that `tumorcam run` did not make; choose another folder "
+                            "(or force the run, to let the pipeline replace what it writes there)", param="out")
     cfg = copy.deepcopy(config) if config is not None else preset_config(preset)
     if cfg.train.num_threads > 0:  # every stage, not training only, on the config's threads (the demo's: fixed)
         import torch
