@@ -28,7 +28,7 @@ DATASET_ID = 987
 DATASET = f"Dataset{DATASET_ID:03d}_TumorcamSynth"
 TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
 TRAIN_STEPS = 40
-BIG_SIZE = 48  # a raw case whose preprocessed volume is larger than the patch in every axis
+BIG_SIZE = 64  # a raw case whose preprocessed volume spans several tiles in every axis
 BIG_SPACING = (1.0, 0.9, 1.3)  # differs from the plans' spacing, so export resamples
 CHANNELS = 4
 
@@ -264,9 +264,10 @@ def test_stitched_map_has_no_tile_seams(loaded):
         for axis, window in enumerate(slicer[1:]):
             borders[axis].update({window.start - 1, window.stop - 1} - {-1, volume.shape[1 + axis] - 1})
     assert all(borders), "the case must span several tiles in every axis"
-    for axis, planes in enumerate(borders):  # mean |step| between neighbouring planes: borders vs elsewhere
+    for axis, planes in enumerate(borders):  # the mean |step| across a tile border vs across its neighbours
         steps = np.abs(np.diff(result.heatmap, axis=axis)).mean(axis=tuple(a for a in range(3) if a != axis))
-        assert steps[sorted(planes)].max() < 3 * np.median(steps) + 0.02, (axis, steps)
+        for k in sorted(planes):
+            assert steps[k] <= 2 * max(steps[k - 1], steps[min(k + 1, len(steps) - 1)]) + 1e-3, (axis, k, steps)
     network = model.networks[0]
     multiple = [int(np.ceil(s / 4) * 4) for s in volume.shape[1:]]
     whole = torch.nn.functional.pad(torch.from_numpy(volume)[None],
