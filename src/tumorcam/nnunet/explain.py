@@ -69,7 +69,7 @@ def explain_volume(model: NnunetModel, volume: np.ndarray | torch.Tensor, label:
     the network (None: tumorcam's default, the last convolution block before the head)."""
     chosen = get_method(method)
     channel = model.channel(label)
-    volume = torch.as_tensor(np.asarray(volume, dtype=np.float32))
+    volume = torch.as_tensor(volume, dtype=torch.float32).to(next(model.parameters()).device)
     spatial_dims = len(model.patch_size)
     if volume.dim() not in (spatial_dims + 1, 4):
         raise TumorcamError(f"volume: expected a preprocessed volume (C, *spatial), got shape {tuple(volume.shape)}",
@@ -85,9 +85,9 @@ def explain_volume(model: NnunetModel, volume: np.ndarray | torch.Tensor, label:
             stitched = stitch(volume, model.patch_size, run, model.tile_step)
         fold_logits.append(stitched[:-1])
         fold_maps.append(normalize(stitched[-1:])[0])
-    maps = torch.stack(fold_maps)
+    maps = torch.stack(fold_maps).cpu()
     return NnunetExplanation(heatmap=maps.mean(0).numpy(), fold_maps=maps.numpy(),
-                             logits=torch.stack(fold_logits).mean(0), label=label, channel=channel,
+                             logits=torch.stack(fold_logits).mean(0).cpu(), label=label, channel=channel,
                              layer=names.pop())
 
 
@@ -115,7 +115,7 @@ def _layer(network: nn.Module, volume: torch.Tensor, patch_size: tuple[int, ...]
     if not chosen.uses_layer:
         return None, "input"
     if layer is None:
-        example = torch.zeros((1, volume.shape[0], *patch_size))
+        example = torch.zeros((1, volume.shape[0], *patch_size), device=volume.device)
         with explaining(network):
             layer = default_layer(network, example)
     return resolve_layer(network, layer), layer
