@@ -69,6 +69,7 @@ def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int) -> tu
 
     from tumorcam.nnunet.model import build_network
 
+    torch.manual_seed(0)
     network = build_network(plans, dataset_json, "3d_fullres", "nnUNetTrainer").train()
     patch = plans["configurations"]["3d_fullres"]["patch_size"]
     dataset = infer_dataset_class(preprocessed)(preprocessed)
@@ -303,6 +304,49 @@ def test_map_on_the_raw_grid_has_the_raw_shape_and_affine(nnunet_model, loaded, 
     brain = np.argwhere(np.asarray(raw.dataobj) > 0)  # the blob's centre is the centre of the cropped head
     box_centre = raw.affine @ [*((brain.min(0) + brain.max(0)) / 2), 1]
     assert np.linalg.norm(centre_world[:3] - box_centre[:3]) < 3.0  # mm
+
+
+def _small_case(folder) -> list[str]:
+    """The channel files of training case TCAM_000 of the raw dataset (one tile)."""
+    images = folder.parents[2] / "raw" / DATASET / "imagesTr"
+    return [str(images / f"TCAM_000_{channel:04d}.nii.gz") for channel in range(CHANNELS)]
+
+
+def test_cli_writes_the_map_on_the_raw_grid(nnunet_model, tmp_path, capsys):
+    import nibabel as nib
+    from conftest import run_cli
+
+    folder, _, _ = nnunet_model
+    files = _small_case(folder)
+    args = ["explain", "--nnunet", str(folder), "--label", "enhancing", "--out", str(tmp_path), "--device", "cpu"]
+    code, out, err = run_cli([*args, *(item for f in files for item in ("--image", f))], capsys)
+    assert code in (0, None), err
+    assert "gradcam of enhancing (channel 2), fold(s) 0, at layer decoder.stages.1" in out
+    written = nib.load(tmp_path / "TCAM_000_gradcam_enhancing.nii.gz")
+    raw = nib.load(files[0])
+    assert written.shape == raw.shape and np.allclose(written.affine, raw.affine)
+
+
+def test_cli_errors_name_the_flags(nnunet_model, tmp_path, capsys):
+    from conftest import run_cli
+
+    folder, _, _ = nnunet_model
+    files = _small_case(folder)
+    images = [item for f in files for item in ("--image", f)]
+    other = tmp_path / TRAINER_FOLDER
+    shutil.copytree(folder, other)
+    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    checkpoint["trainer_name"] = types.SimpleNamespace(name="nnUNetTrainer")
+    torch.save(checkpoint, other / "fold_0" / "checkpoint_final.pth")
+    code, _, err = run_cli(["explain", "--nnunet", str(other), *images, "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--trust-checkpoint:" in err
+    code, _, err = run_cli(["explain", "--nnunet", str(folder), *images, "--out", str(tmp_path), "--label", "tumour"],
+                           capsys)
+    assert code == 2 and "--label: unknown label 'tumour'" in err
+    code, _, err = run_cli(["explain", "--nnunet", str(tmp_path), *images, "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--nnunet: " in err and "plans.json" in err
+    code, _, err = run_cli(["explain", "--label", "edema", *images, "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--nnunet" in err
 
 
 if __name__ == "__main__":  # the fixture's child process, with nnU-Net's folders in its environment
