@@ -163,6 +163,42 @@ def loaded(nnunet_model):
     return model, volume, properties
 
 
+@pytest.mark.parametrize("image_size,patch_size", [((40, 70, 33), (20, 32, 28)), ((5, 50, 61), (32, 28)),
+                                                    ((20, 32, 28), (20, 32, 28))])
+def test_tiles_are_nnunets(image_size, patch_size):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    from tumorcam.nnunet.sliding import gaussian, tiles
+
+    predictor = types.SimpleNamespace(configuration_manager=types.SimpleNamespace(patch_size=list(patch_size)),
+                                      tile_step_size=0.5, verbose=False)
+    assert tiles(image_size, patch_size) == nnUNetPredictor._internal_get_sliding_window_slicers(predictor, image_size)
+    theirs = compute_gaussian(tuple(patch_size), 1.0 / 8, 10, dtype=torch.float32, device=torch.device("cpu"))
+    assert torch.equal(gaussian(patch_size), theirs)
+
+
+def test_label_channels_follow_the_label_manager(loaded):
+    from tumorcam.errors import TumorcamError
+    from tumorcam.nnunet import NnunetModel
+    from tumorcam.nnunet.explain import predicted_region
+
+    model = loaded[0]
+    assert (model.channel("edema"), model.channel("enhancing")) == (1, 2)
+    regions = {**model.dataset_json, "labels": {"background": 0, "whole": [1, 2], "core": 2},
+               "regions_class_order": [1, 2]}
+    region_model = NnunetModel([], (0,), model.plans_manager.plans, regions, "3d_fullres", "nnUNetTrainer", None)
+    assert region_model.label_manager.has_regions
+    assert (region_model.channel("whole"), region_model.channel("core")) == (0, 1)
+    with pytest.raises(TumorcamError, match="label: unknown label 'tumor'"):
+        region_model.channel("tumor")
+    logits = torch.tensor([[-1.0, 2.0], [3.0, 1.0]]).view(1, 2, 2)  # channel 0: z = (-1, 2); channel 1: (3, 1)
+    assert predicted_region(logits, None, channel=0, regions=True)[0, 0].tolist() == [0.0, 1.0]
+    assert predicted_region(logits, None, channel=0, regions=False)[0, 0].tolist() == [0.0, 1.0]
+    assert predicted_region(logits, None, channel=1, regions=True)[0, 1].tolist() == [1.0, 1.0]
+    assert predicted_region(logits, None, channel=1, regions=False)[0, 1].tolist() == [1.0, 0.0]
+
+
 def test_plan_and_train_timings(nnunet_model, capsys):
     _, _, timings = nnunet_model
     with capsys.disabled():
@@ -290,9 +326,7 @@ def test_map_on_the_raw_grid_has_the_raw_shape_and_affine(nnunet_model, loaded, 
 
     _, files, _ = nnunet_model
     model, volume, properties = loaded
-    heatmap = np.zeros(volume.shape[1:], np.float32)
-    heatmap[tuple(s // 2 for s in heatmap.shape)] = 1.0
-    heatmap[:] = np.exp(-sum((np.indices(heatmap.shape)[a] - heatmap.shape[a] / 2) ** 2 for a in range(3)) / 20)
+    heatmap = np.exp(-sum((np.indices(volume.shape[1:])[a] - volume.shape[1 + a] / 2) ** 2 for a in range(3)) / 20)
     raw = nib.load(files[0])
     written = tumorcam.nnunet.write_map(model, heatmap, properties, files[0], tmp_path / "map.nii.gz")
     image = nib.load(tmp_path / "map.nii.gz")
