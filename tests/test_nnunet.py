@@ -307,8 +307,8 @@ def test_stitched_map_has_no_tile_seams(loaded):
             assert steps[k] <= 2 * max(steps[k - 1], steps[min(k + 1, len(steps) - 1)]) + 1e-3, (axis, k, steps)
     network = model.networks[0]
     multiple = [int(np.ceil(s / 4) * 4) for s in volume.shape[1:]]
-    whole = torch.nn.functional.pad(torch.from_numpy(volume)[None],
-                                    [p for s, m in zip(reversed(volume.shape[1:]), reversed(multiple)) for p in (0, m - s)])
+    padding = [p for s, m in zip(reversed(volume.shape[1:]), reversed(multiple)) for p in (0, m - s)]
+    whole = torch.nn.functional.pad(torch.from_numpy(volume)[None], padding)
     channel = model.channel("edema")
     one_pass = tumorcam.explain(
         network, whole, layer=result.layer, channel=channel,

@@ -127,8 +127,9 @@ def explain_command(
 
         given = {"RUN": run, "--model": model, "--weights": weights, "--channel": channel}
         for line in explain_nnunet(nnunet, image, out, folds=folds, checkpoint=checkpoint, label=label,
-                                   trust_checkpoint=trust_checkpoint, method=_first(methods), layer=_first(layers),
-                                   device=device, others=[flag for flag, value in given.items() if value]):
+                                   trust_checkpoint=trust_checkpoint, method=_one("--method", methods, None),
+                                   layer=_one("--layer", layers, None), device=device,
+                                   others=[flag for flag, value in given.items() if value is not None]):
             typer.echo(line)
         return
     if model is not None:

@@ -28,8 +28,7 @@ def _safe_globals() -> list[Any]:
     """numpy scalars (under numpy 2's and numpy 1's module name) and dtypes, the only globals of an
     nnU-Net checkpoint beyond PyTorch's own."""
     scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
-    dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")
-                     and name[0].isupper() and name != "StringDType"]
+    dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
     return [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
             np.dtype, *dtype_classes]
 

@@ -25,6 +25,7 @@ from tumorcam.explain import get_method
 from tumorcam.explain.layers import default_layer, resolve_layer
 from tumorcam.explain.maps import normalize, rectify, upsample
 from tumorcam.explain.methods import Method, Options, ScalarOutput
+from tumorcam.explain.targets import TargetFn
 from tumorcam.logits import explaining
 from tumorcam.nnunet.sliding import stitch
 
@@ -91,8 +92,8 @@ def explain_volume(model: NnunetModel, volume: np.ndarray | torch.Tensor, label:
                              layer=names.pop())
 
 
-def tile_explanation(network: nn.Module, chosen: Method, target, module: nn.Module | None, tile: torch.Tensor, *,
-                     channel: int, options: Options) -> torch.Tensor:
+def tile_explanation(network: nn.Module, chosen: Method, target: TargetFn, module: nn.Module | None,
+                     tile: torch.Tensor, *, channel: int, options: Options) -> torch.Tensor:
     """One tile (1, C, *patch) -> (1, K + 1, *patch): its logits and, last, its raw map (rectified,
     upsampled to the patch, not normalised)."""
     seen: list[torch.Tensor] = []

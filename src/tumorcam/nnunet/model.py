@@ -135,6 +135,7 @@ def load(folder: str | os.PathLike, folds: Sequence[int | str] = (0,), checkpoin
          trust_checkpoint: bool = False) -> NnunetModel:
     """The nnU-Net model in `folder` (Trainer__Plans__configuration) with the networks of `folds`
     (ints, or "all"), each from fold_k/`checkpoint`, read weights-only unless `trust_checkpoint`."""
+    _require_nnunetv2()
     folder = Path(folder)
     for name in ("plans.json", "dataset.json"):
         if not (folder / name).is_file():
@@ -167,6 +168,14 @@ def load(folder: str | os.PathLike, folds: Sequence[int | str] = (0,), checkpoin
         networks.append(network)
     return NnunetModel(networks, folds, plans, dataset_json, configuration, first["trainer_name"],
                        first.get("inference_allowed_mirroring_axes"))
+
+
+def _require_nnunetv2() -> None:
+    """nnunetv2 must be installed (the `nnunet` extra); else a one-line error saying how."""
+    try:
+        import nnunetv2  # noqa: F401
+    except ImportError:
+        raise TumorcamError("reading an nnU-Net model needs nnunetv2: pip install 'tumorcam[nnunet]'") from None
 
 
 def build_network(plans: dict[str, Any], dataset_json: dict[str, Any], configuration: str,
