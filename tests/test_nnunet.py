@@ -12,6 +12,7 @@ results/Dataset987_TumorcamSynth/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -381,6 +382,18 @@ def test_cli_errors_name_the_flags(nnunet_model, tmp_path, capsys):
     assert code == 2 and "--nnunet: " in err and "plans.json" in err
     code, _, err = run_cli(["explain", "--label", "edema", *images, "--out", str(tmp_path)], capsys)
     assert code == 2 and "--nnunet" in err
+
+
+def test_docs_options_are_the_commands(capsys):
+    from pathlib import Path
+
+    from conftest import run_cli
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "nnunet.md").read_text()
+    code, help_text, _ = run_cli(["explain", "--help"], capsys)
+    assert code in (0, None)
+    for option in sorted(set(re.findall(r"--[a-z][a-z_-]+", doc)) - {"--verify_dataset_integrity"}):
+        assert option in help_text, option
 
 
 if __name__ == "__main__":  # the fixture's child process, with nnU-Net's folders in its environment
