@@ -261,6 +261,29 @@ def test_stitched_forward_segments_as_nnunets_predictor(nnunet_model, loaded):
     assert np.mean(theirs == ours) > 0.9999
 
 
+def test_mirrored_forward_segments_as_nnunets_mirrored_predictor(nnunet_model):
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    import tumorcam.nnunet
+
+    folder, _, _ = nnunet_model
+    model = tumorcam.nnunet.load(folder, mirror=True)
+    volume, properties = model.preprocess(_small_case(folder))
+    predictor = nnUNetPredictor(use_mirroring=True, perform_everything_on_device=False, device=torch.device("cpu"),
+                                allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder), (0,), "checkpoint_final.pth")
+    theirs = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(volume)).float()
+    with torch.no_grad():
+        ours = model(torch.from_numpy(volume)[None])[0]
+    segmentations = [convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, model.plans_manager, model.configuration_manager, model.label_manager, properties)
+        for logits in (theirs, ours)]
+    assert np.mean(segmentations[0] == segmentations[1]) > 0.999  # nnU-Net accumulates its logits in fp16
+    result = model.explain(volume, "edema")
+    assert result.heatmap.shape == volume.shape[1:] and result.heatmap.max() == pytest.approx(1.0)
+
+
 def test_gradcam_on_one_tile_equals_captum(loaded):
     from captum.attr import LayerGradCam
 

@@ -5,7 +5,8 @@ engine: `Method.attribute` on a `ScalarOutput`, then rectify and upsample to the
 target s = sum of z_c over the tile's voxels predicted as `label`: z_c > 0 (sigmoid > 0.5) for a
 region-based model, argmax_k z_k = c (softmax) for a class-based one, as nnU-Net's label manager
 reads its outputs. The raw tile maps and the tile logits are stitched with the same Gaussian
-weights (`sliding.stitch`); each fold's stitched map is then min-max normalised once for the whole
+weights (`sliding.stitch`; with the model's `mirror`, each tile's logits and map are the mean over
+its flips, flipped back); each fold's stitched map is then min-max normalised once for the whole
 volume (normalising per tile would put seams at the tile borders) and the folds' maps and logits
 are averaged.
 """
@@ -80,8 +81,8 @@ def explain_volume(model: NnunetModel, volume: np.ndarray | torch.Tensor, label:
     for network in model.networks:
         module, name = _layer(network, volume, model.patch_size, chosen, layer)
         names.add(name)
-        run = partial(tile_explanation, network, chosen, target, module, channel=channel,
-                      options=Options(ig_steps=ig_steps, seed=seed))
+        run = model.per_tile(partial(tile_explanation, network, chosen, target, module, channel=channel,
+                                     options=Options(ig_steps=ig_steps, seed=seed)))
         with explaining(network), torch.enable_grad():
             stitched = stitch(volume, model.patch_size, run, model.tile_step)
         fold_logits.append(stitched[:-1])

@@ -5,14 +5,15 @@ dataset.json and fold_k/CHECKPOINT per trained fold. `load` builds the network a
 `nnUNetPredictor.initialize_from_trained_model_folder` does (the trainer class named in the
 checkpoint, its `build_network_architecture` from the plans, deep supervision off), one per fold,
 but reads the checkpoints through `tumorcam.nnunet.checkpoint` (weights only, unless
-`trust_checkpoint`). Test-time mirroring is not applied.
+`trust_checkpoint`). Test-time mirroring (nnU-Net's default) is applied with `mirror=True`.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from torch import nn
 from tumorcam.errors import TumorcamError, unknown_name
 from tumorcam.io import read_json_object
 from tumorcam.nnunet.checkpoint import read_checkpoint
-from tumorcam.nnunet.sliding import TILE_STEP, stitch
+from tumorcam.nnunet.sliding import TILE_STEP, mirrored, stitch
 
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
 
@@ -33,7 +34,8 @@ class NnunetModel(nn.Module):
 
     `forward(x)`: preprocessed volumes (B, C, *spatial) -> logits (B, K, *spatial), nnU-Net's
     Gaussian-weighted sliding window (`tile_step` of the patch) run with gradients, averaged over
-    the folds. `preprocess` turns raw case files into such a volume; `explain`
+    the folds; with `mirror`, each tile is also run flipped along the checkpoint's mirroring axes
+    and averaged, as nnU-Net's predictor does by default. `preprocess` turns raw case files into such a volume; `explain`
     (`tumorcam.nnunet.explain`) explains one, and `export_map` (`tumorcam.nnunet.export`) puts a map
     back on the raw grid.
 
@@ -43,12 +45,13 @@ class NnunetModel(nn.Module):
         plans_manager, configuration_manager, label_manager: nnU-Net's views of plans.json and
             dataset.json for this configuration.
         configuration, trainer_name, dataset_json: as in the checkpoint and the folder.
-        mirror_axes: the checkpoint's `inference_allowed_mirroring_axes` (not applied here).
+        mirror_axes: the checkpoint's `inference_allowed_mirroring_axes`.
+        mirror: whether tiles are mirrored (test-time augmentation) along `mirror_axes`.
     """
 
     def __init__(self, networks: Sequence[nn.Module], folds: Sequence[int | str], plans: dict[str, Any],
                  dataset_json: dict[str, Any], configuration: str, trainer_name: str,
-                 mirror_axes: Sequence[int] | None, tile_step: float = TILE_STEP) -> None:
+                 mirror_axes: Sequence[int] | None, tile_step: float = TILE_STEP, mirror: bool = False) -> None:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         super().__init__()
@@ -62,6 +65,7 @@ class NnunetModel(nn.Module):
         self.trainer_name = trainer_name
         self.mirror_axes = None if mirror_axes is None else tuple(mirror_axes)
         self.tile_step = tile_step
+        self.mirror = mirror
 
     @property
     def patch_size(self) -> tuple[int, ...]:
@@ -75,7 +79,11 @@ class NnunetModel(nn.Module):
 
     def stitched(self, volume: torch.Tensor, network: nn.Module) -> torch.Tensor:
         """One network's sliding-window logits (K, *spatial) of one volume (C, *spatial)."""
-        return stitch(volume, self.patch_size, network, self.tile_step)
+        return stitch(volume, self.patch_size, self.per_tile(network), self.tile_step)
+
+    def per_tile(self, run: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`run` on one tile, mirrored along `mirror_axes` when `mirror` is set."""
+        return partial(mirrored, run, self.mirror_axes) if self.mirror and self.mirror_axes else run
 
     def channel(self, label: str) -> int:
         """The output channel of the label (or region) named `label` in dataset.json."""
@@ -132,9 +140,10 @@ class NnunetModel(nn.Module):
 
 
 def load(folder: str | os.PathLike, folds: Sequence[int | str] = (0,), checkpoint: str = DEFAULT_CHECKPOINT,
-         trust_checkpoint: bool = False) -> NnunetModel:
+         trust_checkpoint: bool = False, mirror: bool = False) -> NnunetModel:
     """The nnU-Net model in `folder` (Trainer__Plans__configuration) with the networks of `folds`
-    (ints, or "all"), each from fold_k/`checkpoint`, read weights-only unless `trust_checkpoint`."""
+    (ints, or "all"), each from fold_k/`checkpoint`, read weights-only unless `trust_checkpoint`;
+    `mirror`: nnU-Net's test-time mirroring of every tile."""
     _require_nnunetv2()
     folder = Path(folder)
     for name in ("plans.json", "dataset.json"):
@@ -167,7 +176,7 @@ def load(folder: str | os.PathLike, folds: Sequence[int | str] = (0,), checkpoin
                                 f"({' '.join(str(exc).split())[:300]})", param="checkpoint") from None
         networks.append(network)
     return NnunetModel(networks, folds, plans, dataset_json, configuration, first["trainer_name"],
-                       first.get("inference_allowed_mirroring_axes"))
+                       first.get("inference_allowed_mirroring_axes"), mirror=mirror)
 
 
 def _require_nnunetv2() -> None:

@@ -5,12 +5,13 @@ The tiling is nnU-Net's (`nnUNetPredictor._internal_get_sliding_window_slicers`)
 end), tile origins come from `compute_steps_for_sliding_window` (step 0.5 of the patch by default),
 and a 2-D configuration on a 3-D volume tiles each slice. Each tile's output is weighted by
 nnU-Net's Gaussian importance map (`compute_gaussian`, sigma = patch / 8, peak 10) and the sums
-divided by the summed weights. Unlike nnU-Net's predictor (under `torch.inference_mode`, fp16
+divided by the summed weights. `mirrored` is nnU-Net's test-time mirroring of one tile. Unlike nnU-Net's predictor (under `torch.inference_mode`, fp16
 accumulators), everything here is float32 and differentiable.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -68,3 +69,15 @@ def stitch(volume: torch.Tensor, patch_size: Sequence[int], run: Callable[[torch
         out[slicer] += result
         total[slicer[1:]] += weight
     return (out / total)[(slice(None), *revert[1:])]
+
+
+def mirrored(run: Callable[[torch.Tensor], torch.Tensor], axes: Sequence[int], tile: torch.Tensor) -> torch.Tensor:
+    """nnU-Net's test-time mirroring (`_internal_maybe_mirror_and_predict`) of `run` on one tile
+    (1, C, *patch): the mean of run(tile) and of run on the tile flipped along every non-empty
+    combination of the spatial `axes`, each flipped back."""
+    dims = [axis + 2 for axis in axes]
+    flips = [c for count in range(1, len(dims) + 1) for c in itertools.combinations(dims, count)]
+    out = run(tile)
+    for flip in flips:
+        out = out + torch.flip(run(torch.flip(tile, flip)), flip)
+    return out / (len(flips) + 1)
