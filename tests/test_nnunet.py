@@ -4,8 +4,8 @@ The session fixture writes tumorcam's synthetic raw dataset (8 cases, size 32), 
 fingerprint / plan / preprocess steps for 3d_fullres in a child process (nnU-Net reads its folders
 from the environment at import time; its worker pools run as threads there, and the fingerprint
 samples 1e5 foreground voxels instead of 1e8, to keep this ~20 s), builds the network with
-nnU-Net's trainer class from the plans, trains it 40 steps with plain PyTorch on the preprocessed
-cases and saves it in nnU-Net's checkpoint format under
+nnU-Net's trainer class from the plans, trains it 40 steps with plain PyTorch on random 16^3 crops of
+the preprocessed cases (one CPU thread: fastest on a shared machine) and saves it in nnU-Net's checkpoint format under
 results/Dataset987_TumorcamSynth/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/.
 """
 
@@ -29,7 +29,8 @@ DATASET_ID = 987
 DATASET = f"Dataset{DATASET_ID:03d}_TumorcamSynth"
 TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
 TRAIN_STEPS = 40
-BIG_SIZE = 64  # a raw case whose preprocessed volume spans several tiles in every axis
+TRAIN_CROP = (16, 16, 16)  # a quarter of the patch's voxels: 4x faster steps, and the model still segments
+BIG_SIZE = 52  # a raw case whose preprocessed volume spans several tiles in every axis
 BIG_SPACING = (1.0, 0.9, 1.3)  # differs from the plans' spacing, so export resamples
 CHANNELS = 4
 
@@ -63,7 +64,8 @@ def _plan_and_preprocess(dataset_id: int) -> None:
 
 
 def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int) -> tuple[torch.nn.Module, dict]:
-    """nnU-Net's network for the plans, trained `steps` Adam steps on random patches; and the logging dict."""
+    """nnU-Net's network for the plans, trained `steps` Adam steps on random TRAIN_CROP crops; and the
+    checkpoint's optimizer state and training log (numpy float64 values, as nnU-Net logs them)."""
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.training.logging.nnunet_logger import LocalLogger
@@ -72,7 +74,7 @@ def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int) -> tu
 
     torch.manual_seed(0)
     network = build_network(plans, dataset_json, "3d_fullres", "nnUNetTrainer").train()
-    patch = plans["configurations"]["3d_fullres"]["patch_size"]
+    patch = list(TRAIN_CROP)
     dataset = infer_dataset_class(preprocessed)(preprocessed)
     cases = []
     for key in dataset.identifiers:
@@ -136,8 +138,12 @@ def nnunet_model(tmp_path_factory):
     planned = time.perf_counter() - started
     preprocessed = root / "preprocessed" / DATASET
     plans, dataset_json = load_json(preprocessed / "nnUNetPlans.json"), load_json(preprocessed / "dataset.json")
-    started = time.perf_counter()
-    network, state = _train(plans, dataset_json, str(preprocessed / "nnUNetPlans_3d_fullres"), TRAIN_STEPS)
+    started, threads = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        network, state = _train(plans, dataset_json, str(preprocessed / "nnUNetPlans_3d_fullres"), TRAIN_STEPS)
+    finally:
+        torch.set_num_threads(threads)
     trained = time.perf_counter() - started
     folder = root / "results" / DATASET / TRAINER_FOLDER
     (folder / "fold_0").mkdir(parents=True)
