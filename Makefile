@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt torch torchvision
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,medical]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,medical,nnunet]'
 	touch $(STAMP)
 
 install: $(STAMP)

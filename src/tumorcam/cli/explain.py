@@ -103,6 +103,16 @@ def explain_command(
                                        "takes no other (the map is cropped back, with a warning)."),
     device: str = typer.Option("auto", "--device", help="With --model: auto, cpu, cuda or cuda:N."),
     threads: Optional[int] = typer.Option(None, "--threads", min=0, metavar="N", help=THREADS_HELP),
+    nnunet: Optional[Path] = typer.Option(None, "--nnunet", metavar="MODEL_FOLDER", help="A trained nnU-Net v2 "
+                                          "model (Trainer__Plans__configuration folder; the nnunet extra): explain "
+                                          "the case whose channel files the --image files are, into --out."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="With --nnunet: comma-separated folds (default 0)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="With --nnunet: the checkpoint file name "
+                                             "in each fold_k (default checkpoint_final.pth)."),
+    label: Optional[str] = typer.Option(None, "--label", help="With --nnunet: the explained label's name in "
+                                        "dataset.json."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="With --nnunet: unpickle a checkpoint "
+                                          "that a weights-only load refuses (only one from a trusted source)."),
 ) -> None:
     """Heatmaps for the chosen methods, targets and layers, plus Grad-CAM x GT, in RUN/explanations/;
     or, with --model, heatmaps of your own network for each --image, in --out."""
@@ -111,6 +121,16 @@ def explain_command(
 
     use_threads(threads)
 
+    if nnunet is not None or folds or checkpoint or label or trust_checkpoint:
+        from tumorcam.nnunet.cli import explain_nnunet
+
+        given = {"RUN": run, "--model": model, "--weights": weights, "--channel": channel}
+        for line in explain_nnunet(nnunet, image, out, folds=folds, checkpoint=checkpoint, label=label,
+                                   trust_checkpoint=trust_checkpoint, method=_one("--method", methods, None),
+                                   layer=_one("--layer", layers, None), device=device,
+                                   others=[flag for flag, value in given.items() if value is not None]):
+            typer.echo(line)
+        return
     if model is not None:
         run_only = {"--data": data, "--split": split, "--patients": patients,
                     "--slices-per-patient": slices_per_patient, "--limit": limit, "--ids": ids,

@@ -1,0 +1,67 @@
+"""`tumorcam explain --nnunet MODEL_FOLDER --image CASE_0000.nii.gz ... --out DIR`: the command's logic.
+
+One case (its channel files, in order) is preprocessed by nnU-Net, explained tile by tile for
+each fold (`explain_volume`), and the fold mean is written on the raw grid of the first file as
+DIR/CASE_METHOD_LABEL.nii.gz (float32 in [0, 1], the file's affine). The library's parameter names
+that the command spells differently are mapped to its flags (`PARAMS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tumorcam.errors import TumorcamError
+
+# library parameter -> the explain command's parameter (shown as its flag by the CLI)
+PARAMS = {"folder": "nnunet", "model": "nnunet", "case_files": "images", "reference": "images"}
+
+
+def explain_nnunet(folder: Path | None, images: Sequence[Path] | None, out: Path | None, *, folds: str | None,
+                   checkpoint: str | None, label: str | None, trust_checkpoint: bool, method: str | None,
+                   layer: str | None, device: str = "auto", others: Sequence[str] = ()) -> list[str]:
+    """Explain one case with the nnU-Net model in `folder`; return the lines the command prints.
+    `others`: flags given that the nnU-Net mode does not take (refused)."""
+    from tumorcam.device import resolve_device
+    from tumorcam.explain.volume_files import case_name
+    from tumorcam.nnunet import load, write_map
+    from tumorcam.nnunet.model import DEFAULT_CHECKPOINT
+
+    if folder is None:
+        raise TumorcamError("nnunet: --folds, --checkpoint, --label and --trust-checkpoint need an nnU-Net "
+                            "model folder", param="nnunet")
+    if others:
+        raise TumorcamError(f"nnunet: not with {', '.join(others)}", param="nnunet")
+    if not images:
+        raise TumorcamError("images: give the case's channel files, CASE_0000.nii.gz CASE_0001.nii.gz ...",
+                            param="images")
+    if out is None:
+        raise TumorcamError("out: give a folder for the map", param="out")
+    fold_names = [0] if folds is None else [int(f) if f.strip().isdigit() else f.strip() for f in folds.split(",")]
+    method = method or "gradcam"
+    try:
+        model = load(folder, folds=fold_names, checkpoint=checkpoint or DEFAULT_CHECKPOINT,
+                     trust_checkpoint=trust_checkpoint).to(resolve_device(device))
+        label = label or _only_label(model.dataset_json["labels"])
+        volume, properties = model.preprocess(images)
+        result = model.explain(volume, label, method=method, layer=layer)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        path = Path(out) / f"{case_name(images[0])}_{method}_{label}.nii.gz"
+        write_map(model, result.heatmap, properties, images[0], path)
+    except TumorcamError as exc:
+        if exc.param not in PARAMS:
+            raise
+        message = str(exc)
+        message = PARAMS[exc.param] + message[len(exc.param):] if message.startswith(exc.param) else message
+        raise TumorcamError(message, param=PARAMS[exc.param]) from None
+    folds_text = ",".join(map(str, model.folds))
+    return [f"{method} of {label} (channel {result.channel}), fold(s) {folds_text}, at layer {result.layer} of "
+            f"{model.trainer_name} {model.configuration}", f"wrote {path}"]
+
+
+def _only_label(labels: dict) -> str:
+    """The one foreground label of dataset.json, else an error listing them."""
+    names = [name for name in labels if name not in ("background", "ignore")]
+    if len(names) != 1:
+        raise TumorcamError(f"label: the model has several labels; choose one of {', '.join(names)}", param="label")
+    return names[0]

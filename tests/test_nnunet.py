@@ -1,0 +1,429 @@
+"""tumorcam.nnunet on a real nnU-Net v2 model folder, planned, preprocessed and (briefly) trained here.
+
+The session fixture writes tumorcam's synthetic raw dataset (8 cases, size 32), runs nnU-Net's
+fingerprint / plan / preprocess steps for 3d_fullres in a child process (nnU-Net reads its folders
+from the environment at import time; its worker pools run as threads there, and the fingerprint
+samples 1e5 foreground voxels instead of 1e8, to keep this ~20 s), builds the network with
+nnU-Net's trainer class from the plans, trains it 40 steps with plain PyTorch on random 16^3 crops of
+the preprocessed cases (one CPU thread: fastest on a shared machine) and saves it in nnU-Net's checkpoint format under
+results/Dataset987_TumorcamSynth/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nnunetv2")
+
+DATASET_ID = 987
+DATASET = f"Dataset{DATASET_ID:03d}_TumorcamSynth"
+TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
+TRAIN_STEPS = 40
+TRAIN_CROP = (16, 16, 16)  # a quarter of the patch's voxels: 4x faster steps, and the model still segments
+BIG_SIZE = 52  # a raw case whose preprocessed volume spans several tiles in every axis
+BIG_SPACING = (1.0, 0.9, 1.3)  # differs from the plans' spacing, so export resamples
+CHANNELS = 4
+
+
+def _plan_and_preprocess(dataset_id: int) -> None:
+    """nnUNetv2_plan_and_preprocess -d ID -c 3d_fullres -np 1 --verify_dataset_integrity, in this process."""
+    from multiprocessing.pool import ThreadPool
+
+    from nnunetv2.experiment_planning import verify_dataset_integrity
+    from nnunetv2.experiment_planning.dataset_fingerprint import fingerprint_extractor
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprint_dataset,
+        plan_experiments,
+        preprocess,
+    )
+    from nnunetv2.preprocessing.preprocessors import default_preprocessor
+
+    threads = types.SimpleNamespace(get_context=lambda method: types.SimpleNamespace(Pool=ThreadPool))
+    for module in (verify_dataset_integrity, fingerprint_extractor, default_preprocessor):
+        module.multiprocessing = threads
+
+    class FewSamples(fingerprint_extractor.DatasetFingerprintExtractor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.num_foreground_voxels_for_intensitystats = 10**5
+
+    extract_fingerprint_dataset(dataset_id, FewSamples, num_processes=1, check_dataset_integrity=True,
+                                show_progress_bar=False)
+    plan_experiments([dataset_id])
+    preprocess([dataset_id], configurations=("3d_fullres",), num_processes=(1,), show_progress_bar=False)
+
+
+def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int) -> tuple[torch.nn.Module, dict]:
+    """nnU-Net's network for the plans, trained `steps` Adam steps on random TRAIN_CROP crops; and the
+    checkpoint's optimizer state and training log (numpy float64 values, as nnU-Net logs them)."""
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.training.logging.nnunet_logger import LocalLogger
+
+    from tumorcam.nnunet.model import build_network
+
+    torch.manual_seed(0)
+    network = build_network(plans, dataset_json, "3d_fullres", "nnUNetTrainer").train()
+    patch = list(TRAIN_CROP)
+    dataset = infer_dataset_class(preprocessed)(preprocessed)
+    cases = []
+    for key in dataset.identifiers:
+        data, seg, _, _ = dataset.load_case(key)
+        cases.append((pad_nd_image(np.asarray(data), patch), pad_nd_image(np.clip(np.asarray(seg), 0, None), patch)))
+    rng = np.random.default_rng(0)
+    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+    weight = torch.tensor([0.2, 1.0, 1.0])
+    logger = LocalLogger()
+    for step in range(steps):
+        images, labels = [], []
+        for index in rng.choice(len(cases), 2):
+            data, seg = cases[index]
+            origin = [rng.integers(0, s - p + 1) for s, p in zip(data.shape[1:], patch)]
+            window = tuple(slice(o, o + p) for o, p in zip(origin, patch))
+            images.append(data[(slice(None), *window)])
+            labels.append(seg[(0, *window)])
+        logits = network(torch.from_numpy(np.stack(images)).float())
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(np.stack(labels)).long(), weight=weight)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        logger.log("train_losses", np.float64(loss.item()), step)
+        logger.log("ema_fg_dice", np.mean(np.array([0.5, 0.5])), step)
+    return network.eval(), {"logging": logger.get_checkpoint(), "optimizer_state": optimizer.state_dict(),
+                            "_best_ema": logger.get_value("ema_fg_dice", step=-1)}
+
+
+def _write_big_case(folder) -> list[str]:
+    """One raw case of size BIG_SIZE with spacing BIG_SPACING: its channel files."""
+    import nibabel as nib
+
+    from tumorcam.data.synth_volumes import synthetic_case
+
+    rng = np.random.default_rng([1, 0])
+    images, _ = synthetic_case(BIG_SIZE, rng)
+    affine = np.diag([*BIG_SPACING, 1.0])
+    affine[:3, 3] = (-80.0, -100.0, -60.0)
+    files = []
+    for channel, image in enumerate(images):
+        path = folder / f"BIG_{channel:04d}.nii.gz"
+        nib.save(nib.Nifti1Image(image, affine), path)
+        files.append(str(path))
+    return files
+
+
+@pytest.fixture(scope="session")
+def nnunet_model(tmp_path_factory):
+    """(model folder, big case files, timings) of a freshly planned and trained nnU-Net model."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    from tumorcam.data.synth_volumes import write_synthetic_volumes
+
+    root = tmp_path_factory.mktemp("nnunet")
+    env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
+           "nnUNet_results": str(root / "results")}
+    write_synthetic_volumes(root / "raw" / DATASET, cases=8, size=32)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, __file__, str(DATASET_ID)], env={**os.environ, **env}, check=True,
+                   capture_output=True, text=True)
+    planned = time.perf_counter() - started
+    preprocessed = root / "preprocessed" / DATASET
+    plans, dataset_json = load_json(preprocessed / "nnUNetPlans.json"), load_json(preprocessed / "dataset.json")
+    started, threads = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        network, state = _train(plans, dataset_json, str(preprocessed / "nnUNetPlans_3d_fullres"), TRAIN_STEPS)
+    finally:
+        torch.set_num_threads(threads)
+    trained = time.perf_counter() - started
+    folder = root / "results" / DATASET / TRAINER_FOLDER
+    (folder / "fold_0").mkdir(parents=True)
+    shutil.copy(preprocessed / "nnUNetPlans.json", folder / "plans.json")
+    shutil.copy(preprocessed / "dataset.json", folder / "dataset.json")
+    torch.save({"network_weights": network.state_dict(), **state, "grad_scaler_state": None,
+                "current_epoch": 1, "trainer_name": "nnUNetTrainer",
+                "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset_json,
+                              "device": torch.device("cpu")},
+                "inference_allowed_mirroring_axes": (0, 1, 2)}, folder / "fold_0" / "checkpoint_final.pth")
+    big = root / "big"
+    big.mkdir()
+    return folder, _write_big_case(big), {"plan_and_preprocess_s": planned, "train_s": trained}
+
+
+@pytest.fixture(scope="session")
+def loaded(nnunet_model):
+    """tumorcam's model (weights-only loading), the big case preprocessed, and its properties."""
+    import tumorcam.nnunet
+
+    folder, files, _ = nnunet_model
+    model = tumorcam.nnunet.load(folder)
+    volume, properties = model.preprocess(files)
+    return model, volume, properties
+
+
+@pytest.mark.parametrize("image_size,patch_size", [((40, 70, 33), (20, 32, 28)), ((5, 50, 61), (32, 28)),
+                                                    ((20, 32, 28), (20, 32, 28))])
+def test_tiles_are_nnunets(image_size, patch_size):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    from tumorcam.nnunet.sliding import gaussian, tiles
+
+    predictor = types.SimpleNamespace(configuration_manager=types.SimpleNamespace(patch_size=list(patch_size)),
+                                      tile_step_size=0.5, verbose=False)
+    assert tiles(image_size, patch_size) == nnUNetPredictor._internal_get_sliding_window_slicers(predictor, image_size)
+    theirs = compute_gaussian(tuple(patch_size), 1.0 / 8, 10, dtype=torch.float32, device=torch.device("cpu"))
+    assert torch.equal(gaussian(patch_size), theirs)
+
+
+def test_label_channels_follow_the_label_manager(loaded):
+    from tumorcam.errors import TumorcamError
+    from tumorcam.nnunet import NnunetModel
+    from tumorcam.nnunet.explain import predicted_region
+
+    model = loaded[0]
+    assert (model.channel("edema"), model.channel("enhancing")) == (1, 2)
+    regions = {**model.dataset_json, "labels": {"background": 0, "whole": [1, 2], "core": 2},
+               "regions_class_order": [1, 2]}
+    region_model = NnunetModel([], (0,), model.plans_manager.plans, regions, "3d_fullres", "nnUNetTrainer", None)
+    assert region_model.label_manager.has_regions
+    assert (region_model.channel("whole"), region_model.channel("core")) == (0, 1)
+    with pytest.raises(TumorcamError, match="label: unknown label 'tumor'"):
+        region_model.channel("tumor")
+    logits = torch.tensor([[-1.0, 2.0], [3.0, 1.0]]).view(1, 2, 2)  # channel 0: z = (-1, 2); channel 1: (3, 1)
+    assert predicted_region(logits, None, channel=0, regions=True)[0, 0].tolist() == [0.0, 1.0]
+    assert predicted_region(logits, None, channel=0, regions=False)[0, 0].tolist() == [0.0, 1.0]
+    assert predicted_region(logits, None, channel=1, regions=True)[0, 1].tolist() == [1.0, 1.0]
+    assert predicted_region(logits, None, channel=1, regions=False)[0, 1].tolist() == [1.0, 0.0]
+
+
+def test_plan_and_train_timings(nnunet_model, capsys):
+    _, _, timings = nnunet_model
+    with capsys.disabled():
+        print(f"\nnnU-Net fixture: plan+preprocess {timings['plan_and_preprocess_s']:.1f} s, "
+              f"train {TRAIN_STEPS} steps {timings['train_s']:.1f} s")
+    assert timings["plan_and_preprocess_s"] < 120
+
+
+def test_safe_loading_reads_the_real_checkpoint_weights_only(nnunet_model, loaded):
+    from tumorcam.nnunet.checkpoint import read_checkpoint
+
+    folder, _, _ = nnunet_model
+    with pytest.raises(Exception):  # noqa: B017 - plain weights-only loading refuses numpy scalars
+        torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=True)
+    checkpoint = read_checkpoint(folder / "fold_0" / "checkpoint_final.pth")
+    assert isinstance(checkpoint["_best_ema"], np.float64)
+    model = loaded[0]
+    assert model.trainer_name == "nnUNetTrainer" and model.configuration == "3d_fullres"
+    assert model.mirror_axes == (0, 1, 2) and len(model.networks) == 1
+    for name, value in model.networks[0].state_dict().items():
+        assert torch.equal(value, checkpoint["network_weights"][name])
+
+
+def test_unexpected_pickled_object_is_refused_naming_trust_checkpoint(nnunet_model, tmp_path):
+    import tumorcam.nnunet
+    from tumorcam.errors import TumorcamError
+
+    folder, _, _ = nnunet_model
+    other = tmp_path / TRAINER_FOLDER
+    shutil.copytree(folder, other)
+    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    checkpoint["init_args"]["callback"] = types.SimpleNamespace(note="pickled object")
+    torch.save(checkpoint, other / "fold_0" / "checkpoint_final.pth")
+    with pytest.raises(TumorcamError, match="trust_checkpoint") as refused:
+        tumorcam.nnunet.load(other)
+    assert refused.value.param == "trust_checkpoint" and "types.SimpleNamespace" in str(refused.value)
+    assert len(tumorcam.nnunet.load(other, trust_checkpoint=True).networks) == 1
+
+
+def test_stitched_forward_segments_as_nnunets_predictor(nnunet_model, loaded):
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    folder, files, _ = nnunet_model
+    model, volume, properties = loaded
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder), (0,), "checkpoint_final.pth")
+    image, image_properties = SimpleITKIO().read_images(files)
+    theirs = predictor.predict_single_npy_array(image, image_properties)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(volume)[None])[0]
+    assert len(model.networks) == 1 and volume.shape[1:] != model.patch_size
+    ours = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, model.plans_manager, model.configuration_manager, model.label_manager, properties)
+    assert theirs.shape == ours.shape == image.shape[1:]
+    assert (theirs > 0).sum() > 0, "the trained model segments nothing"
+    assert np.mean(theirs == ours) > 0.9999
+
+
+def test_mirrored_forward_segments_as_nnunets_mirrored_predictor(nnunet_model):
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    import tumorcam.nnunet
+
+    folder, _, _ = nnunet_model
+    model = tumorcam.nnunet.load(folder, mirror=True)
+    volume, properties = model.preprocess(_small_case(folder))
+    predictor = nnUNetPredictor(use_mirroring=True, perform_everything_on_device=False, device=torch.device("cpu"),
+                                allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder), (0,), "checkpoint_final.pth")
+    theirs = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(volume)).float()
+    with torch.no_grad():
+        ours = model(torch.from_numpy(volume)[None])[0]
+    segmentations = [convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, model.plans_manager, model.configuration_manager, model.label_manager, properties)
+        for logits in (theirs, ours)]
+    assert np.mean(segmentations[0] == segmentations[1]) > 0.999  # nnU-Net accumulates its logits in fp16
+    result = model.explain(volume, "edema")
+    assert result.heatmap.shape == volume.shape[1:] and result.heatmap.max() == pytest.approx(1.0)
+
+
+def test_gradcam_on_one_tile_equals_captum(loaded):
+    from captum.attr import LayerGradCam
+
+    from tumorcam.explain.maps import normalize, upsample
+    from tumorcam.explain.methods import METHODS, Options
+    from tumorcam.nnunet.explain import predicted_region, tile_explanation
+
+    model, volume, _ = loaded
+    network, channel = model.networks[0], model.channel("edema")
+    tile = torch.from_numpy(volume[(slice(None), *(slice(0, p) for p in model.patch_size))])[None]
+    layer = network.decoder.stages[-1]
+    target = lambda logits, masks: predicted_region(logits, masks, channel=channel, regions=False)  # noqa: E731
+    ours = tile_explanation(network, METHODS["gradcam"], target, layer, tile, channel=channel, options=Options())
+
+    def scalar(x):
+        logits = network(x)
+        return (predicted_region(logits.detach(), None, channel=channel, regions=False) * logits).flatten(1).sum(1)
+
+    direct = LayerGradCam(scalar, layer).attribute(tile, relu_attributions=True)
+    with torch.no_grad():
+        logits = network(tile)
+    assert torch.allclose(ours[:, :-1], logits, atol=1e-5)
+    expected = normalize(upsample(direct.detach(), model.patch_size))
+    assert expected.max() > 0
+    assert torch.allclose(normalize(ours[:, -1]), expected, atol=1e-4)
+
+
+def test_stitched_map_has_no_tile_seams(loaded):
+    import tumorcam
+    from tumorcam.nnunet.explain import predicted_region
+    from tumorcam.nnunet.sliding import tiles
+
+    model, volume, _ = loaded
+    result = model.explain(volume, "edema")
+    assert result.heatmap.shape == volume.shape[1:] and result.label == "edema"
+    assert result.layer.startswith("decoder.stages.1") and result.heatmap.max() == pytest.approx(1.0)
+    borders = [set() for _ in model.patch_size]
+    for slicer in tiles(volume.shape[1:], model.patch_size):
+        for axis, window in enumerate(slicer[1:]):
+            borders[axis].update({window.start - 1, window.stop - 1} - {-1, volume.shape[1 + axis] - 1})
+    assert all(borders), "the case must span several tiles in every axis"
+    for axis, planes in enumerate(borders):  # the mean |step| across a tile border vs across its neighbours
+        steps = np.abs(np.diff(result.heatmap, axis=axis)).mean(axis=tuple(a for a in range(3) if a != axis))
+        for k in sorted(planes):
+            assert steps[k] <= 2 * max(steps[k - 1], steps[min(k + 1, len(steps) - 1)]) + 1e-3, (axis, k, steps)
+    network = model.networks[0]
+    multiple = [int(np.ceil(s / 4) * 4) for s in volume.shape[1:]]
+    padding = [p for s, m in zip(reversed(volume.shape[1:]), reversed(multiple)) for p in (0, m - s)]
+    whole = torch.nn.functional.pad(torch.from_numpy(volume)[None], padding)
+    channel = model.channel("edema")
+    one_pass = tumorcam.explain(
+        network, whole, layer=result.layer, channel=channel,
+        target=lambda logits, masks: predicted_region(logits, masks, channel=channel, regions=False),
+    )[0][tuple(slice(0, s) for s in volume.shape[1:])].numpy()
+    correlation = np.corrcoef(result.heatmap.ravel(), one_pass.ravel())[0, 1]
+    print(f"stitched vs one-pass correlation {correlation:.3f}")
+    assert correlation > 0.8, correlation
+
+
+def test_map_on_the_raw_grid_has_the_raw_shape_and_affine(nnunet_model, loaded, tmp_path):
+    import nibabel as nib
+
+    import tumorcam.nnunet
+
+    _, files, _ = nnunet_model
+    model, volume, properties = loaded
+    heatmap = np.exp(-sum((np.indices(volume.shape[1:])[a] - volume.shape[1 + a] / 2) ** 2 for a in range(3)) / 20)
+    raw = nib.load(files[0])
+    written = tumorcam.nnunet.write_map(model, heatmap, properties, files[0], tmp_path / "map.nii.gz")
+    image = nib.load(tmp_path / "map.nii.gz")
+    assert image.shape == raw.shape == written.shape
+    np.testing.assert_allclose(image.affine, raw.affine, atol=1e-5)
+    assert 0.0 <= written.min() and written.max() <= 1.0
+    peak = np.unravel_index(np.argmax(written), written.shape)
+    centre_world = raw.affine @ [*peak, 1]
+    brain = np.argwhere(np.asarray(raw.dataobj) > 0)  # the blob's centre is the centre of the cropped head
+    box_centre = raw.affine @ [*((brain.min(0) + brain.max(0)) / 2), 1]
+    assert np.linalg.norm(centre_world[:3] - box_centre[:3]) < 3.0  # mm
+
+
+def _small_case(folder) -> list[str]:
+    """The channel files of training case TCAM_000 of the raw dataset (one tile)."""
+    images = folder.parents[2] / "raw" / DATASET / "imagesTr"
+    return [str(images / f"TCAM_000_{channel:04d}.nii.gz") for channel in range(CHANNELS)]
+
+
+def test_cli_writes_the_map_on_the_raw_grid(nnunet_model, tmp_path, capsys):
+    import nibabel as nib
+    from conftest import run_cli
+
+    folder, _, _ = nnunet_model
+    files = _small_case(folder)
+    args = ["explain", "--nnunet", str(folder), "--label", "enhancing", "--out", str(tmp_path), "--device", "cpu"]
+    code, out, err = run_cli([*args, *(item for f in files for item in ("--image", f))], capsys)
+    assert code in (0, None), err
+    assert "gradcam of enhancing (channel 2), fold(s) 0, at layer decoder.stages.1" in out
+    written = nib.load(tmp_path / "TCAM_000_gradcam_enhancing.nii.gz")
+    raw = nib.load(files[0])
+    assert written.shape == raw.shape and np.allclose(written.affine, raw.affine)
+
+
+def test_cli_errors_name_the_flags(nnunet_model, tmp_path, capsys):
+    from conftest import run_cli
+
+    folder, _, _ = nnunet_model
+    files = _small_case(folder)
+    images = [item for f in files for item in ("--image", f)]
+    other = tmp_path / TRAINER_FOLDER
+    shutil.copytree(folder, other)
+    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    checkpoint["trainer_name"] = types.SimpleNamespace(name="nnUNetTrainer")
+    torch.save(checkpoint, other / "fold_0" / "checkpoint_final.pth")
+    code, _, err = run_cli(["explain", "--nnunet", str(other), *images, "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--trust-checkpoint:" in err
+    code, _, err = run_cli(["explain", "--nnunet", str(folder), *images, "--out", str(tmp_path), "--label", "tumour"],
+                           capsys)
+    assert code == 2 and "--label: unknown label 'tumour'" in err
+    code, _, err = run_cli(["explain", "--nnunet", str(tmp_path), *images, "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--nnunet: " in err and "plans.json" in err
+    code, _, err = run_cli(["explain", "--label", "edema", *images, "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--nnunet" in err
+
+
+def test_docs_options_are_the_commands(capsys):
+    from pathlib import Path
+
+    from conftest import run_cli
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "nnunet.md").read_text()
+    code, help_text, _ = run_cli(["explain", "--help"], capsys)
+    assert code in (0, None)
+    for option in sorted(set(re.findall(r"--[a-z][a-z_-]+", doc)) - {"--verify_dataset_integrity"}):
+        assert option in help_text, option
+
+
+if __name__ == "__main__":  # the fixture's child process, with nnU-Net's folders in its environment
+    _plan_and_preprocess(int(sys.argv[1]))
