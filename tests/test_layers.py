@@ -34,6 +34,7 @@ LAYERS = (
     "tumorcam.models", "tumorcam.training",
     "tumorcam.runfolder", "tumorcam.report",
     "tumorcam.runs",
+    "tumorcam.nnunet",  # an nnU-Net v2 model folder as a model source, and its explain command
     "tumorcam.cli",
 )
 

@@ -23,7 +23,7 @@ def explain_nnunet(folder: Path | None, images: Sequence[Path] | None, out: Path
     """Explain one case with the nnU-Net model in `folder`; return the lines the command prints.
     `others`: flags given that the nnU-Net mode does not take (refused)."""
     from tumorcam.device import resolve_device
-    from tumorcam.explain.volume_files import case_name
+    from tumorcam.runs.volume_files import case_name
     from tumorcam.nnunet import load, write_map
     from tumorcam.nnunet.model import DEFAULT_CHECKPOINT
 
