@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,8 +29,6 @@ from tumorcam.explain.targets import TargetFn
 from tumorcam.logits import explaining
 from tumorcam.nnunet.sliding import stitch
 
-if TYPE_CHECKING:
-    from tumorcam.nnunet.model import NnunetModel
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ def predicted_region(logits: torch.Tensor, masks: torch.Tensor | None, *, channe
     return weights
 
 
-def explain_volume(model: NnunetModel, volume: np.ndarray | torch.Tensor, label: str, *, method: str = "gradcam",
+def explain_volume(model: nn.Module, volume: np.ndarray | torch.Tensor, label: str, *, method: str = "gradcam",
                    layer: str | None = None, ig_steps: int = 32, seed: int = 0) -> NnunetExplanation:
     """Explain `label` (a name of dataset.json's labels) in a preprocessed `volume` (C, *spatial), as
     `model.preprocess` returns it. `method`: a name of `tumorcam.METHODS`; `layer`: a module path in

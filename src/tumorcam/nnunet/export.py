@@ -12,19 +12,18 @@ writes it with the raw image's affine.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from torch import nn
 
 from tumorcam.errors import TumorcamError
 
-if TYPE_CHECKING:
-    from tumorcam.nnunet.model import NnunetModel
 
 REVERSED_AXES_READERS = ("SimpleITKIO", "NibabelIO")
 
 
-def map_to_raw(model: NnunetModel, heatmap: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
+def map_to_raw(model: nn.Module, heatmap: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
     """`heatmap` (*spatial) on the preprocessed grid -> float32 on the raw case's grid, in the axis
     order of nnU-Net's reader (the `properties` are those `model.preprocess` returned)."""
     from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
@@ -45,7 +44,7 @@ def map_to_raw(model: NnunetModel, heatmap: np.ndarray, properties: dict[str, An
     return np.asarray(full).transpose(plans.transpose_backward)
 
 
-def write_map(model: NnunetModel, heatmap: np.ndarray, properties: dict[str, Any], reference: str | os.PathLike,
+def write_map(model: nn.Module, heatmap: np.ndarray, properties: dict[str, Any], reference: str | os.PathLike,
               out: str | os.PathLike) -> np.ndarray:
     """Write `heatmap` (preprocessed grid) as a float32 NIfTI on the grid and affine of `reference` (one
     of the case's raw channel files) at `out`; return the written volume (the file's voxel order)."""
