@@ -72,3 +72,13 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         code = exc.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="session")
+def nnunet_model(tmp_path_factory):
+    """(model folder, big case files, timings) of a small nnU-Net v2 model planned and trained here
+    (`nnunet_fixture.build_model`), once per session; skipped without nnunetv2."""
+    pytest.importorskip("nnunetv2")
+    from nnunet_fixture import build_model
+
+    return build_model(tmp_path_factory.mktemp("nnunet"))

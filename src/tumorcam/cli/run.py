@@ -66,11 +66,23 @@ def run_command(
     threads: Optional[int] = typer.Option(None, "--threads", min=0, metavar="N", help=THREADS_HELP + " Every stage's: "
                                           "train.num_threads. Default: the settings' (the demo presets: 1, so "
                                           "that their figures repeat)."),
+    nnunet: Optional[Path] = typer.Option(None, "--nnunet", help="A trained nnU-Net v2 model folder "
+                                          "(Trainer__Plans__configuration), explained on the cases of --data "
+                                          "(nnU-Net's raw layout); see docs/nnunet.md."),
+    folds: Optional[list[str]] = typer.Option(None, "--folds", help="The --nnunet folds (repeat; default 0)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Each --nnunet fold's checkpoint file "
+                                                                        "(default checkpoint_final.pth)."),
+    label: Optional[str] = typer.Option(None, "--label", help="The explained label of the --nnunet model's "
+                                                              "dataset.json (default: its first)."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Unpickle the --nnunet checkpoints "
+                                                                            "fully (only files you trust)."),
 ) -> None:
     """Run the whole pipeline into one run folder, skipping the stages already done; print the report's path.
     With volumes (nnU-Net's raw layout or prepared volumes) and --model, or with --volumes: the checks on
     3-D volumes (`tumorcam.runs.volumes`); with slices and --model: your network's, without training."""
     use_threads(threads)
+    if nnunet is not None or folds or checkpoint is not None or label is not None or trust_checkpoint:
+        _refuse_for_nnunet(nnunet, data, model, weights, volumes)
     on_volumes = volumes or _is_volume_data(data)
     if volumes and (data is not None or model is not None or weights is not None):
         raise TumorcamError("--volumes: the demo makes its own data and model; leave out --data, --model, --weights")
@@ -78,13 +90,20 @@ def run_command(
         raise TumorcamError("--encoder-weights: not for volumes (the network comes from --model)")
     if weights is not None and model is None:
         raise TumorcamError("--weights: the state_dict of --model MODULE:FACTORY; give --model too")
-    name = preset or ("demo-3d" if volumes else "own-model" if model is not None else "demo")
+    name = preset or ("demo-3d" if volumes else "own-model" if model is not None or nnunet is not None else "demo")
     given = {"split": split, "patients": patients, "layer": layer, "methods": methods, "targets": targets,
              "baselines": baselines, "steps": steps, "channel": channel, "encoder_weights": encoder_weights,
              "device": device, "threads": threads, "model": model, "weights": None if weights is None else str(weights)}
     settings = _settings(name, config, given)
     log = lambda line: typer.echo(line, err=True)  # noqa: E731
-    if on_volumes:
+    if nnunet is not None:
+        from tumorcam.nnunet.run import run_nnunet
+
+        report = run_nnunet(out or Path("runs") / "nnunet", data, nnunet, folds=[int(f) if f.isdigit() else f
+                                                                             for f in folds or ["0"]],
+                            checkpoint=checkpoint, label=label, cases=patients, settings=settings,
+                            trust_checkpoint=trust_checkpoint, device=settings.train.device, log=log)
+    elif on_volumes:
         default_out = Path("runs") / "volumes"
         report = _run_volumes(data, out or default_out, volumes, settings, prepare_size, threads, log)
     else:
@@ -96,6 +115,17 @@ def run_command(
     if report is not None:  # rank 0 (the only one under torchrun that writes the report)
         echo_headline(report.parent)
         typer.echo(str(report))
+
+
+def _refuse_for_nnunet(nnunet: Optional[Path], data: Optional[Path], model: Optional[str], weights: Optional[Path],
+                       volumes: bool) -> None:
+    """The options --nnunet needs and those it excludes: one error naming the first wrong one."""
+    if nnunet is None:
+        raise TumorcamError("--folds, --checkpoint, --label, --trust-checkpoint: options of --nnunet MODEL_FOLDER")
+    if model is not None or weights is not None:
+        raise TumorcamError("--nnunet: the network is the nnU-Net model; leave out --model and --weights")
+    if volumes or data is None:
+        raise TumorcamError("--nnunet: give --data, an nnU-Net raw dataset (dataset.json, imagesTr/, labelsTr/)")
 
 
 def _settings(preset_name: str, config: Optional[Path], given: dict[str, Any]) -> Any:

@@ -1,0 +1,195 @@
+"""`run_nnunet`: explain and evaluate a trained nnU-Net v2 model on the cases of an nnU-Net raw dataset.
+
+    tumorcam run --data NNUNET_RAW_DATASET --nnunet MODEL_FOLDER --label NAME --out RUN
+
+Each case (imagesTr/ with its labelsTr/ file, the first `cases`) is preprocessed by nnU-Net (image
+and label to the same grid, `run_case` of the configuration's preprocessor). The methods' maps come
+from `NnunetModel.explain` (tile-wise, stitched with nnU-Net's Gaussian), the controls' (random,
+predicted-mask) from tumorcam's methods on the whole volume; every map is then measured by
+`tumorcam.runs.cases.evaluate_case` through `LabelOutput`, the model's output for the label: its
+one region channel (sigmoid) for a region-based model, all class channels with the label's
+(softmax) for a class-based one, as nnU-Net's label manager reads them. The case is the unit:
+
+    faithfulness.json    Deletion/Insertion AUCs per baseline and method vs random and predicted-mask,
+                         with the headline (`tumorcam.evaluate.headline`)
+    localization.json    pointing game, energy pointing game, top-p% IoU of the ground-truth label
+    channels.json        per-sequence attribution shares and channel-ablation Dice drops
+    segmentation.json    Dice of the predicted label with the ground truth
+    sanity.json          not run (cascading randomisation of a sliding-window model is not
+                         implemented): the headline is at best `undetermined`
+    nnunet_run.json      the model (folder, folds, checkpoint, label, channel, layer) and the settings
+    explanations/nifti/  CASE_METHOD.nii.gz: each method's map on the raw case's grid and affine
+    report.html          the verdict tables (no orthogonal views: those read a prepared volume folder)
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tumorcam.config import Settings, preset
+from tumorcam.errors import TumorcamError
+from tumorcam.explain import METHODS
+
+RUN_FILE = "nnunet_run.json"
+SANITY_NOT_RUN = "not run on nnU-Net models (cascading randomisation of a sliding-window model is not implemented)"
+OUTPUTS = ("faithfulness.json", "localization.json", "channels.json", "segmentation.json", "sanity.json", RUN_FILE,
+           "report.html", "figures", "explanations")
+
+
+class LabelOutput(nn.Module):
+    """An `NnunetModel`'s logits for one label: the region's channel alone (sigmoid) for a region-based
+    model, every class (softmax, the label at `channel`) for a class-based one."""
+
+    def __init__(self, model: nn.Module, label: str) -> None:
+        super().__init__()
+        self.model = model
+        self.regions = bool(model.label_manager.has_regions)
+        self.label_channel = model.channel(label)
+        self.channel = 0 if self.regions else self.label_channel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 1 or K, *spatial) of preprocessed volumes (B, C, *spatial)."""
+        logits = self.model(x)
+        return logits[:, self.label_channel:self.label_channel + 1] if self.regions else logits
+
+
+def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os.PathLike, *,
+               folds: Sequence[int | str] = (0,), checkpoint: str | None = None, label: str | None = None,
+               cases: int | None = None, settings: Settings | None = None, trust_checkpoint: bool = False,
+               device: str = "auto", log: Callable[[str], None] = print) -> Path:
+    """Explain and evaluate the nnU-Net model in `folder` on the cases of the raw dataset `data`; write
+    the run folder `out` (see the module docstring; an earlier run's outputs there are replaced).
+
+    Args:
+        out: the run folder.
+        data: nnU-Net's raw layout (dataset.json, imagesTr/, labelsTr/).
+        folder: the model's Trainer__Plans__configuration results folder.
+        folds: the folds loaded (their logits and maps are averaged).
+        checkpoint: the checkpoint file of each fold (None: checkpoint_final.pth).
+        label: the explained label of dataset.json (None: its first foreground label).
+        cases: at most this many cases (None: every case of imagesTr/).
+        settings: methods, baselines, steps, ... (None: the `own-model` preset).
+        trust_checkpoint: unpickle the checkpoints fully (only for files you trust).
+        device: auto, cpu, cuda or cuda:N.
+        log: receives the progress lines.
+
+    Returns:
+        The path of report.html.
+
+    Raises:
+        TumorcamError: for a `data` that is not nnU-Net's raw layout or has no case, a `label` the model
+            does not predict, a target other than predicted-region, or a model folder that cannot be read.
+    """
+    from tumorcam.data.nnunet import read_case, read_dataset
+    from tumorcam.device import resolve_device
+    from tumorcam.evaluate.headline import run_headline
+    from tumorcam.io import remove_outputs, write_json
+    from tumorcam.nnunet.export import write_map
+    from tumorcam.nnunet.model import DEFAULT_CHECKPOINT, load
+    from tumorcam.report.volume_page import build_volume_report
+    from tumorcam.runs.cases import evaluate_case
+    from tumorcam.runs.volume_settings import check_volumes
+    from tumorcam.runs.volumes import channels_file, faithfulness_file, localization_file, segmentation_file
+
+    settings = copy.deepcopy(settings or preset("own-model"))
+    check_volumes(settings)
+    if settings.explain.targets[0] != "predicted-region":
+        raise TumorcamError(f"targets: an nnU-Net model is explained on its predicted region of the label, not "
+                            f"{settings.explain.targets[0]!r}", param="targets")
+    dataset = read_dataset(data)
+    names = dataset.cases[:cases] if cases is not None else dataset.cases
+    if not names:
+        raise TumorcamError(f"data: no case in {Path(data) / 'imagesTr'}", param="data")
+    dev = resolve_device(device)
+    checkpoint = checkpoint or DEFAULT_CHECKPOINT
+    model = load(folder, folds=folds, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint).to(dev)
+    label = label or first_label(model)
+    scored = LabelOutput(model, label).eval()
+    settings.explain.channel, settings.explain.output = scored.channel, None
+    out = Path(out)
+    remove_outputs(out, OUTPUTS)
+    nifti = out / "explanations" / "nifti"
+    nifti.mkdir(parents=True)
+
+    results = []
+    for index, case in enumerate(names):
+        read_case(data, case, dataset)  # the case's files checked against dataset.json
+        files = [str(dataset.image_path(case, c)) for c in range(len(dataset.channels))]
+        volume, mask, properties = preprocess_case(model, files, str(dataset.label_path(case)), label)
+        image = torch.from_numpy(volume)[None].to(dev)
+        maps = case_maps(model, scored, image, label, index, settings)
+        result = evaluate_case(scored, image, torch.from_numpy(mask)[None, None].float().to(dev), index, settings,
+                               maps)
+        for method in settings.explain.methods:
+            if not METHODS[method].control:
+                write_map(model, maps[method], properties, files[0], nifti / f"{case}_{method}.nii.gz")
+        results.append(result.without_maps())
+        log(f"case {case} ({index + 1}/{len(names)}): {tuple(volume.shape[1:])} preprocessed, "
+            f"Dice {result.dice:.3f}")
+
+    header = {"data": str(data), "model": str(folder), "folds": [str(f) for f in folds], "checkpoint": checkpoint,
+              "label": label, "split": "imagesTr", "n_cases": len(names), "case_ids": list(names),
+              "channels": list(dataset.channels)}
+    faithfulness = faithfulness_file(results, settings, header)
+    write_json(out / "localization.json", localization_file(results, settings, header))
+    write_json(out / "channels.json", channels_file(np.stack([r.shares for r in results]),
+                                                    np.stack([r.dice_drop for r in results]), settings, header))
+    write_json(out / "segmentation.json", segmentation_file(results, settings, header))
+    sanity = {**header, "skipped": SANITY_NOT_RUN, "verdict": "undetermined", "reason": SANITY_NOT_RUN}
+    write_json(out / "sanity.json", sanity)
+    faithfulness["headline"] = run_headline(faithfulness, sanity, unit="case")
+    write_json(out / "faithfulness.json", faithfulness)
+    write_json(out / RUN_FILE, {**header, "channel": scored.label_channel,
+                                "regions": scored.regions, "settings": settings.to_dict()})
+    return build_volume_report(out)
+
+
+def first_label(model: nn.Module) -> str:
+    """The first label of dataset.json that the model predicts (background and ignore left out)."""
+    for name in model.dataset_json["labels"]:
+        if name not in ("background", "ignore"):
+            return name
+    raise TumorcamError("label: dataset.json of the model has no foreground label", param="label")
+
+
+def preprocess_case(model: nn.Module, files: Sequence[str], label_file: str,
+                    label: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """nnU-Net's preprocessing of one case's channel `files` and its `label_file` to the same grid: the
+    volume (C, *spatial) float32, the ground truth of `label` (*spatial) bool, and the properties."""
+    preprocessor = model.configuration_manager.preprocessor_class(verbose=False)
+    data, seg, properties = preprocessor.run_case(list(files), label_file, model.plans_manager,
+                                                  model.configuration_manager, model.dataset_json)
+    value = model.dataset_json["labels"][label]
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    return np.asarray(data, dtype=np.float32), np.isin(np.asarray(seg)[0], values), properties
+
+
+def case_maps(model: nn.Module, scored: LabelOutput, image: torch.Tensor, label: str, index: int,
+              settings: Settings) -> dict[str, np.ndarray]:
+    """The maps (*spatial) float32 of one case (1, C, *spatial) by every method and control: a method's
+    from `model.explain` (its layer recorded in `settings.explain.layers`), a control's from tumorcam's
+    method on `scored`, seeded `settings.explain.seed + index` as a run on volumes seeds them."""
+    from tumorcam.explain import explain
+    from tumorcam.runs.volume_settings import all_methods, volume_layer
+
+    maps = {}
+    for method in all_methods(settings):
+        if METHODS[method].control:
+            maps[method] = explain(scored, image, method=method, target=settings.explain.targets[0],
+                                   channel=scored.channel, ig_steps=settings.explain.ig_steps,
+                                   seed=settings.explain.seed + index, batch_size=1)[0].float().cpu().numpy()
+            continue
+        result = model.explain(image[0], label, method=method, layer=volume_layer(settings),
+                               ig_steps=settings.explain.ig_steps, seed=settings.explain.seed + index)
+        if METHODS[method].uses_layer and volume_layer(settings) is None:
+            settings.explain.layers = [result.layer]
+        maps[method] = np.asarray(result.heatmap, dtype=np.float32)
+    return maps
