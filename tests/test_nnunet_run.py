@@ -37,6 +37,8 @@ def nnunet_run(nnunet_model, tmp_path_factory):
 
 
 def test_run_writes_the_files_with_finite_aucs_and_a_headline(nnunet_run):
+    from tumorcam.nnunet.run import SANITY_NOT_RUN
+
     out, _, report = nnunet_run
     files = {name: json.loads((out / f"{name}.json").read_text())
              for name in ("faithfulness", "localization", "segmentation", "channels", "sanity")}
@@ -47,7 +49,8 @@ def test_run_writes_the_files_with_finite_aucs_and_a_headline(nnunet_run):
         assert all(np.isfinite(row["per_case"][curve]).all() for curve in ("deletion", "insertion")), row["method"]
         assert row["layer"].startswith("decoder.stages") if row["method"] == "gradcam" else row["layer"] == "input"
     headline = files["faithfulness"]["headline"]
-    assert headline["level"] == "undetermined" and "sanity check is undetermined" in headline["reason"]
+    assert headline["level"] == "undetermined" and headline["sanity"]["verdict"] == "undetermined"
+    assert headline["sanity"]["reason"] == SANITY_NOT_RUN == files["sanity"]["skipped"]
     assert len(files["segmentation"]["per_case"]["dice"]) == CASES
     assert report == out / "report.html" and "Is the explanation true?" in report.read_text()
 
