@@ -69,7 +69,8 @@ def run_command(
     nnunet: Optional[Path] = typer.Option(None, "--nnunet", help="A trained nnU-Net v2 model folder "
                                           "(Trainer__Plans__configuration), explained on the cases of --data "
                                           "(nnU-Net's raw layout); see docs/nnunet.md."),
-    folds: Optional[list[str]] = typer.Option(None, "--folds", help="The --nnunet folds (repeat; default 0)."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="With --nnunet: comma-separated folds, their logits "
+                                                              "and maps averaged (default 0)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Each --nnunet fold's checkpoint file "
                                                                         "(default checkpoint_final.pth)."),
     label: Optional[str] = typer.Option(None, "--label", help="The explained label of the --nnunet model's "
@@ -99,8 +100,8 @@ def run_command(
     if nnunet is not None:
         from tumorcam.nnunet.run import run_nnunet
 
-        report = run_nnunet(out or Path("runs") / "nnunet", data, nnunet, folds=[int(f) if f.isdigit() else f
-                                                                             for f in folds or ["0"]],
+        fold_names = [int(f) if f.strip().isdigit() else f.strip() for f in (folds or "0").split(",")]
+        report = run_nnunet(out or Path("runs") / "nnunet", data, nnunet, folds=fold_names,
                             checkpoint=checkpoint, label=label, cases=patients, settings=settings,
                             trust_checkpoint=trust_checkpoint, device=settings.train.device, log=log)
     elif on_volumes:
