@@ -28,7 +28,7 @@ def explain_nnunet(folder: Path | None, images: Sequence[Path] | None, out: Path
     from tumorcam.nnunet.model import DEFAULT_CHECKPOINT
 
     if folder is None:
-        raise TumorcamError("nnunet: --folds, --checkpoint, --label and --trust-checkpoint need an nnU-Net "
+        raise TumorcamError("nnunet: folds, checkpoint, label and trust_checkpoint need an nnU-Net "
                             "model folder", param="nnunet")
     if others:
         raise TumorcamError(f"nnunet: not with {', '.join(others)}", param="nnunet")
