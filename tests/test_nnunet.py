@@ -1,6 +1,6 @@
 """tumorcam.nnunet on a real nnU-Net v2 model folder, planned, preprocessed and (briefly) trained here.
 
-The session fixture writes tumorcam's synthetic raw dataset (8 cases, size 32), runs nnU-Net's
+The session fixture (`make_model_folder` of tests/nnunet_model.py) writes tumorcam's synthetic raw dataset (8 cases, size 32), runs nnU-Net's
 fingerprint / plan / preprocess steps for 3d_fullres in a child process (nnU-Net reads its folders
 from the environment at import time; its worker pools run as threads there, and the fingerprint
 samples 1e5 foreground voxels instead of 1e8, to keep this ~20 s), builds the network with
@@ -11,12 +11,8 @@ results/Dataset987_TumorcamSynth/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
-import time
 import types
 
 import numpy as np
@@ -25,138 +21,13 @@ import torch
 
 pytest.importorskip("nnunetv2")
 
-DATASET_ID = 987
-DATASET = f"Dataset{DATASET_ID:03d}_TumorcamSynth"
-TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
-TRAIN_STEPS = 40
-TRAIN_CROP = (16, 16, 16)  # a quarter of the patch's voxels: 4x faster steps, and the model still segments
-BIG_SIZE = 52  # a raw case whose preprocessed volume spans several tiles in every axis
-BIG_SPACING = (1.0, 0.9, 1.3)  # differs from the plans' spacing, so export resamples
-CHANNELS = 4
-
-
-def _plan_and_preprocess(dataset_id: int) -> None:
-    """nnUNetv2_plan_and_preprocess -d ID -c 3d_fullres -np 1 --verify_dataset_integrity, in this process."""
-    from multiprocessing.pool import ThreadPool
-
-    from nnunetv2.experiment_planning import verify_dataset_integrity
-    from nnunetv2.experiment_planning.dataset_fingerprint import fingerprint_extractor
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprint_dataset,
-        plan_experiments,
-        preprocess,
-    )
-    from nnunetv2.preprocessing.preprocessors import default_preprocessor
-
-    threads = types.SimpleNamespace(get_context=lambda method: types.SimpleNamespace(Pool=ThreadPool))
-    for module in (verify_dataset_integrity, fingerprint_extractor, default_preprocessor):
-        module.multiprocessing = threads
-
-    class FewSamples(fingerprint_extractor.DatasetFingerprintExtractor):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.num_foreground_voxels_for_intensitystats = 10**5
-
-    extract_fingerprint_dataset(dataset_id, FewSamples, num_processes=1, check_dataset_integrity=True,
-                                show_progress_bar=False)
-    plan_experiments([dataset_id])
-    preprocess([dataset_id], configurations=("3d_fullres",), num_processes=(1,), show_progress_bar=False)
-
-
-def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int) -> tuple[torch.nn.Module, dict]:
-    """nnU-Net's network for the plans, trained `steps` Adam steps on random TRAIN_CROP crops; and the
-    checkpoint's optimizer state and training log (numpy float64 values, as nnU-Net logs them)."""
-    from acvl_utils.cropping_and_padding.padding import pad_nd_image
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-    from nnunetv2.training.logging.nnunet_logger import LocalLogger
-
-    from tumorcam.nnunet.model import build_network
-
-    torch.manual_seed(0)
-    network = build_network(plans, dataset_json, "3d_fullres", "nnUNetTrainer").train()
-    patch = list(TRAIN_CROP)
-    dataset = infer_dataset_class(preprocessed)(preprocessed)
-    cases = []
-    for key in dataset.identifiers:
-        data, seg, _, _ = dataset.load_case(key)
-        cases.append((pad_nd_image(np.asarray(data), patch), pad_nd_image(np.clip(np.asarray(seg), 0, None), patch)))
-    rng = np.random.default_rng(0)
-    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
-    weight = torch.tensor([0.2, 1.0, 1.0])
-    logger = LocalLogger()
-    for step in range(steps):
-        images, labels = [], []
-        for index in rng.choice(len(cases), 2):
-            data, seg = cases[index]
-            origin = [rng.integers(0, s - p + 1) for s, p in zip(data.shape[1:], patch)]
-            window = tuple(slice(o, o + p) for o, p in zip(origin, patch))
-            images.append(data[(slice(None), *window)])
-            labels.append(seg[(0, *window)])
-        logits = network(torch.from_numpy(np.stack(images)).float())
-        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(np.stack(labels)).long(), weight=weight)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        logger.log("train_losses", np.float64(loss.item()), step)
-        logger.log("ema_fg_dice", np.mean(np.array([0.5, 0.5])), step)
-    return network.eval(), {"logging": logger.get_checkpoint(), "optimizer_state": optimizer.state_dict(),
-                            "_best_ema": logger.get_value("ema_fg_dice", step=-1)}
-
-
-def _write_big_case(folder) -> list[str]:
-    """One raw case of size BIG_SIZE with spacing BIG_SPACING: its channel files."""
-    import nibabel as nib
-
-    from tumorcam.data.synth_volumes import synthetic_case
-
-    rng = np.random.default_rng([1, 0])
-    images, _ = synthetic_case(BIG_SIZE, rng)
-    affine = np.diag([*BIG_SPACING, 1.0])
-    affine[:3, 3] = (-80.0, -100.0, -60.0)
-    files = []
-    for channel, image in enumerate(images):
-        path = folder / f"BIG_{channel:04d}.nii.gz"
-        nib.save(nib.Nifti1Image(image, affine), path)
-        files.append(str(path))
-    return files
+from nnunet_model import CHANNELS, DATASET, TRAIN_STEPS, TRAINER_FOLDER, make_model_folder  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def nnunet_model(tmp_path_factory):
     """(model folder, big case files, timings) of a freshly planned and trained nnU-Net model."""
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-
-    from tumorcam.data.synth_volumes import write_synthetic_volumes
-
-    root = tmp_path_factory.mktemp("nnunet")
-    env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
-           "nnUNet_results": str(root / "results")}
-    write_synthetic_volumes(root / "raw" / DATASET, cases=8, size=32)
-    started = time.perf_counter()
-    subprocess.run([sys.executable, __file__, str(DATASET_ID)], env={**os.environ, **env}, check=True,
-                   capture_output=True, text=True)
-    planned = time.perf_counter() - started
-    preprocessed = root / "preprocessed" / DATASET
-    plans, dataset_json = load_json(preprocessed / "nnUNetPlans.json"), load_json(preprocessed / "dataset.json")
-    started, threads = time.perf_counter(), torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        network, state = _train(plans, dataset_json, str(preprocessed / "nnUNetPlans_3d_fullres"), TRAIN_STEPS)
-    finally:
-        torch.set_num_threads(threads)
-    trained = time.perf_counter() - started
-    folder = root / "results" / DATASET / TRAINER_FOLDER
-    (folder / "fold_0").mkdir(parents=True)
-    shutil.copy(preprocessed / "nnUNetPlans.json", folder / "plans.json")
-    shutil.copy(preprocessed / "dataset.json", folder / "dataset.json")
-    torch.save({"network_weights": network.state_dict(), **state, "grad_scaler_state": None,
-                "current_epoch": 1, "trainer_name": "nnUNetTrainer",
-                "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset_json,
-                              "device": torch.device("cpu")},
-                "inference_allowed_mirroring_axes": (0, 1, 2)}, folder / "fold_0" / "checkpoint_final.pth")
-    big = root / "big"
-    big.mkdir()
-    return folder, _write_big_case(big), {"plan_and_preprocess_s": planned, "train_s": trained}
+    return make_model_folder(tmp_path_factory.mktemp("nnunet"))
 
 
 @pytest.fixture(scope="session")
@@ -423,7 +294,3 @@ def test_docs_options_are_the_commands(capsys):
     assert code in (0, None)
     for option in sorted(set(re.findall(r"--[a-z][a-z_-]+", doc)) - {"--verify_dataset_integrity"}):
         assert option in help_text, option
-
-
-if __name__ == "__main__":  # the fixture's child process, with nnU-Net's folders in its environment
-    _plan_and_preprocess(int(sys.argv[1]))
