@@ -35,7 +35,6 @@ of size 52 (several tiles in every axis), label `edema`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -55,6 +54,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 LABEL = "edema"
 
 
+def _log(message: str) -> None:
+    print(f"[bench_nnunet {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", type=int, default=3, help="synthetic raw cases of size 52 (default 3)")
     parser.add_argument("--steps", type=int, default=8, help="Deletion/Insertion steps (default 8)")
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         folder, first, _ = make_model_folder(tmp / "model")
         build_s = time.perf_counter() - started
+        _log(f"model folder built in {build_s:.0f} s")
         cases_dir = tmp / "cases"
         cases_dir.mkdir()
         cases = [first] + [_write_big_case(cases_dir, f"CASE{seed}", seed=seed) for seed in range(2, args.cases + 1)]
@@ -86,6 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows = []
         for files in cases:
             name = Path(files[0]).name.rsplit("_", 1)[0]
+            _log(f"case {name}")
             started = time.perf_counter()
             volume, properties = model.preprocess(files)
             preprocess_s = time.perf_counter() - started
@@ -141,10 +146,9 @@ class _Theirs:
     def _call(self, input_file: str) -> Any:
         from nnunetv2_cam.api import run_cam_for_prediction
 
-        with contextlib.redirect_stdout(sys.stderr):  # its citation banner
-            return run_cam_for_prediction(self.predictor, input_file, str(self.out), target_layer=self.layer,
-                                          target_class=1, method="gradcam", cam_type="3d",
-                                          device=torch.device("cpu"), save_slices=False)
+        return run_cam_for_prediction(self.predictor, input_file, str(self.out), target_layer=self.layer,
+                                      target_class=1, method="gradcam", cam_type="3d",
+                                      device=torch.device("cpu"), save_slices=False)
 
     def as_released(self, files: list[str]) -> dict[str, Any]:
         try:
@@ -203,6 +207,7 @@ def _case(model: Any, name: str, volume: np.ndarray, their_volume: np.ndarray, o
 
     import tumorcam
 
+    _log(f"case {name}: maps done ({seconds}); faithfulness")
     images = torch.from_numpy(volume)[None]
     game = {"channel": channel, "steps": steps, "baseline": "zero", "score": "predicted-region", "mask_reference": False,
             "batch_size": 4, "seed": 0}
@@ -257,7 +262,15 @@ def main(argv: list[str] | None = None) -> None:
         "sections": {},
     }
     started = time.perf_counter()
-    report["sections"]["nnunet"] = run(args)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)  # nnU-Net's and nnunetv2-cam's prints (and their spawned workers') go to stderr
+    try:
+        report["sections"]["nnunet"] = run(args)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
     report["sections"]["nnunet"]["wall_s"] = round(time.perf_counter() - started, 1)
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))
