@@ -1,6 +1,6 @@
 """tumorcam's nnU-Net Grad-CAM side by side with nnunetv2-cam's, on the same model, cases and layer.
 
-    pip install -c constraints.txt --no-deps nnunetv2-cam==0.1.6.1   # benchmark-only; not a tumorcam dependency
+    PIP_NO_DEPS=1 pip install -c constraints.txt nnunetv2-cam==0.1.6.1   # benchmark-only; not a tumorcam dependency
     PYTHONPATH=src python benchmarks/bench_nnunet.py [--cases 3] [--steps 8] [--threads 2]
 
 The model: the small 3d_fullres nnU-Net that tests/test_nnunet.py trains (`make_model_folder` of
