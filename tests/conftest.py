@@ -77,8 +77,8 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 @pytest.fixture(scope="session")
 def nnunet_model(tmp_path_factory):
     """(model folder, big case files, timings) of a small nnU-Net v2 model planned and trained here
-    (`nnunet_fixture.build_model`), once per session; skipped without nnunetv2."""
+    (`nnunet_model.make_model_folder`), once per session; skipped without nnunetv2."""
     pytest.importorskip("nnunetv2")
-    from nnunet_fixture import build_model
+    from nnunet_model import make_model_folder
 
-    return build_model(tmp_path_factory.mktemp("nnunet"))
+    return make_model_folder(tmp_path_factory.mktemp("nnunet"))

@@ -1,5 +1,13 @@
-"""tumorcam.nnunet on a real nnU-Net v2 model folder, planned, preprocessed and (briefly) trained
-here by the session fixture `nnunet_model` (tests/conftest.py, tests/nnunet_fixture.py)."""
+"""tumorcam.nnunet on a real nnU-Net v2 model folder, planned, preprocessed and (briefly) trained here.
+
+The session fixture `nnunet_model` (tests/conftest.py; `make_model_folder` of tests/nnunet_model.py)
+writes tumorcam's synthetic raw dataset (8 cases, size 32), runs nnU-Net's fingerprint / plan / preprocess steps for 3d_fullres in a child process (nnU-Net reads its folders
+from the environment at import time; its worker pools run as threads there, and the fingerprint
+samples 1e5 foreground voxels instead of 1e8, to keep this ~20 s), builds the network with
+nnU-Net's trainer class from the plans, trains it 40 steps with plain PyTorch on random 16^3 crops of
+the preprocessed cases (one CPU thread: fastest on a shared machine) and saves it in nnU-Net's
+checkpoint format under results/Dataset987_TumorcamSynth/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ import torch
 
 pytest.importorskip("nnunetv2")
 
-from nnunet_fixture import CHANNELS, DATASET, TRAIN_STEPS, TRAINER_FOLDER  # noqa: E402
+from nnunet_model import CHANNELS, DATASET, TRAIN_STEPS, TRAINER_FOLDER  # noqa: E402
 
 
 @pytest.fixture(scope="session")

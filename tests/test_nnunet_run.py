@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("nnunetv2")
 
-from nnunet_fixture import DATASET  # noqa: E402
+from nnunet_model import DATASET  # noqa: E402
 
 CASES = 2
 

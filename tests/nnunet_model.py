@@ -1,13 +1,13 @@
-"""A real nnU-Net v2 model folder, planned, preprocessed and (briefly) trained here: `build_model`,
-the work of the session fixture `nnunet_model` (tests/conftest.py) shared by the nnU-Net tests.
+"""A small trained nnU-Net v2 model folder, built here: what tests/test_nnunet.py's session fixture and
+benchmarks/bench_nnunet.py share.
 
-It writes tumorcam's synthetic raw dataset (8 cases, size 32), runs nnU-Net's fingerprint / plan /
-preprocess steps for 3d_fullres in a child process (nnU-Net reads its folders from the environment
-at import time; its worker pools run as threads there, and the fingerprint samples 1e5 foreground
-voxels instead of 1e8, to keep this ~20 s), builds the network with nnU-Net's trainer class from
-the plans, trains it 40 steps with plain PyTorch on random 16^3 crops of the preprocessed cases (one
-CPU thread: fastest on a shared machine) and saves it in nnU-Net's checkpoint format under
-results/Dataset987_TumorcamSynth/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/.
+`make_model_folder(root)` writes tumorcam's synthetic raw dataset (8 cases, size 32), runs nnU-Net's
+fingerprint / plan / preprocess steps for 3d_fullres in a child process (this file run as a script:
+nnU-Net reads its folders from the environment at import time; its worker pools run as threads there,
+and the fingerprint samples 1e5 foreground voxels instead of 1e8, to keep this ~20 s), builds the
+network with nnU-Net's trainer class from the plans, trains it TRAIN_STEPS steps with plain PyTorch on
+random 16^3 crops of the preprocessed cases (one CPU thread: fastest on a shared machine) and saves it
+in nnU-Net's checkpoint format under results/Dataset987_TumorcamSynth/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -100,30 +101,31 @@ def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int) -> tu
                             "_best_ema": logger.get_value("ema_fg_dice", step=-1)}
 
 
-def _write_big_case(folder) -> list[str]:
-    """One raw case of size BIG_SIZE with spacing BIG_SPACING: its channel files."""
+def _write_big_case(folder, name: str = "BIG", seed: int = 1) -> list[str]:
+    """One raw case `name` of size BIG_SIZE with spacing BIG_SPACING: its channel files."""
     import nibabel as nib
 
     from tumorcam.data.synth_volumes import synthetic_case
 
-    rng = np.random.default_rng([1, 0])
+    rng = np.random.default_rng([seed, 0])
     images, _ = synthetic_case(BIG_SIZE, rng)
     affine = np.diag([*BIG_SPACING, 1.0])
     affine[:3, 3] = (-80.0, -100.0, -60.0)
     files = []
     for channel, image in enumerate(images):
-        path = folder / f"BIG_{channel:04d}.nii.gz"
+        path = folder / f"{name}_{channel:04d}.nii.gz"
         nib.save(nib.Nifti1Image(image, affine), path)
         files.append(str(path))
     return files
 
 
-def build_model(root):
+def make_model_folder(root: Path) -> tuple[Path, list[str], dict[str, float]]:
     """(model folder, big case files, timings) of a freshly planned and trained nnU-Net model under `root`."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     from tumorcam.data.synth_volumes import write_synthetic_volumes
 
+    root = Path(root)
     env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
            "nnUNet_results": str(root / "results")}
     write_synthetic_volumes(root / "raw" / DATASET, cases=8, size=32)
@@ -154,5 +156,5 @@ def build_model(root):
     return folder, _write_big_case(big), {"plan_and_preprocess_s": planned, "train_s": trained}
 
 
-if __name__ == "__main__":  # the fixture's child process, with nnU-Net's folders in its environment
+if __name__ == "__main__":  # make_model_folder's child process, with nnU-Net's folders in its environment
     _plan_and_preprocess(int(sys.argv[1]))
