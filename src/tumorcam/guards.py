@@ -40,6 +40,7 @@ The command line prints a `TumorcamWarning` as one line `warning: ...` (`tumorca
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import sys
 import warnings
@@ -65,6 +66,12 @@ INTENSITY_FLOOR = 0.25  # ... and at least this much of the unit range
 # check_model: per model, the kinds of input already checked and the model's output channels for them
 _CHECKED: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
 
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """One TumorcamError naming `name` unless `value` is an integer >= 1 (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise TumorcamError(f"{name}: must be an integer >= 1, got {value!r}", param=name)
 
 def warn(message: str) -> None:
     """Warn `message` as a TumorcamWarning, attributed to the first calling frame outside tumorcam."""

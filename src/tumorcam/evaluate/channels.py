@@ -71,7 +71,7 @@ from tumorcam.evaluate.stats import (
 from tumorcam.evaluate.summary import EXPLORATORY, finite_list
 from tumorcam.device import autocast
 from tumorcam.explain import explaining
-from tumorcam.guards import channel_of, check_images, check_model
+from tumorcam.guards import channel_of, check_images, check_model, check_positive_int
 from tumorcam.explain.methods.base import Logits, Output, ScalarOutput
 from tumorcam.explain.targets import TargetFn, get_target, target_function
 
@@ -227,11 +227,10 @@ def channel_shares(
     attribution (integrated gradients: per path step); `amp`: bf16 autocast on CUDA.
     """
     check_images(images)
-    _check_batch_size(batch_size)
+    check_positive_int("batch_size", batch_size)
     if method not in CHANNEL_METHODS:
         raise unknown_name("method", method, CHANNEL_METHODS)
-    if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
-        raise TumorcamError(f"ig_steps: must be an integer >= 1, got {ig_steps!r}")
+    check_positive_int("ig_steps", ig_steps)
     _check_channel(channel)
     channel = check_model(model, images, output=output, channel=channel)
     weights_of = target_function(target, channel)
@@ -290,7 +289,7 @@ def channel_ablation(
     bf16 autocast on CUDA.
     """
     check_images(images)
-    _check_batch_size(batch_size)
+    check_positive_int("batch_size", batch_size)
     _check_baseline(baseline)
     _check_channel(channel)
     channel = check_model(model, images, output=output, channel=channel)
@@ -391,11 +390,6 @@ def channels(
                 "baseline": baseline, "ig_steps": ig_steps, "seed": seed}
     return ChannelResult(shares=shares, dice_drop=drops, unit_ids=unit_ids, unit=unit, channel_names=names,
                          settings=settings)
-
-
-def _check_batch_size(batch_size: object) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
 
 
 def _check_baseline(baseline: object) -> None:

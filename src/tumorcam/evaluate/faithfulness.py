@@ -37,7 +37,7 @@ from tumorcam.evaluate.game import (
     as_masks,
 )
 from tumorcam.evaluate.headline import headline
-from tumorcam.guards import count_flat
+from tumorcam.guards import check_positive_int, count_flat
 from tumorcam.evaluate.ranking import auc, check_schedule, check_steps
 from tumorcam.evaluate.reference import Reference, as_maps, reference_maps, units
 from tumorcam.evaluate.summary import (
@@ -220,8 +220,7 @@ def faithfulness(
     unit_ids, unit = units(patient_ids, len(images))
     compared = reference_maps(reference, maps, seed)
     check_game(steps, baseline, score, schedule)  # the game's options, then the model's checks
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     channel = guards.check_model(model, images, output=output, channel=channel)
     with explaining(model):
         game = PerturbationGame(Logits(model, output), images, steps=steps, baseline=baseline, score=score,
@@ -265,8 +264,8 @@ def check_options(steps: int | None = None, baselines: list[str] | tuple[str, ..
         raise TumorcamError(f"score: unknown score {score!r} (choose from {', '.join(SCORES)})", param="score")
     if schedule is not None:
         check_schedule(schedule)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}", param="batch_size")
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
 
 
 def target_score(target: str, score: str) -> str:

@@ -192,8 +192,7 @@ class PerturbationGame:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise TumorcamError(f"images: expected a tensor (N, C, H, W) or (N, C, D, H, W), got {shape}")
         check_game(steps, baseline, score, schedule)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+        guards.check_positive_int("batch_size", batch_size)
         self.model_fn, self.steps, self.baseline, self.score = model_fn, steps, baseline, score
         self.schedule, self.channel, self.batch_size, self.seed = schedule, channel, batch_size, seed
         self.road_noise, self.progress, self.rows = road_noise, progress, rows

@@ -34,12 +34,7 @@ from tumorcam.evaluate.metrics import dice_iou
 from tumorcam.evaluate.reference import random_maps, units
 from tumorcam.evaluate.sanity import SanityResult, sanity
 from tumorcam.evaluate.stats import cluster_bootstrap_ci
-from tumorcam.guards import check_images
-
-
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise TumorcamError(f"{name}: must be an integer >= 1, got {value!r}", param=name)
+from tumorcam.guards import check_images, check_positive_int
 
 
 class Measure(ABC):
@@ -143,7 +138,7 @@ class DeletionInsertion(Measure):
                  steps: int = 50, schedule: str = "log", score: str = "predicted-region", batch_size: int = 256,
                  amp: bool = False, seed: int = 0) -> None:
         check_game(steps, baseline, score, schedule)
-        _positive_int("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
         self.model, self.channel, self.output = model, channel, output
         self.settings = {"baseline": baseline, "steps": steps, "schedule": schedule, "score": score,
                          "batch_size": batch_size, "amp": amp}
@@ -270,7 +265,7 @@ class Dice(Measure):
 
     def __init__(self, model: nn.Module, *, channel: int | None = None, output: Any = None, batch_size: int = 32,
                  seed: int = 0) -> None:
-        _positive_int("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
         self.model, self.channel, self.output, self.batch_size = model, channel, output, batch_size
         super().__init__(seed)
 
@@ -341,8 +336,8 @@ class Sanity(Measure):
         from tumorcam.explain import get_method
 
         get_method(method)
-        _positive_int("ig_steps", ig_steps)
-        _positive_int("batch_size", batch_size)
+        check_positive_int("ig_steps", ig_steps)
+        check_positive_int("batch_size", batch_size)
         if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold <= 1:
             raise TumorcamError(f"threshold: must be in (0, 1], got {threshold!r}", param="threshold")
         self.model = model
@@ -418,8 +413,8 @@ class Channels(Measure):
     def __init__(self, model: nn.Module, *, channel_names: list[str] | None = None, target: Any = "predicted-region",
                  channel: int | None = None, output: Any = None, method: str = "integrated-gradients",
                  ig_steps: int = 32, baseline: str = "zero", batch_size: int = 32, seed: int = 0) -> None:
-        _positive_int("ig_steps", ig_steps)
-        _positive_int("batch_size", batch_size)
+        check_positive_int("ig_steps", ig_steps)
+        check_positive_int("batch_size", batch_size)
         self.model = model
         self.settings = {"channel_names": channel_names, "target": target, "channel": channel, "output": output,
                          "method": method, "ig_steps": ig_steps, "baseline": baseline, "batch_size": batch_size}

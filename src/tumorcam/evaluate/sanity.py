@@ -647,8 +647,7 @@ def sanity(model: nn.Module, images: torch.Tensor, *, method: str = "gradcam",
         raise TumorcamError(f"threshold: must be in (0, 1], got {threshold!r}")
     guards.check_images(images)
     for name, value in (("min_patients", min_patients), ("bootstrap", bootstrap), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise TumorcamError(f"{name}: must be an integer >= 1, got {value!r}")
+        guards.check_positive_int(name, value)
     if patient_ids is not None:
         ids = np.asarray(patient_ids.cpu() if isinstance(patient_ids, torch.Tensor) else patient_ids)
         if ids.ndim != 1 or len(ids) != len(images):

@@ -142,7 +142,7 @@ def explain_at(
     target_function(target, 0)  # the target's name, before the model runs
     if isinstance(target, str) and get_target(target).needs_masks and masks is None:
         raise TumorcamError(f"masks: target {target!r} needs ground-truth masks (B, 1, *spatial); none were given")
-    _check_batch_size(batch_size)
+    guards.check_positive_int("batch_size", batch_size)
     if chosen.uses_layer and layer is not None:
         resolve_layer(model, layer)
     # a callable target picks its own class: `channel` then matters only to a method that reads it
@@ -176,11 +176,6 @@ def explain_at(
 
 
 FALLBACK_BLOCKS = 3  # explain_at: how many blocks up `layer=None` tries when its choice gives flat maps
-
-
-def _check_batch_size(batch_size: object) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise TumorcamError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
 
 
 def _path_of(model: nn.Module, layer: nn.Module) -> str:
@@ -319,7 +314,7 @@ def explain_components(
     """
     chosen = get_method(method)
     guards.check_images(images)
-    _check_batch_size(batch_size)
+    guards.check_positive_int("batch_size", batch_size)
     if chosen.uses_layer and layer is not None:
         resolve_layer(model, layer)
     channel = guards.check_model(model, images, output=output, channel=channel)
