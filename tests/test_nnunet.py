@@ -288,3 +288,41 @@ def test_docs_options_are_the_commands(capsys):
     assert code in (0, None)
     for option in sorted(set(re.findall(r"--[a-z][a-z_-]+", doc)) - {"--verify_dataset_integrity"}):
         assert option in help_text, option
+
+
+def test_tumorcam_explain_runs_an_nnunet_model_tile_by_tile(loaded):
+    import tumorcam
+    from tumorcam.errors import TumorcamError
+    from tumorcam.nnunet.run import LabelOutput
+
+    model, volume, _ = loaded
+    small = np.ascontiguousarray(volume[:, :20, :44, :28])  # two tiles along the second axis
+    scored = LabelOutput(model, "edema")
+    x = torch.from_numpy(small)[None]
+    maps, layer = tumorcam.explain.explain_at(scored, x, channel=scored.channel)
+    result = model.explain(small, "edema")
+    assert layer == result.layer  # not the last tile's hook on the whole forward: the stitched tile maps
+    np.testing.assert_allclose(maps[0].numpy(), result.heatmap, atol=1e-6)
+    # ground-truth masks travel with the tiles: the stitched prediction as the mask gives (almost) the same map
+    region = torch.from_numpy(model.segmentation(result.logits) == model.label_manager.all_labels[result.channel])
+    masked = tumorcam.explain(scored, x, target="gt-region", masks=region[None, None], channel=scored.channel)
+    assert np.corrcoef(masked[0].numpy().ravel(), result.heatmap.ravel())[0, 1] > 0.95
+    with pytest.raises(TumorcamError, match="once per tile"):
+        tumorcam.explain_components(scored, x, channel=scored.channel)
+
+
+def test_sanity_cascade_randomises_every_fold_and_every_parameter(nnunet_model):
+    import tumorcam.nnunet
+    from tumorcam.evaluate.sanity import cascade_stages, stage_modules
+
+    model = tumorcam.nnunet.load(nnunet_model[0], folds=(0, 0))
+    stages = cascade_stages(model)
+    assert stages[0] == "networks.*.decoder.seg_layers" and stages[-1] == "networks.*.encoder.stages.0"
+    covered = set()
+    for stage in stages:
+        modules = stage_modules(model, stage)
+        assert len(modules) == 2 and modules[0] is not modules[1], stage  # one per fold
+        covered |= {id(p) for module in modules for p in module.parameters()}
+    assert covered == {id(p) for p in model.parameters()}  # full randomisation leaves nothing intact
+    assert stage_modules(model, "networks.0.decoder.seg_layers") == [model.networks[0].decoder.seg_layers]
+    assert stage_modules(model, "networks.*.no_such_layer") == []

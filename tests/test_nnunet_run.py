@@ -20,7 +20,7 @@ def _settings():
 
     return preset("own-model").replace({"explain.methods": ["gradcam"], "explain.ig_steps": 2,
                                         "evaluate.steps": 4, "evaluate.baselines": ["zero"],
-                                        "evaluate.bootstrap": 50, "evaluate.batch_size": 4})
+                                        "evaluate.bootstrap": 50, "evaluate.batch_size": 4, "evaluate.sanity": 1})
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def nnunet_run(nnunet_model, tmp_path_factory):
 
 
 def test_run_writes_the_files_with_finite_aucs_and_a_headline(nnunet_run):
-    from tumorcam.nnunet.run import SANITY_NOT_RUN
+    from tumorcam.evaluate.sanity import MIN_PATIENTS
 
     out, _, report = nnunet_run
     files = {name: json.loads((out / f"{name}.json").read_text())
@@ -48,9 +48,14 @@ def test_run_writes_the_files_with_finite_aucs_and_a_headline(nnunet_run):
     for row in rows:
         assert all(np.isfinite(row["per_case"][curve]).all() for curve in ("deletion", "insertion")), row["method"]
         assert row["layer"].startswith("decoder.stages") if row["method"] == "gradcam" else row["layer"] == "input"
-    headline = files["faithfulness"]["headline"]
-    assert headline["level"] == "undetermined" and headline["sanity"]["verdict"] == "undetermined"
-    assert headline["sanity"]["reason"] == SANITY_NOT_RUN == files["sanity"]["skipped"]
+    headline, sanity = files["faithfulness"]["headline"], files["sanity"]
+    assert headline["level"] == "undetermined" and headline["sanity"]["verdict"] == sanity["verdict"]
+    # every fold's stages, output first, on the first case: fewer than the verdict needs
+    assert sanity["stages"][0] == "model.networks.*.decoder.seg_layers" and len(sanity["stages"]) == 8
+    assert sanity["stages"][-1] == "model.networks.*.encoder.stages.0"
+    assert sanity["results"][0]["layer"] == rows[0]["layer"] and sanity["case_ids"] == ["TCAM_000"]
+    assert sanity["verdict"] == "undetermined" and str(MIN_PATIENTS) in sanity["reason"]
+    assert len(sanity["results"][0]["spearman"]) == 8 and all(np.isfinite(sanity["results"][0]["spearman"]))
     assert len(files["segmentation"]["per_case"]["dice"]) == CASES
     assert report == out / "report.html" and "Is the explanation true?" in report.read_text()
 

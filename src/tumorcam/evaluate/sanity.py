@@ -65,6 +65,7 @@ import contextlib
 import copy
 import dataclasses
 import numbers
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,10 +104,14 @@ def cascade_stages(model: nn.Module, prefix: str = "") -> list[str]:
     """Module paths to randomize, output first: for an smp U-Net the head, the decoder blocks from the
     last, then the encoder's stages from the deepest; otherwise the children with parameters, last
     first. A wrapper (one child with parameters, e.g. a deep-supervision or normalizing shell
-    around the network) is looked into: its child's stages, under `prefix` + the child's name."""
+    around the network) is looked into: its child's stages, under `prefix` + the child's name. A
+    model with a `cascade_stages()` method (an nnU-Net model: every fold at once) gives its own."""
     def with_params(parent: nn.Module, path: str) -> list[str]:
         return [f"{path}{name}" for name, child in parent.named_children() if any(True for _ in child.parameters())]
 
+    own = getattr(model, "cascade_stages", None)
+    if callable(own):  # a model that names its cascade (patterns: see `stage_modules`)
+        return [f"{prefix}{stage}" for stage in own()]
     names = dict(model.named_children())
     if {"encoder", "decoder", "segmentation_head"} <= set(names) and hasattr(model.decoder, "blocks"):
         decoder = with_params(model.decoder.blocks, f"{prefix}decoder.blocks.")[::-1]
@@ -119,6 +124,17 @@ def cascade_stages(model: nn.Module, prefix: str = "") -> list[str]:
         inner = cascade_stages(model.get_submodule(children[0][len(prefix):]), f"{children[0]}.")
         return inner or children
     return children[::-1]
+
+
+def stage_modules(model: nn.Module, stage: str) -> list[nn.Module]:
+    """The modules of one cascade stage: the module at path `stage`, or every module whose path
+    matches it when it holds `*` (one path component, e.g. `networks.*.decoder.seg_layers` for
+    every fold's segmentation layers); none for an unknown path."""
+    if "*" not in stage:
+        module = dict(model.named_modules()).get(stage) if stage else None
+        return [] if module is None else [module]
+    pattern = re.compile("\\.".join("[^.]+" if part == "*" else re.escape(part) for part in stage.split(".")))
+    return [module for name, module in model.named_modules() if name and pattern.fullmatch(name)]
 
 
 def randomize_(module: nn.Module, seed: int) -> None:
@@ -504,15 +520,16 @@ def cascading_randomization(model: nn.Module, images: torch.Tensor, map_fn: MapF
         raise TumorcamError(f"stages: {type(model).__name__} has no module with parameters to randomize; "
                             "name the stages")
     randomized = copy.deepcopy(model).eval()
-    modules = dict(randomized.named_modules())
-    unknown = [stage for stage in stages if stage not in modules or not stage]
+    modules = {stage: stage_modules(randomized, stage) for stage in stages}
+    unknown = [stage for stage in stages if not modules[stage]]
     if unknown:
         raise TumorcamError(f"stages: {type(model).__name__} has no layer {unknown[0]!r}")
     original = map_fn(model, images).detach().float()
     mask = _check_foreground(foreground, tuple(original.shape))
     spearman, similarity = [], []
     for i, stage in enumerate(stages):
-        randomize_(modules[stage], seed + i)
+        for module in modules[stage]:
+            randomize_(module, seed + i)
         maps = map_fn(randomized, images).detach().float()
         spearman.append(spearman_rows(original.cpu().numpy(), maps.cpu().numpy(), mask))
         similarity.append(ssim(original, maps, mask))
@@ -640,7 +657,7 @@ def sanity(model: nn.Module, images: torch.Tensor, *, method: str = "gradcam",
         >>> result.stages, result.n_compared, result.passes
     """
     from tumorcam.explain import get_method
-    from tumorcam.explain.layers import default_layer
+    from tumorcam.explain.layers import default_layer, is_tiled
 
     chosen = get_method(method)
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold <= 1:
@@ -661,7 +678,7 @@ def sanity(model: nn.Module, images: torch.Tensor, *, method: str = "gradcam",
     channel = guards.check_model(model, images, output=output, channel=channel,
                                  required=isinstance(target, str) or chosen.reads_channel)
     if layer is None and chosen.uses_layer:
-        layer = default_layer(model, images[:1])
+        layer = model.tile_layer(images[0]) if is_tiled(model) else default_layer(model, images[:1])
     result = randomization_in_chunks(model, images, masks, method=method, target=target, layer=layer, stages=stages,
                                      seed=seed, map_seed=seed, ig_steps=ig_steps, amp=amp, channel=channel,
                                      output=output, batch_size=int(batch_size))

@@ -40,7 +40,7 @@ from torch import nn
 from tumorcam import guards
 from tumorcam.device import autocast
 from tumorcam.errors import TumorcamError, unknown_name
-from tumorcam.explain.layers import INPUT_LAYER, candidate_layers, default_layer, resolve_layer
+from tumorcam.explain.layers import INPUT_LAYER, candidate_layers, default_layer, is_tiled, resolve_layer
 from tumorcam.explain.maps import normalize, rectify, times_mask, upsample
 from tumorcam.explain.methods import METHODS, Method, Options, ScalarOutput
 from tumorcam.explain.methods.base import Logits, Output, explaining
@@ -143,12 +143,21 @@ def explain_at(
     if isinstance(target, str) and get_target(target).needs_masks and masks is None:
         raise TumorcamError(f"masks: target {target!r} needs ground-truth masks (B, 1, *spatial); none were given")
     guards.check_positive_int("batch_size", batch_size)
-    if chosen.uses_layer and layer is not None:
+    tiled = chosen.uses_layer and is_tiled(model)
+    if chosen.uses_layer and layer is not None and not tiled:
         resolve_layer(model, layer)
     # a callable target picks its own class: `channel` then matters only to a method that reads it
     channel = guards.check_model(model, images, output=output, channel=channel,
                                  required=isinstance(target, str) or chosen.reads_channel)
     weights = target_function(target, channel)
+    if tiled:  # its layers run once per tile: the model explains them (`layers.is_tiled`)
+        if output is not None:
+            raise TumorcamError("output: a tiled model returns its logits as one tensor", param="output")
+        maps, name = model.explain_tiles(images, method=method, target=weights, layer=layer, channel=channel,
+                                         masks=None if masks is None else _masks_of(masks, images), ig_steps=ig_steps,
+                                         seed=seed)
+        guards.warn_flat_maps(maps, chosen.name, name)
+        return maps, name
     run = partial(_maps, model, images, chosen, weights, channel=channel, output=output, masks=masks,
                   batch_size=batch_size, amp=amp, ig_steps=ig_steps, seed=seed)
     if not chosen.uses_layer:
@@ -176,6 +185,17 @@ def explain_at(
 
 
 FALLBACK_BLOCKS = 3  # explain_at: how many blocks up `layer=None` tries when its choice gives flat maps
+
+
+def _masks_of(masks: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Ground-truth masks (B, 1, *spatial) or (B, *spatial) as (B, 1, *spatial) on the images' device."""
+    masks = torch.as_tensor(masks).to(images.device)
+    if masks.dim() == images.dim() - 1:
+        masks = masks[:, None]
+    if masks.shape[0] != images.shape[0] or tuple(masks.shape[2:]) != tuple(images.shape[2:]):
+        raise TumorcamError(f"masks: shape {tuple(masks.shape)} does not fit images {tuple(images.shape)}",
+                            param="masks")
+    return masks
 
 
 def _path_of(model: nn.Module, layer: nn.Module) -> str:
@@ -219,6 +239,9 @@ def _maps(model: nn.Module, images: torch.Tensor, chosen: Method, weights: Targe
     spatial = tuple(images.shape[2:])
     if count == 0:
         return torch.zeros((0, *spatial), device=images.device)
+    if chosen.uses_layer and is_tiled(model):
+        raise TumorcamError(f"method: {type(model).__name__} runs its layers once per tile; {chosen.name} of its "
+                            "lesions is not available (explain its predicted or ground-truth region)", param="method")
     out = []
     with explaining(model):
         module = None

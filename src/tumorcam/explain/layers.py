@@ -19,6 +19,12 @@ at the last convolution (`segmentation_head.0` of a one-channel U-Net) only redr
 with `mean-logits` its one channel weight is the constant 1/(H*W), so the map is the min-max
 normalised ReLU(logits). Layer-free methods (saliency, integrated gradients, random) are recorded
 with the layer `input`.
+
+A sliding-window model (an nnU-Net model) runs each layer once per tile, so a hook on its whole
+forward would see one tile only. Such a model is *tiled* (`is_tiled`): it explains itself through
+`explain_tiles(images, method=, target=, layer=, channel=, masks=, ig_steps=, seed=)` -> (maps,
+layer path), names its default layer with `tile_layer(volume)` and may give its sanity cascade
+with `cascade_stages()`; `tumorcam.explain` and `tumorcam.sanity` use these for a layer method.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ from tumorcam.errors import TumorcamError
 INPUT_LAYER = "input"
 
 logger = logging.getLogger("tumorcam.explain")
+
+
+def is_tiled(model: nn.Module) -> bool:
+    """Whether `model` explains its layers itself, tile by tile (`explain_tiles`, see the module docstring)."""
+    return callable(getattr(model, "explain_tiles", None))
 
 
 def layer_names(model: nn.Module) -> list[str]:

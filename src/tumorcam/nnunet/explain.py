@@ -9,12 +9,19 @@ weights (`sliding.stitch`; with the model's `mirror`, each tile's logits and map
 its flips, flipped back); each fold's stitched map is then min-max normalised once for the whole
 volume (normalising per tile would put seams at the tile borders) and the folds' maps and logits
 are averaged.
+
+`explain_tiles` is the same for any tumorcam target callable and ground-truth masks (the masks
+travel with the volume as one more channel, so each tile, mirrored or not, carries its part):
+`tumorcam.explain` runs it for a layer method on an nnU-Net model, whose layers run once per tile
+(a hook on the whole sliding-window forward would see only the last tile).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,13 +29,12 @@ from torch import nn
 
 from tumorcam.errors import TumorcamError
 from tumorcam.explain import get_method
-from tumorcam.explain.layers import default_layer, resolve_layer
+from tumorcam.explain.layers import resolve_layer
 from tumorcam.explain.maps import normalize, rectify, upsample
 from tumorcam.explain.methods import Method, Options, ScalarOutput
 from tumorcam.explain.targets import TargetFn
 from tumorcam.logits import explaining
 from tumorcam.nnunet.sliding import stitch
-
 
 
 @dataclass(frozen=True)
@@ -68,53 +74,91 @@ def explain_volume(model: nn.Module, volume: np.ndarray | torch.Tensor, label: s
     the network (None: tumorcam's default, the last convolution block before the head)."""
     chosen = get_method(method)
     channel = model.channel(label)
-    volume = torch.as_tensor(volume, dtype=torch.float32).to(next(model.parameters()).device)
-    spatial_dims = len(model.patch_size)
-    if volume.dim() not in (spatial_dims + 1, 4):
-        raise TumorcamError(f"volume: expected a preprocessed volume (C, *spatial), got shape {tuple(volume.shape)}",
-                            param="volume")
+    volume = _checked_volume(model, volume)
     target = partial(predicted_region, channel=channel, regions=model.label_manager.has_regions)
-    fold_maps, fold_logits, names = [], [], set()
+    fold_maps, logits, name = stitched_explanation(model, volume, chosen, target, channel=channel, layer=layer,
+                                                   options=Options(ig_steps=ig_steps, seed=seed))
+    return NnunetExplanation(heatmap=fold_maps.mean(0).numpy(), fold_maps=fold_maps.numpy(), logits=logits,
+                             label=label, channel=channel, layer=name)
+
+
+def explain_tiles(model: nn.Module, images: torch.Tensor, *, method: str, target: TargetFn, layer: str | None,
+                  channel: int, masks: torch.Tensor | None = None, ig_steps: int = 32, seed: Any = 0,
+                  head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, str]:
+    """What `tumorcam.explain` runs for a layer method on an nnU-Net model: each volume of `images`
+    (B, C, *spatial) explained tile by tile (`stitched_explanation`) for the tumorcam `target`
+    callable on output `channel`, evaluated on each tile with the tile's part of `masks` (B, 1,
+    *spatial); `head` maps a network's logits to the explained output (e.g. one region's channel).
+    Returns the maps (B, *spatial) in [0, 1] (fold mean) and the layer's path in each network."""
+    chosen = get_method(method)
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(images)
+    maps, name = [], "input"
+    for index, volume in enumerate(images):
+        mask = None if masks is None else torch.as_tensor(masks[index]).to(volume.device)
+        fold_maps, _, name = stitched_explanation(
+            model, _checked_volume(model, volume), chosen, target, channel=channel, layer=layer, masks=mask,
+            head=head, options=Options(ig_steps=ig_steps, seed=seeds[index]))
+        maps.append(fold_maps.mean(0))
+    return torch.stack(maps).to(images.device), name
+
+
+def stitched_explanation(model: nn.Module, volume: torch.Tensor, chosen: Method, target: TargetFn, *, channel: int,
+                         layer: str | None, options: Options, masks: torch.Tensor | None = None,
+                         head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Each fold's map of `volume` (C, *spatial), stitched over its tiles and normalised, (F, *spatial)
+    on the CPU; the folds' mean stitched logits (K, *spatial); the layer's path. `masks` (1, *spatial)
+    travels with the volume as one more channel, so that each tile (mirrored too) carries its part."""
+    stacked = volume if masks is None else torch.cat([volume, masks.to(volume.dtype).reshape(1, *volume.shape[1:])])
+    if chosen.uses_layer and layer is None:
+        layer = model.tile_layer(volume)
+    fold_maps, fold_logits = [], []
     for network in model.networks:
-        module, name = _layer(network, volume, model.patch_size, chosen, layer)
-        names.add(name)
+        module = resolve_layer(network, layer) if chosen.uses_layer else None
         run = model.per_tile(partial(tile_explanation, network, chosen, target, module, channel=channel,
-                                     options=Options(ig_steps=ig_steps, seed=seed)))
+                                     options=options, with_masks=masks is not None, head=head))
         with explaining(network), torch.enable_grad():
-            stitched = stitch(volume, model.patch_size, run, model.tile_step)
+            stitched = stitch(stacked, model.patch_size, run, model.tile_step)
         fold_logits.append(stitched[:-1])
         fold_maps.append(normalize(stitched[-1:])[0])
-    maps = torch.stack(fold_maps).cpu()
-    return NnunetExplanation(heatmap=maps.mean(0).numpy(), fold_maps=maps.numpy(),
-                             logits=torch.stack(fold_logits).mean(0).cpu(), label=label, channel=channel,
-                             layer=names.pop())
+    return torch.stack(fold_maps).cpu(), torch.stack(fold_logits).mean(0).cpu(), layer if chosen.uses_layer else "input"
+
+
+class _TileOutput(nn.Module):
+    """A network's tile logits through `head`, keeping the network's own logits of the last call."""
+
+    def __init__(self, network: nn.Module, head: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        super().__init__()
+        self.network = network
+        self.head = head
+        self.logits: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.network(x)
+        if self.logits is None:
+            self.logits = logits.detach()
+        return logits if self.head is None else self.head(logits)
 
 
 def tile_explanation(network: nn.Module, chosen: Method, target: TargetFn, module: nn.Module | None,
-                     tile: torch.Tensor, *, channel: int, options: Options) -> torch.Tensor:
+                     tile: torch.Tensor, *, channel: int, options: Options, with_masks: bool = False,
+                     head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """One tile (1, C, *patch) -> (1, K + 1, *patch): its logits and, last, its raw map (rectified,
-    upsampled to the patch, not normalised)."""
-    seen: list[torch.Tensor] = []
-
-    def recording(logits: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-        seen.append(logits)
-        return target(logits, masks)
-
-    raw = chosen.attribute(ScalarOutput(network, recording, channel=channel), tile, module, options)
+    upsampled to the patch, not normalised). `with_masks`: the tile's last channel is its mask."""
+    tile, masks = (tile[:, :-1], tile[:, -1:]) if with_masks else (tile, None)
+    output = _TileOutput(network, head)
+    raw = chosen.attribute(ScalarOutput(output, target, masks, channel=channel), tile, module, options)
     heat = upsample(rectify(raw.detach().float(), chosen.rectify), tuple(tile.shape[2:]))
-    if not seen:  # a method that never ran the network (the random map)
+    if output.logits is None:  # a method that never ran the network (the random map)
         with torch.no_grad():
-            seen.append(network(tile))
-    return torch.cat([seen[0].detach().float(), heat[:, None]], dim=1)
+            output(tile)
+    return torch.cat([output.logits.float(), heat[:, None]], dim=1)
 
 
-def _layer(network: nn.Module, volume: torch.Tensor, patch_size: tuple[int, ...], chosen: Method,
-           layer: str | None) -> tuple[nn.Module | None, str]:
-    """The module explained in `network` and its path: `layer`, or tumorcam's default found on one tile."""
-    if not chosen.uses_layer:
-        return None, "input"
-    if layer is None:
-        example = torch.zeros((1, volume.shape[0], *patch_size), device=volume.device)
-        with explaining(network):
-            layer = default_layer(network, example)
-    return resolve_layer(network, layer), layer
+def _checked_volume(model: nn.Module, volume: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """`volume` as float32 on the model's device, checked to be (C, *spatial) for the model's patch."""
+    volume = torch.as_tensor(volume, dtype=torch.float32).to(next(model.parameters()).device)
+    if volume.dim() not in (len(model.patch_size) + 1, 4):
+        raise TumorcamError(f"volume: expected a preprocessed volume (C, *spatial), got shape {tuple(volume.shape)}",
+                            param="volume")
+    return volume

@@ -126,6 +126,37 @@ class NnunetModel(nn.Module):
                                                     self.dataset_json)
         return np.asarray(data, dtype=np.float32), properties
 
+    def explain_tiles(self, images: torch.Tensor, **options: Any) -> tuple[torch.Tensor, str]:
+        """`tumorcam.nnunet.explain.explain_tiles(self, images, **options)`: what `tumorcam.explain`
+        runs for a layer method on this model (its layers run once per tile)."""
+        from tumorcam.nnunet.explain import explain_tiles
+
+        return explain_tiles(self, images, **options)
+
+    def tile_layer(self, volume: torch.Tensor) -> str:
+        """tumorcam's default layer (module path in each fold's network) for tiles of `volume` (C, *spatial)."""
+        from tumorcam.explain.layers import default_layer
+        from tumorcam.logits import explaining
+
+        network = self.networks[0]
+        example = torch.zeros((1, volume.shape[0], *self.patch_size), device=volume.device)
+        with explaining(network):
+            return default_layer(network, example)
+
+    def cascade_stages(self) -> list[str]:
+        """The sanity check's cascade, output first, as module-path patterns over every fold
+        (`networks.*.`): the segmentation layers, the decoder's stages and their transposed
+        convolutions from the last, then the encoder's stages from the deepest (and its stem)."""
+        network = self.networks[0]
+        decoder, encoder = network.decoder, network.encoder
+        stages = ["decoder.seg_layers"]
+        for i in reversed(range(len(decoder.stages))):
+            stages += [f"decoder.stages.{i}", f"decoder.transpconvs.{i}"]
+        stages += [f"encoder.stages.{i}" for i in reversed(range(len(encoder.stages)))]
+        if getattr(encoder, "stem", None) is not None:
+            stages.append("encoder.stem")
+        return [f"networks.*.{stage}" for stage in stages]
+
     def explain(self, volume: np.ndarray | torch.Tensor, label: str, **options: Any) -> Any:
         """`tumorcam.nnunet.explain.explain_volume(self, volume, label, **options)`."""
         from tumorcam.nnunet.explain import explain_volume

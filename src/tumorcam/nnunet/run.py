@@ -15,8 +15,8 @@ one region channel (sigmoid) for a region-based model, all class channels with t
     localization.json    pointing game, energy pointing game, top-p% IoU of the ground-truth label
     channels.json        per-sequence attribution shares and channel-ablation Dice drops
     segmentation.json    Dice of the predicted label with the ground truth
-    sanity.json          not run (cascading randomisation of a sliding-window model is not
-                         implemented): the headline is at best `undetermined`
+    sanity.json          cascading randomisation of the primary method on the first `evaluate.sanity`
+                         cases (every fold's stages at once, `NnunetModel.cascade_stages`)
     nnunet_run.json      the model (folder, folds, checkpoint, label, channel, layer) and the settings
     explanations/nifti/  CASE_METHOD.nii.gz: each method's map on the raw case's grid and affine
     report.html          the verdict tables (no orthogonal views: those read a prepared volume folder)
@@ -39,7 +39,6 @@ from tumorcam.errors import TumorcamError
 from tumorcam.explain import METHODS
 
 RUN_FILE = "nnunet_run.json"
-SANITY_NOT_RUN = "not run on nnU-Net models (cascading randomisation of a sliding-window model is not implemented)"
 OUTPUTS = ("faithfulness.json", "localization.json", "channels.json", "segmentation.json", "sanity.json", RUN_FILE,
            "report.html", "figures", "explanations")
 
@@ -57,8 +56,23 @@ class LabelOutput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, 1 or K, *spatial) of preprocessed volumes (B, C, *spatial)."""
-        logits = self.model(x)
+        return self.pick(self.model(x))
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """The label's part of the model's logits (B, K, *spatial)."""
         return logits[:, self.label_channel:self.label_channel + 1] if self.regions else logits
+
+    def explain_tiles(self, images: torch.Tensor, **options: Any) -> tuple[torch.Tensor, str]:
+        """The model's `explain_tiles` for this output (what `tumorcam.explain` runs for a layer method)."""
+        return self.model.explain_tiles(images, head=self.pick, **options)
+
+    def tile_layer(self, volume: torch.Tensor) -> str:
+        """The model's default layer (`NnunetModel.tile_layer`)."""
+        return self.model.tile_layer(volume)
+
+    def cascade_stages(self) -> list[str]:
+        """The model's sanity cascade (`NnunetModel.cascade_stages`), under `model.`."""
+        return [f"model.{stage}" for stage in self.model.cascade_stages()]
 
 
 def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os.PathLike, *,
@@ -97,7 +111,10 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
     from tumorcam.report.volume_page import build_volume_report
     from tumorcam.runs.cases import evaluate_case
     from tumorcam.runs.volume_settings import check_volumes
-    from tumorcam.runs.volumes import channels_file, faithfulness_file, localization_file, segmentation_file
+    from tumorcam.evaluate.sanity import SanityResult
+    from tumorcam.runs.volume_settings import volume_layer
+    from tumorcam.runs.volumes import (channels_file, faithfulness_file, localization_file, sanity_document,
+                                       segmentation_file)
 
     settings = copy.deepcopy(settings or preset("own-model"))
     check_volumes(settings)
@@ -119,7 +136,8 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
     nifti = out / "explanations" / "nifti"
     nifti.mkdir(parents=True)
 
-    results = []
+    results, checks = [], []
+    sanity_count = len(names) if settings.evaluate.sanity is None else min(settings.evaluate.sanity, len(names))
     for index, case in enumerate(names):
         read_case(data, case, dataset)  # the case's files checked against dataset.json
         files = [str(dataset.image_path(case, c)) for c in range(len(dataset.channels))]
@@ -132,6 +150,8 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
             if not METHODS[method].control:
                 write_map(model, maps[method], properties, files[0], nifti / f"{case}_{method}.nii.gz")
         results.append(result.without_maps())
+        if index < sanity_count:
+            checks.append(sanity_case(scored, image, case, settings))
         log(f"case {case} ({index + 1}/{len(names)}): {tuple(volume.shape[1:])} preprocessed, "
             f"Dice {result.dice:.3f}")
 
@@ -143,13 +163,28 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
     write_json(out / "channels.json", channels_file(np.stack([r.shares for r in results]),
                                                     np.stack([r.dice_drop for r in results]), settings, header))
     write_json(out / "segmentation.json", segmentation_file(results, settings, header))
-    sanity = {**header, "skipped": SANITY_NOT_RUN, "verdict": "undetermined", "reason": SANITY_NOT_RUN}
+    sanity = (sanity_document(SanityResult.concat(checks), settings, header, list(names[:sanity_count]),
+                              volume_layer(settings)) if checks else {**header, "skipped": "evaluate.sanity is 0"})
     write_json(out / "sanity.json", sanity)
     faithfulness["headline"] = run_headline(faithfulness, sanity, unit="case")
     write_json(out / "faithfulness.json", faithfulness)
     write_json(out / RUN_FILE, {**header, "channel": scored.label_channel,
                                 "regions": scored.regions, "settings": settings.to_dict()})
     return build_volume_report(out)
+
+
+def sanity_case(scored: LabelOutput, image: torch.Tensor, case: str, settings: Settings) -> Any:
+    """The sanity check of one case (1, C, *spatial): `tumorcam.sanity` of the primary method on the
+    label's output, the region fixed from the intact model, every fold's stages randomised together
+    (`NnunetModel.cascade_stages`), the layer the run's maps used; the case is its patient."""
+    from tumorcam.evaluate.sanity import MIN_PATIENTS, sanity
+    from tumorcam.runs.volume_settings import volume_layer
+
+    primary = settings.evaluate.primary.method
+    return sanity(scored, image, method=primary, target=settings.explain.targets[0],
+                  layer=volume_layer(settings) if METHODS[primary].uses_layer else None, channel=scored.channel,
+                  ig_steps=settings.explain.ig_steps, seed=settings.evaluate.seed, patient_ids=[case],
+                  min_patients=MIN_PATIENTS, bootstrap=settings.evaluate.bootstrap, batch_size=1)
 
 
 def first_label(model: nn.Module) -> str:

@@ -438,8 +438,7 @@ def sanity_file(network: torch.nn.Module, prepared: Any, rows: np.ndarray, setti
     SSIM (region fixed from the intact model, compared inside each volume's foreground). One row in
     `results`, shaped as a row of the slices' sanity.json (docs/evaluate.md); its `verdict`, `reason`,
     `passes`, `n_compared`, `mean_abs_spearman` and (as `mean_ssim`) `ssim` are repeated at the top."""
-    from tumorcam.evaluate.sanity import (CRITERION, FOREGROUND, LEVEL, MIN_PATIENTS, THRESHOLD_SOURCE, SanityResult,
-                                          region_source, result_row, sanity)
+    from tumorcam.evaluate.sanity import MIN_PATIENTS, SanityResult, sanity
 
     count = len(rows) if settings.evaluate.sanity is None else min(settings.evaluate.sanity, len(rows))
     if count == 0:
@@ -458,7 +457,15 @@ def sanity_file(network: torch.nn.Module, prepared: Any, rows: np.ndarray, setti
             raise TumorcamError(f"sanity: case {case_ids[i]} of {tuple(image.shape[1:])} does not fit in the "
                                 f"memory of {device} for the sanity check; prepare the volumes at a smaller size, or "
                                 "set evaluate.sanity 0 in the settings", param="sanity") from None
-    result = SanityResult.concat(parts)
+    return sanity_document(SanityResult.concat(parts), settings, header, case_ids, layer)
+
+
+def sanity_document(result: Any, settings: Settings, header: dict[str, Any], case_ids: list[str],
+                    layer: str | None) -> dict[str, Any]:
+    """sanity.json of a run on cases from the `SanityResult` of its cases (`sanity_file`)."""
+    from tumorcam.evaluate.sanity import CRITERION, FOREGROUND, LEVEL, THRESHOLD_SOURCE, region_source, result_row
+
+    count = len(case_ids)
     row = {"method": settings.evaluate.primary.method, "target": settings.explain.targets[0], "layer": layer,
            "region": region_source(settings.explain.targets[0]), **result_row(result)}
     return {**header, "method": settings.evaluate.primary.method, "target": settings.explain.targets[0], "n_cases": count,
