@@ -125,7 +125,8 @@ def evaluate_command(
     threads: Optional[int] = typer.Option(None, "--threads", min=0, metavar="N", help=THREADS_HELP),
 ) -> None:
     """Evaluate a run (trained, or on volumes): the chosen stages, or all of them when none is chosen."""
-    from tumorcam.runfolder.folder import Run, is_volume_run
+    from tumorcam.errors import TumorcamError
+    from tumorcam.runfolder.folder import Run, is_nnunet_run, is_volume_run
     from tumorcam.runs.shard import is_main_process
     from tumorcam.training.distributed import refuse_under_torchrun
 
@@ -133,6 +134,10 @@ def evaluate_command(
 
     chosen = {"segmentation": segmentation, "faithfulness": faithfulness, "localization": localization, "sanity": sanity}
     names = [name for name, on in chosen.items() if on] or list(STAGES)
+    if is_nnunet_run(run):
+        raise TumorcamError(f"run {run}: the run of an nnU-Net model is evaluated by the run itself; re-run `tumorcam "
+                            f"run --nnunet MODEL_FOLDER --data NNUNET_RAW --out {run}` to evaluate it again",
+                            param="run")
     if is_volume_run(run):
         refuse_under_torchrun("evaluate RUN (a run on volumes)")
         _refuse_for_volumes({"patients": patients, "slices_per_patient": slices_per_patient, "data": data,

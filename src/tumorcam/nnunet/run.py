@@ -18,8 +18,14 @@ one region channel (sigmoid) for a region-based model, all class channels with t
     sanity.json          cascading randomisation of the primary method on the first `evaluate.sanity`
                          cases (every fold's stages at once, `NnunetModel.cascade_stages`)
     nnunet_run.json      the model (folder, folds, checkpoint, label, channel, layer) and the settings
+    volume_config.json   the settings, with the model under "nnunet" (the report's subtitle names it)
     explanations/nifti/  CASE_METHOD.nii.gz: each method's map on the raw case's grid and affine
-    report.html          the verdict tables (no orthogonal views: those read a prepared volume folder)
+    explanations/        index.json, METHOD.npy and preprocessed/: the maps and preprocessed volumes
+                         (nnU-Net's grid) of the cases the report shows (`tumorcam.nnunet.views`)
+    report.html          orthogonal views of the shown cases, channel shares, the verdict tables
+
+An `out` that holds a run of another kind (on slices, on volumes) is refused before anything is
+written; `tumorcam report RUN` draws the report again, `tumorcam evaluate RUN` refuses the folder.
 """
 
 from __future__ import annotations
@@ -37,10 +43,11 @@ from torch import nn
 from tumorcam.config import Settings, preset
 from tumorcam.errors import TumorcamError
 from tumorcam.explain import METHODS
+from tumorcam.runfolder.folder import NNUNET_RUN_FILE, SETTINGS_FILE
 
-RUN_FILE = "nnunet_run.json"
+RUN_FILE = NNUNET_RUN_FILE
 OUTPUTS = ("faithfulness.json", "localization.json", "channels.json", "segmentation.json", "sanity.json", RUN_FILE,
-           "report.html", "figures", "explanations")
+           SETTINGS_FILE, "report.html", "figures", "explanations")
 
 
 class LabelOutput(nn.Module):
@@ -100,7 +107,8 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
 
     Raises:
         TumorcamError: for a `data` that is not nnU-Net's raw layout or has no case, a `label` the model
-            does not predict, a target other than predicted-region, or a model folder that cannot be read.
+            does not predict, a target other than predicted-region, a model folder that cannot be read, or
+            an `out` that holds a run of another kind.
     """
     from tumorcam.data.nnunet import read_case, read_dataset
     from tumorcam.device import resolve_device
@@ -108,7 +116,9 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
     from tumorcam.io import remove_outputs, write_json
     from tumorcam.nnunet.export import write_map
     from tumorcam.nnunet.model import DEFAULT_CHECKPOINT, load
-    from tumorcam.report.volume_page import build_volume_report
+    from tumorcam.nnunet.views import ViewCases, model_record, write_views
+    from tumorcam.report.volume_page import VIEWED_CASES, build_volume_report
+    from tumorcam.runfolder.folder import refuse_other_run
     from tumorcam.runs.cases import evaluate_case
     from tumorcam.runs.volume_settings import check_volumes
     from tumorcam.evaluate.sanity import SanityResult
@@ -116,6 +126,7 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
     from tumorcam.runs.volumes import (channels_file, faithfulness_file, localization_file, sanity_document,
                                        segmentation_file)
 
+    refuse_other_run(out, "nnunet")
     settings = copy.deepcopy(settings or preset("own-model"))
     check_volumes(settings)
     if settings.explain.targets[0] != "predicted-region":
@@ -136,7 +147,7 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
     nifti = out / "explanations" / "nifti"
     nifti.mkdir(parents=True)
 
-    results, checks = [], []
+    results, checks, shown = [], [], ViewCases(VIEWED_CASES)
     sanity_count = len(names) if settings.evaluate.sanity is None else min(settings.evaluate.sanity, len(names))
     for index, case in enumerate(names):
         read_case(data, case, dataset)  # the case's files checked against dataset.json
@@ -152,6 +163,7 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
         results.append(result.without_maps())
         if index < sanity_count:
             checks.append(sanity_case(scored, image, case, settings))
+        shown.add(case, volume, mask, maps, files)
         log(f"case {case} ({index + 1}/{len(names)}): {tuple(volume.shape[1:])} preprocessed, "
             f"Dice {result.dice:.3f}")
 
@@ -170,6 +182,8 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
     write_json(out / "faithfulness.json", faithfulness)
     write_json(out / RUN_FILE, {**header, "channel": scored.label_channel,
                                 "regions": scored.regions, "settings": settings.to_dict()})
+    write_views(out, shown, header, settings, model_record(model, folder, folds, checkpoint, label,
+                                                            scored.label_channel, scored.regions))
     return build_volume_report(out)
 
 

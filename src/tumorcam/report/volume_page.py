@@ -181,13 +181,16 @@ def _view_figures(run: Path, index: dict[str, Any], folder: Path) -> list[Figure
     row_of = {str(c): i for i, c in enumerate(prepared.case_ids)}
     methods = [e for e in index["entries"] if e["method"] != "random"]
     maps = {e["method"]: np.load(run / "explanations" / e["file"], mmap_mode="r") for e in methods}
+    shapes = index.get("shapes")  # each map row's own grid, padded to the cube in the files (an nnU-Net run)
     figures = []
-    for i, case in enumerate(index["case_ids"][:VIEWED_CASES]):
+    for i, case in enumerate((index.get("map_cases") or index["case_ids"])[:VIEWED_CASES]):
         row = row_of[case]
-        volume = np.asarray(prepared.images[row], dtype=np.float32)
-        mask = np.asarray(prepared.masks[row], dtype=bool)
-        predicted = np.asarray(maps["predicted-mask"][i], dtype=np.float32) > 0.5 if "predicted-mask" in maps else None
-        shown = {method_name(m): np.asarray(v[i], dtype=np.float32) for m, v in maps.items()
+        crop = (...,) if shapes is None else (..., *(slice(0, int(n)) for n in shapes[i]))
+        volume = np.asarray(prepared.images[row][crop], dtype=np.float32)
+        mask = np.asarray(prepared.masks[row][crop], dtype=bool)
+        predicted = (np.asarray(maps["predicted-mask"][i][crop], dtype=np.float32) > 0.5
+                     if "predicted-mask" in maps else None)
+        shown = {method_name(m): np.asarray(v[i][crop], dtype=np.float32) for m, v in maps.items()
                  if m != "predicted-mask"}
         shown_channel = _view_channel(index)
         names = index.get("channels") or []
@@ -205,6 +208,20 @@ def _view_channel(index: dict[str, Any]) -> int:
     """The sequence shown under the maps: FLAIR when the dataset has one, else the first."""
     names = [str(c).upper() for c in index.get("channels", [])]
     return names.index("FLAIR") if "FLAIR" in names else 0
+
+
+def model_phrase(settings: dict[str, Any]) -> str:
+    """The model of a run on volumes as its report names it, from its volume_config.json: "model
+    MODULE:FACTORY", or for an nnU-Net model's run (its "nnunet" record) "nnU-Net model FOLDER
+    (configuration, folds, checkpoint), label NAME"."""
+    nnunet = settings.get("nnunet")
+    if isinstance(nnunet, dict):
+        folds = nnunet.get("folds") or ["?"]
+        return (f"nnU-Net model {nnunet.get('folder', '?')} (configuration {nnunet.get('configuration', '?')}, "
+                f"fold{'' if len(folds) == 1 else 's'} {', '.join(map(str, folds))}, {nnunet.get('checkpoint', '?')}), "
+                f"label {nnunet.get('label', '?')}")
+    model = settings.get("model", "?")  # MODULE:FACTORY in model.network, or (earlier runs) model itself
+    return f"model {model.get('network', '?') if isinstance(model, dict) else model}"
 
 
 def build_volume_report(run: str | Path) -> Path:
@@ -243,9 +260,8 @@ def build_volume_report(run: str | Path) -> Path:
         tables.append(_sanity_table(sanity))
     sections.append(Section("verdicts", "Is the explanation true?", [], tables, []))
     settings = optional_json(run / "volume_config.json") or {}
-    model = settings.get("model", "?")  # MODULE:FACTORY in model.network, or (earlier runs) model itself
     subtitle = (f"{cases(index.get('n_cases', '?'))} of the {index.get('split', '?')} split of "
-                f"{index.get('data', '?')}, model {model.get('network', '?') if isinstance(model, dict) else model}")
+                f"{index.get('data', '?')}, {model_phrase(settings)}")
     level = headline_of(faith)["level"] if faith else None
     page = render_page(run_name=run.name, subtitle=subtitle, glance=Glance(lead=lead, tables=[], notes=[], level=level),
                        sections=sections, config=settings, provenance=None, how_to_read=HOW_TO_READ)

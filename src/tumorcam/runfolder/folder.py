@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 CONFIG_FILE = "config.json"
 SETTINGS_FILE = "volume_config.json"  # the settings of a run on volumes
+NNUNET_RUN_FILE = "nnunet_run.json"  # beside SETTINGS_FILE: a run of an nnU-Net model (`tumorcam.nnunet.run`)
 
 
 def file_sha256(path: Path) -> str:
@@ -47,6 +48,30 @@ def is_volume_run(path: str | Path) -> bool:
     """Whether `path` is a run on volumes: volume_config.json and no config.json."""
     path = Path(path)
     return (path / SETTINGS_FILE).is_file() and not (path / CONFIG_FILE).is_file()
+
+
+def is_nnunet_run(path: str | Path) -> bool:
+    """Whether `path` is the run of an nnU-Net model: a run on volumes whose measures only that run
+    makes (nnunet_run.json beside its settings; it is read by the report, never evaluated again)."""
+    return (Path(path) / NNUNET_RUN_FILE).is_file()
+
+
+def refuse_other_run(out: str | Path, kind: str) -> None:
+    """Refuse an `out` folder that holds a run of another kind than `kind` (`slices`, `volumes` or
+    `nnunet`), before anything in it is written or removed: one error naming `out`."""
+    out = Path(out)
+    if (out / CONFIG_FILE).is_file():
+        found = "slices"
+    elif is_nnunet_run(out):
+        found = "nnunet"
+    elif (out / SETTINGS_FILE).is_file():
+        found = "volumes"
+    else:
+        return
+    if found != kind:
+        held = {"slices": f"a run on slices ({CONFIG_FILE})", "volumes": f"a run on volumes ({SETTINGS_FILE})",
+                "nnunet": f"the run of an nnU-Net model ({NNUNET_RUN_FILE})"}[found]
+        raise TumorcamError(f"out {out}: holds {held}; choose another folder", param="out")
 
 
 class Run:

@@ -16,7 +16,7 @@ from tumorcam.config import Settings
 from tumorcam.errors import TumorcamError
 
 
-RECORD_KEYS = ("weights_sha256",)  # what volume_config.json records beside the settings
+RECORD_KEYS = ("weights_sha256", "nnunet")  # what volume_config.json records beside the settings
 CONTROLS = ("random", "predicted-mask")  # always explained: the references of every comparison
 
 # The flat keys of an earlier volume_config.json -> their setting now.

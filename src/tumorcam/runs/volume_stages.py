@@ -51,6 +51,7 @@ class VolumeRun:
         from tumorcam.data.volumes import load_volumes
 
         path = Path(run)
+        refuse_nnunet_run(path)
         settings = load_run_settings(path / SETTINGS_FILE)
         settings = settings.replace({f"evaluate.{name}": value for name, value in replace.items()})
         check_volumes(settings)
@@ -95,6 +96,17 @@ class VolumeRun:
                 raise TumorcamError(f"run: {file} holds {maps[method].shape[0]} maps for the run's "
                                     f"{len(self.rows)} cases", param="run")
         return maps
+
+
+def refuse_nnunet_run(run: Path) -> None:
+    """The run of an nnU-Net model (`runfolder.folder.is_nnunet_run`) is measured by that run alone
+    (its model is no MODULE:FACTORY): one error naming the folder."""
+    from tumorcam.runfolder.folder import NNUNET_RUN_FILE, is_nnunet_run
+
+    if is_nnunet_run(run):
+        raise TumorcamError(f"run: {run} is the run of an nnU-Net model ({NNUNET_RUN_FILE}), measured by that run "
+                            "alone; to measure it again, run `tumorcam run` into it again with its nnU-Net model "
+                            "folder", param="run")
 
 
 def evaluate_volume_run(run: str | Path, stages: Sequence[str] = VOLUME_STAGES, *, device: str = "auto",

@@ -99,11 +99,12 @@ def resolve_data(data: str | Path, out: Path, size: int | None, info: Any, log: 
 
 def clear_outputs(out: Path) -> None:
     """Remove what an earlier run on volumes wrote into `out` (`OUTPUTS`), so that no file of it
-    stays beside the new ones; a slice run folder (config.json) is refused, not cleared."""
+    stays beside the new ones; a slice run folder (config.json) or an nnU-Net model's run folder
+    (nnunet_run.json) is refused, not cleared."""
     from tumorcam.io import remove_outputs
+    from tumorcam.runfolder.folder import refuse_other_run
 
-    if (out / "config.json").is_file():
-        raise TumorcamError(f"out {out}: holds a run on slices (config.json); choose another folder", param="out")
+    refuse_other_run(out, "volumes")
     remove_outputs(out, OUTPUTS)
 
 
@@ -128,7 +129,7 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
 
     Raises:
         TumorcamError: for a `data` that is neither layout, a prepared folder made from other data or
-            at another size, an `out` that holds a run on slices, a split without cases, or a model
+            at another size, an `out` that holds a run on slices or an nnU-Net model's run, a split without cases, or a model
             that fails on the volumes or returns the wrong shape.
     """
     from tumorcam.data.volumes import load_volumes
@@ -216,7 +217,7 @@ def run_volumes(out: str | Path, data: str | Path, *, model: str, weights: str |
         for method, path in partial.items():
             os.replace(path, folder / f"{method}.npy")
         weights_sha256 = None if weights is None else file_sha256(Path(weights))
-        _write_index(folder, settings, header, weights_sha256)
+        write_map_index(folder, settings, header, weights_sha256)
         settings.data, settings.model.network = header["data"], model
         settings.model.weights = None if weights is None else str(weights)
         write_json(out / SETTINGS_FILE, {**settings.to_dict(), "weights_sha256": weights_sha256})
@@ -290,8 +291,10 @@ def _describe(method: str, settings: Settings) -> dict[str, Any]:
             "layer": _row_layer(method, settings), "model": "trained", "control": METHODS[method].control}
 
 
-def _write_index(folder: Path, settings: Settings, header: dict[str, Any],
-                 weights_sha256: str | None) -> None:
+def write_map_index(folder: Path, settings: Settings, header: dict[str, Any],
+                    weights_sha256: str | None) -> None:
+    """explanations/index.json of a run on volumes: `header`, the weights' hash and one entry per method
+    and control (its METHOD.npy, target, layer, control flag and the explained channel)."""
     entries = [{**_describe(m, settings), "file": f"{m}.npy", "channel": settings.explain.channel}
                for m in all_methods(settings)]
     write_json(folder / "index.json", {**header, "weights_sha256": weights_sha256, "entries": entries})
