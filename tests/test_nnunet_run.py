@@ -44,7 +44,7 @@ def test_run_writes_the_files_with_finite_aucs_and_a_headline(nnunet_run):
     out, _, report, _ = nnunet_run
     files = {name: json.loads((out / f"{name}.json").read_text())
              for name in ("faithfulness", "localization", "segmentation", "channels", "sanity")}
-    assert all(doc["n_cases"] == CASES for doc in files.values())
+    assert [doc["n_cases"] for doc in files.values()] == [CASES] * 4 + [1]  # sanity: evaluate.sanity cases
     rows = files["faithfulness"]["results"]
     assert {r["method"] for r in rows} == {"gradcam", "random", "predicted-mask"}
     for row in rows:
