@@ -75,10 +75,35 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="session")
-def nnunet_model(tmp_path_factory):
-    """(model folder, big case files, timings) of a small nnU-Net v2 model planned and trained here
-    (`nnunet_model.make_model_folder`), once per session; skipped without nnunetv2."""
+def nnunet_root(tmp_path_factory):
+    """(root, big case files, plan+preprocess seconds): tumorcam's synthetic raw dataset planned and
+    preprocessed by nnU-Net for 3d_fullres and 2d (`nnunet_model.prepare_root`), once per session;
+    skipped without nnunetv2."""
     pytest.importorskip("nnunetv2")
-    from nnunet_model import make_model_folder
+    from nnunet_model import prepare_root
 
-    return make_model_folder(tmp_path_factory.mktemp("nnunet"))
+    root = tmp_path_factory.mktemp("nnunet")
+    files, planned = prepare_root(root)
+    return root, files, planned
+
+
+@pytest.fixture(scope="session")
+def nnunet_model(nnunet_root):
+    """(model folder, big case files, timings) of a small 3d_fullres nnU-Net v2 model trained here
+    (`nnunet_model.train_model`), once per session."""
+    from nnunet_model import train_model
+
+    root, files, planned = nnunet_root
+    folder, trained = train_model(root, "3d_fullres")
+    return folder, files, {"plan_and_preprocess_s": planned, "train_s": trained}
+
+
+@pytest.fixture(scope="session")
+def nnunet_model_2d(nnunet_root):
+    """(model folder, big case files, timings) of a small 2d nnU-Net v2 model trained here on the same
+    plans and preprocessed cases (`nnunet_model.train_model`), once per session."""
+    from nnunet_model import train_model
+
+    root, files, planned = nnunet_root
+    folder, trained = train_model(root, "2d")
+    return folder, files, {"plan_and_preprocess_s": planned, "train_s": trained}

@@ -1,13 +1,17 @@
-"""A small trained nnU-Net v2 model folder, built here: what tests/test_nnunet.py's session fixture and
+"""Small trained nnU-Net v2 model folders, built here: what tests/test_nnunet.py's session fixtures and
 benchmarks/bench_nnunet.py share.
 
 `make_model_folder(root)` writes tumorcam's synthetic raw dataset (8 cases, size 32), runs nnU-Net's
-fingerprint / plan / preprocess steps for 3d_fullres in a child process (this file run as a script:
+fingerprint / plan / preprocess steps for 3d_fullres and 2d in one child process (this file run as a script:
 nnU-Net reads its folders from the environment at import time; its worker pools run as threads there,
 and the fingerprint samples 1e5 foreground voxels instead of 1e8, to keep this ~20 s), builds the
 network with nnU-Net's trainer class from the plans, trains it TRAIN_STEPS steps with plain PyTorch on
 random 16^3 crops of the preprocessed cases (one CPU thread: fastest on a shared machine) and saves it
 in nnU-Net's checkpoint format under results/Dataset987_TumorcamSynth/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/.
+`prepare_root` is the planning half, `train_model(root, configuration)` the training half:
+`train_model(root, "2d")` trains the 2d configuration's network on the same root (its plans and
+2d preprocessed cases, no second fingerprint) TRAIN_STEPS_2D steps on random TRAIN_CROP_2D crops of
+single slices and saves it under nnUNetTrainer__nnUNetPlans__2d/fold_0/ (mirroring axes (0, 1)).
 """
 
 from __future__ import annotations
@@ -26,15 +30,20 @@ import torch
 DATASET_ID = 987
 DATASET = f"Dataset{DATASET_ID:03d}_TumorcamSynth"
 TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
+TRAINER_FOLDER_2D = "nnUNetTrainer__nnUNetPlans__2d"
+CONFIGURATIONS = ("3d_fullres", "2d")  # planned and preprocessed together: one fingerprint
 TRAIN_STEPS = 40
 TRAIN_CROP = (16, 16, 16)  # a quarter of the patch's voxels: 4x faster steps, and the model still segments
+TRAIN_STEPS_2D = 40
+TRAIN_CROP_2D = (1, 32, 28)  # one slice (squeezed) by the 2d plans' patch
+TRAIN_BATCH_2D = 8
 BIG_SIZE = 52  # a raw case whose preprocessed volume spans several tiles in every axis
 BIG_SPACING = (1.0, 0.9, 1.3)  # differs from the plans' spacing, so export resamples
 CHANNELS = 4
 
 
-def _plan_and_preprocess(dataset_id: int) -> None:
-    """nnUNetv2_plan_and_preprocess -d ID -c 3d_fullres -np 1 --verify_dataset_integrity, in this process."""
+def _plan_and_preprocess(dataset_id: int, configurations: tuple[str, ...] = CONFIGURATIONS) -> None:
+    """nnUNetv2_plan_and_preprocess -d ID -c CONFIGURATIONS -np 1 --verify_dataset_integrity, in this process."""
     from multiprocessing.pool import ThreadPool
 
     from nnunetv2.experiment_planning import verify_dataset_integrity
@@ -58,12 +67,15 @@ def _plan_and_preprocess(dataset_id: int) -> None:
     extract_fingerprint_dataset(dataset_id, FewSamples, num_processes=1, check_dataset_integrity=True,
                                 show_progress_bar=False)
     plan_experiments([dataset_id])
-    preprocess([dataset_id], configurations=("3d_fullres",), num_processes=(1,), show_progress_bar=False)
+    preprocess([dataset_id], configurations=configurations, num_processes=(1,) * len(configurations),
+               show_progress_bar=False)
 
 
-def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int) -> tuple[torch.nn.Module, dict]:
-    """nnU-Net's network for the plans, trained `steps` Adam steps on random TRAIN_CROP crops; and the
-    checkpoint's optimizer state and training log (numpy float64 values, as nnU-Net logs them)."""
+def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int, configuration: str = "3d_fullres",
+           crop: tuple[int, ...] = TRAIN_CROP, batch: int = 2) -> tuple[torch.nn.Module, dict]:
+    """nnU-Net's network of `configuration`, trained `steps` Adam steps on `batch` random `crop` crops (a
+    leading 1 for 2d: one slice, squeezed); and the checkpoint's optimizer state and training log (numpy
+    float64 values, as nnU-Net logs them)."""
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.training.logging.nnunet_logger import LocalLogger
@@ -71,8 +83,9 @@ def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int) -> tu
     from tumorcam.nnunet.model import build_network
 
     torch.manual_seed(0)
-    network = build_network(plans, dataset_json, "3d_fullres", "nnUNetTrainer").train()
-    patch = list(TRAIN_CROP)
+    network = build_network(plans, dataset_json, configuration, "nnUNetTrainer").train()
+    patch = list(crop)
+    squeeze = len(plans["configurations"][configuration]["patch_size"]) < len(patch)
     dataset = infer_dataset_class(preprocessed)(preprocessed)
     cases = []
     for key in dataset.identifiers:
@@ -84,12 +97,13 @@ def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int) -> tu
     logger = LocalLogger()
     for step in range(steps):
         images, labels = [], []
-        for index in rng.choice(len(cases), 2):
+        for index in rng.choice(len(cases), batch):
             data, seg = cases[index]
             origin = [rng.integers(0, s - p + 1) for s, p in zip(data.shape[1:], patch)]
             window = tuple(slice(o, o + p) for o, p in zip(origin, patch))
-            images.append(data[(slice(None), *window)])
-            labels.append(seg[(0, *window)])
+            image, label = data[(slice(None), *window)], seg[(0, *window)]
+            images.append(image[:, 0] if squeeze else image)
+            labels.append(label[0] if squeeze else label)
         logits = network(torch.from_numpy(np.stack(images)).float())
         loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(np.stack(labels)).long(), weight=weight)
         optimizer.zero_grad()
@@ -119,10 +133,9 @@ def _write_big_case(folder, name: str = "BIG", seed: int = 1) -> list[str]:
     return files
 
 
-def make_model_folder(root: Path) -> tuple[Path, list[str], dict[str, float]]:
-    """(model folder, big case files, timings) of a freshly planned and trained nnU-Net model under `root`."""
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-
+def prepare_root(root: Path) -> tuple[list[str], float]:
+    """Under `root`: tumorcam's synthetic raw dataset, planned and preprocessed by nnU-Net for CONFIGURATIONS
+    (one child process, one fingerprint), and the big case; return (big case files, plan+preprocess seconds)."""
     from tumorcam.data.synth_volumes import write_synthetic_volumes
 
     root = Path(root)
@@ -133,27 +146,57 @@ def make_model_folder(root: Path) -> tuple[Path, list[str], dict[str, float]]:
     subprocess.run([sys.executable, __file__, str(DATASET_ID)], env={**os.environ, **env}, check=True,
                    capture_output=True, text=True)
     planned = time.perf_counter() - started
+    big = root / "big"
+    big.mkdir()
+    return _write_big_case(big), planned
+
+
+def make_model_folder(root: Path) -> tuple[Path, list[str], dict[str, float]]:
+    """(model folder, big case files, timings) of a freshly planned and trained 3d_fullres nnU-Net model
+    under `root` (`prepare_root`, then `train_model`; the 2d configuration is preprocessed too)."""
+    files, planned = prepare_root(root)
+    folder, trained = train_model(root, "3d_fullres")
+    return folder, files, {"plan_and_preprocess_s": planned, "train_s": trained}
+
+
+# configuration -> (steps, crop, batch, inference_allowed_mirroring_axes)
+TRAINING = {"3d_fullres": (TRAIN_STEPS, TRAIN_CROP, 2, (0, 1, 2)),
+            "2d": (TRAIN_STEPS_2D, TRAIN_CROP_2D, TRAIN_BATCH_2D, (0, 1))}
+
+
+def train_model(root: Path, configuration: str) -> tuple[Path, float]:
+    """(model folder, training seconds) of `configuration`'s network trained on the root that
+    `prepare_root(root)` planned and preprocessed, saved as nnU-Net's trainer saves it."""
+    started = time.perf_counter()
+    folder = _train_and_save(Path(root), configuration, *TRAINING[configuration])
+    return folder, time.perf_counter() - started
+
+
+def _train_and_save(root: Path, configuration: str, steps: int, crop: tuple[int, ...], batch: int,
+                    mirroring_axes: tuple[int, ...]) -> Path:
+    """Train `configuration`'s network (one CPU thread) and save it as nnU-Net's trainer does under
+    results/DATASET/nnUNetTrainer__nnUNetPlans__CONFIGURATION/fold_0/; return that model folder."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
     preprocessed = root / "preprocessed" / DATASET
     plans, dataset_json = load_json(preprocessed / "nnUNetPlans.json"), load_json(preprocessed / "dataset.json")
-    started, threads = time.perf_counter(), torch.get_num_threads()
+    data = str(preprocessed / plans["configurations"][configuration]["data_identifier"])
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        network, state = _train(plans, dataset_json, str(preprocessed / "nnUNetPlans_3d_fullres"), TRAIN_STEPS)
+        network, state = _train(plans, dataset_json, data, steps, configuration, crop, batch)
     finally:
         torch.set_num_threads(threads)
-    trained = time.perf_counter() - started
-    folder = root / "results" / DATASET / TRAINER_FOLDER
+    folder = root / "results" / DATASET / f"nnUNetTrainer__nnUNetPlans__{configuration}"
     (folder / "fold_0").mkdir(parents=True)
     shutil.copy(preprocessed / "nnUNetPlans.json", folder / "plans.json")
     shutil.copy(preprocessed / "dataset.json", folder / "dataset.json")
     torch.save({"network_weights": network.state_dict(), **state, "grad_scaler_state": None,
                 "current_epoch": 1, "trainer_name": "nnUNetTrainer",
-                "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset_json,
+                "init_args": {"plans": plans, "configuration": configuration, "fold": 0, "dataset_json": dataset_json,
                               "device": torch.device("cpu")},
-                "inference_allowed_mirroring_axes": (0, 1, 2)}, folder / "fold_0" / "checkpoint_final.pth")
-    big = root / "big"
-    big.mkdir()
-    return folder, _write_big_case(big), {"plan_and_preprocess_s": planned, "train_s": trained}
+                "inference_allowed_mirroring_axes": mirroring_axes}, folder / "fold_0" / "checkpoint_final.pth")
+    return folder
 
 
 if __name__ == "__main__":  # make_model_folder's child process, with nnU-Net's folders in its environment

@@ -27,6 +27,7 @@ from tumorcam.nnunet.checkpoint import read_checkpoint
 from tumorcam.nnunet.sliding import TILE_STEP, mirrored, stitch
 
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
+SLICE_BATCH = 8  # tiles per network call in `forward` for a 2-D patch (small tiles: the per-call cost dominates)
 
 
 class NnunetModel(nn.Module):
@@ -35,7 +36,8 @@ class NnunetModel(nn.Module):
     `forward(x)`: preprocessed volumes (B, C, *spatial) -> logits (B, K, *spatial), nnU-Net's
     Gaussian-weighted sliding window (`tile_step` of the patch) run with gradients, averaged over
     the folds; with `mirror`, each tile is also run flipped along the checkpoint's mirroring axes
-    and averaged, as nnU-Net's predictor does by default. `preprocess` turns raw case files into such a volume; `explain`
+    and averaged, as nnU-Net's predictor does by default. A 2d configuration's 2-D patch tiles a
+    volume (C, Z, X, Y) slice by slice (nnU-Net's order), SLICE_BATCH tiles per network call. `preprocess` turns raw case files into such a volume; `explain`
     (`tumorcam.nnunet.explain`) explains one, and `export_map` (`tumorcam.nnunet.export`) puts a map
     back on the raw grid.
 
@@ -79,10 +81,11 @@ class NnunetModel(nn.Module):
 
     def stitched(self, volume: torch.Tensor, network: nn.Module) -> torch.Tensor:
         """One network's sliding-window logits (K, *spatial) of one volume (C, *spatial)."""
-        return stitch(volume, self.patch_size, self.per_tile(network), self.tile_step)
+        batch = SLICE_BATCH if len(self.patch_size) == 2 else 1
+        return stitch(volume, self.patch_size, self.per_tile(network), self.tile_step, batch)
 
     def per_tile(self, run: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-        """`run` on one tile, mirrored along `mirror_axes` when `mirror` is set."""
+        """`run` on tiles (B, C, *patch), mirrored along `mirror_axes` when `mirror` is set."""
         return partial(mirrored, run, self.mirror_axes) if self.mirror and self.mirror_axes else run
 
     def channel(self, label: str) -> int:

@@ -5,7 +5,8 @@ The tiling is nnU-Net's (`nnUNetPredictor._internal_get_sliding_window_slicers`)
 end), tile origins come from `compute_steps_for_sliding_window` (step 0.5 of the patch by default),
 and a 2-D configuration on a 3-D volume tiles each slice. Each tile's output is weighted by
 nnU-Net's Gaussian importance map (`compute_gaussian`, sigma = patch / 8, peak 10) and the sums
-divided by the summed weights. `mirrored` is nnU-Net's test-time mirroring of one tile. Unlike nnU-Net's predictor (under `torch.inference_mode`, fp16
+divided by the summed weights; tiles may run in batches (the slices of a 2-D configuration: one network
+call per batch instead of per tile, the same sums). `mirrored` is nnU-Net's test-time mirroring of tiles. Unlike nnU-Net's predictor (under `torch.inference_mode`, fp16
 accumulators), everything here is float32 and differentiable.
 """
 
@@ -53,27 +54,31 @@ def gaussian(patch_size: Sequence[int], device: torch.device | str = "cpu") -> t
 
 
 def stitch(volume: torch.Tensor, patch_size: Sequence[int], run: Callable[[torch.Tensor], torch.Tensor],
-           step: float = TILE_STEP) -> torch.Tensor:
+           step: float = TILE_STEP, batch: int = 1) -> torch.Tensor:
     """sum_t g * run(tile_t) / sum_t g over the tiles of `volume` (C, *spatial), cropped back to its size.
 
-    `run` maps one tile (1, C, *patch) to an output (1, K, *patch) (logits, or a 1-channel map);
-    the result is (K, *spatial) float32, differentiable through `run`."""
+    `run` maps tiles (B, C, *patch) to outputs (B, K, *patch) (logits, or a 1-channel map), called on
+    `batch` consecutive tiles at a time (the last call on the rest); the result is (K, *spatial)
+    float32, differentiable through `run`."""
     data, revert = padded(volume, patch_size)
     weight = gaussian(patch_size, data.device)
     total = torch.zeros(data.shape[1:], device=data.device)
     out: torch.Tensor | None = None
-    for slicer in tiles(data.shape[1:], patch_size, step):
-        result = run(data[slicer][None])[0].float() * weight
+    slicers = tiles(data.shape[1:], patch_size, step)
+    for first in range(0, len(slicers), max(1, batch)):
+        group = slicers[first:first + max(1, batch)]
+        results = run(torch.stack([data[slicer] for slicer in group])).float() * weight
         if out is None:
-            out = torch.zeros((result.shape[0], *data.shape[1:]), device=data.device)
-        out[slicer] += result
-        total[slicer[1:]] += weight
+            out = torch.zeros((results.shape[1], *data.shape[1:]), device=data.device)
+        for slicer, result in zip(group, results):
+            out[slicer] += result
+            total[slicer[1:]] += weight
     return (out / total)[(slice(None), *revert[1:])]
 
 
 def mirrored(run: Callable[[torch.Tensor], torch.Tensor], axes: Sequence[int], tile: torch.Tensor) -> torch.Tensor:
-    """nnU-Net's test-time mirroring (`_internal_maybe_mirror_and_predict`) of `run` on one tile
-    (1, C, *patch): the mean of run(tile) and of run on the tile flipped along every non-empty
+    """nnU-Net's test-time mirroring (`_internal_maybe_mirror_and_predict`) of `run` on tiles
+    (B, C, *patch): the mean of run(tile) and of run on the tile flipped along every non-empty
     combination of the spatial `axes`, each flipped back."""
     dims = [axis + 2 for axis in axes]
     flips = [c for count in range(1, len(dims) + 1) for c in itertools.combinations(dims, count)]
