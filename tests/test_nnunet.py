@@ -201,6 +201,7 @@ def test_stitched_map_has_no_tile_seams(loaded):
         for k in sorted(planes):
             assert steps[k] <= 2 * max(steps[k - 1], steps[min(k + 1, len(steps) - 1)]) + 1e-3, (axis, k, steps)
     network = model.networks[0]
+    assert model.stride == (4, 4, 4)
     multiple = [int(np.ceil(s / 4) * 4) for s in volume.shape[1:]]
     padding = [p for s, m in zip(reversed(volume.shape[1:]), reversed(multiple)) for p in (0, m - s)]
     whole = torch.nn.functional.pad(torch.from_numpy(volume)[None], padding)
@@ -209,6 +210,16 @@ def test_stitched_map_has_no_tile_seams(loaded):
         network, whole, layer=result.layer, channel=channel,
         target=lambda logits, masks: predicted_region(logits, masks, channel=channel, regions=False),
     )[0][tuple(slice(0, s) for s in volume.shape[1:])].numpy()
+    model.one_pass = True  # the model's own one pass is that: the network on the padded volume, cropped
+    try:
+        own = model.explain(volume, "edema", layer=result.layer)
+        with torch.no_grad():
+            np.testing.assert_allclose(model(torch.from_numpy(volume)[None])[0].numpy(),
+                                       network(whole)[0][(slice(None), *(slice(0, s) for s in volume.shape[1:]))],
+                                       atol=1e-4)
+    finally:
+        model.one_pass = False
+    np.testing.assert_allclose(own.heatmap, one_pass, atol=1e-4)
     correlation = np.corrcoef(result.heatmap.ravel(), one_pass.ravel())[0, 1]
     print(f"stitched vs one-pass correlation {correlation:.3f}")
     assert correlation > 0.8, correlation
@@ -254,6 +265,15 @@ def test_cli_writes_the_map_on_the_raw_grid(nnunet_model, tmp_path, capsys):
     written = nib.load(tmp_path / "TCAM_000_gradcam_enhancing.nii.gz")
     raw = nib.load(files[0])
     assert written.shape == raw.shape and np.allclose(written.affine, raw.affine)
+    tiled = np.asarray(written.dataobj)
+    code, out, err = run_cli([*args, "--mirror", "--one-pass", *(item for f in files for item in ("--image", f))],
+                             capsys)
+    assert code in (0, None), err
+    assert "tile by tile" not in out and "mirrored, one pass" in out
+    other = np.asarray(nib.load(tmp_path / "TCAM_000_gradcam_enhancing.nii.gz").dataobj)
+    assert other.shape == raw.shape and not np.allclose(other, tiled)  # another computation, same grid
+    code, _, err = run_cli(["explain", "--mirror", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--nnunet:" in err and "mirror" in err
 
 
 def test_cli_errors_name_the_flags(nnunet_model, tmp_path, capsys):
@@ -326,3 +346,23 @@ def test_sanity_cascade_randomises_every_fold_and_every_parameter(nnunet_model):
     assert covered == {id(p) for p in model.parameters()}  # full randomisation leaves nothing intact
     assert stage_modules(model, "networks.0.decoder.seg_layers") == [model.networks[0].decoder.seg_layers]
     assert stage_modules(model, "networks.*.no_such_layer") == []
+
+
+def test_one_pass_pads_to_the_stride_and_runs_a_2d_network_on_the_slices():
+    from tumorcam.nnunet.sliding import whole
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+    volume = torch.randn(2, 5, 10, 7)  # (C, Z, X, Y): a 2-D network's input is one slice
+    calls = []
+
+    def run(x):
+        calls.append(tuple(x.shape))
+        return conv(x)
+
+    with torch.no_grad():
+        out = whole(volume, (4, 4), run)
+        padded = torch.nn.functional.pad(volume, (0, 1, 0, 2))  # 10 -> 12, 7 -> 8
+        expected = torch.stack([conv(padded[:, z][None])[0] for z in range(5)], dim=1)[:, :, :10, :7]
+    assert calls == [(5, 2, 12, 8)] and out.shape == (3, 5, 10, 7)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

@@ -113,6 +113,10 @@ def explain_command(
                                         "dataset.json."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="With --nnunet: unpickle a checkpoint "
                                           "that a weights-only load refuses (only one from a trusted source)."),
+    mirror: bool = typer.Option(False, "--mirror", help="With --nnunet: nnU-Net's test-time mirroring of every "
+                                                        "tile (logits and maps)."),
+    one_pass: bool = typer.Option(False, "--one-pass", help="With --nnunet: the network on the whole "
+                                                            "preprocessed volume at once, not tile by tile."),
 ) -> None:
     """Heatmaps for the chosen methods, targets and layers, plus Grad-CAM x GT, in RUN/explanations/;
     or, with --model, heatmaps of your own network for each --image, in --out."""
@@ -121,12 +125,13 @@ def explain_command(
 
     use_threads(threads)
 
-    if nnunet is not None or folds or checkpoint or label or trust_checkpoint:
+    if nnunet is not None or folds or checkpoint or label or trust_checkpoint or mirror or one_pass:
         from tumorcam.nnunet.cli import explain_nnunet
 
         given = {"RUN": run, "--model": model, "--weights": weights, "--channel": channel}
         for line in explain_nnunet(nnunet, image, out, folds=folds, checkpoint=checkpoint, label=label,
-                                   trust_checkpoint=trust_checkpoint, method=_one("--method", methods, None),
+                                   trust_checkpoint=trust_checkpoint, mirror=mirror, one_pass=one_pass,
+                                   method=_one("--method", methods, None),
                                    layer=_one("--layer", layers, None), device=device,
                                    others=[flag for flag, value in given.items() if value is not None]):
             typer.echo(line)

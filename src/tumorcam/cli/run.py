@@ -77,12 +77,17 @@ def run_command(
                                                               "dataset.json (default: its first)."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Unpickle the --nnunet checkpoints "
                                                                             "fully (only files you trust)."),
+    mirror: bool = typer.Option(False, "--mirror", help="With --nnunet: nnU-Net's test-time mirroring of every "
+                                                        "tile (logits and maps; 2^axes times the work)."),
+    one_pass: bool = typer.Option(False, "--one-pass", help="With --nnunet: the network on each whole "
+                                                            "preprocessed volume at once, not tile by tile."),
 ) -> None:
     """Run the whole pipeline into one run folder, skipping the stages already done; print the report's path.
     With volumes (nnU-Net's raw layout or prepared volumes) and --model, or with --volumes: the checks on
     3-D volumes (`tumorcam.runs.volumes`); with slices and --model: your network's, without training."""
     use_threads(threads)
-    if nnunet is not None or folds or checkpoint is not None or label is not None or trust_checkpoint:
+    if nnunet is not None or folds or checkpoint is not None or label is not None or trust_checkpoint or mirror \
+            or one_pass:
         _refuse_for_nnunet(nnunet, data, model, weights, volumes)
     on_volumes = volumes or _is_volume_data(data)
     if volumes and (data is not None or model is not None or weights is not None):
@@ -103,7 +108,8 @@ def run_command(
         fold_names = [int(f) if f.strip().isdigit() else f.strip() for f in (folds or "0").split(",")]
         report = run_nnunet(out or Path("runs") / "nnunet", data, nnunet, folds=fold_names,
                             checkpoint=checkpoint, label=label, cases=patients, settings=settings,
-                            trust_checkpoint=trust_checkpoint, device=settings.train.device, log=log)
+                            trust_checkpoint=trust_checkpoint, mirror=mirror, one_pass=one_pass,
+                            device=settings.train.device, log=log)
     elif on_volumes:
         default_out = Path("runs") / "volumes"
         report = _run_volumes(data, out or default_out, volumes, settings, prepare_size, threads, log)
@@ -122,7 +128,8 @@ def _refuse_for_nnunet(nnunet: Optional[Path], data: Optional[Path], model: Opti
                        volumes: bool) -> None:
     """The options --nnunet needs and those it excludes: one error naming the first wrong one."""
     if nnunet is None:
-        raise TumorcamError("--folds, --checkpoint, --label, --trust-checkpoint: options of --nnunet MODEL_FOLDER")
+        raise TumorcamError("--folds, --checkpoint, --label, --trust-checkpoint, --mirror, --one-pass: options of "
+                            "--nnunet MODEL_FOLDER")
     if model is not None or weights is not None:
         raise TumorcamError("--nnunet: the network is the nnU-Net model; leave out --model and --weights")
     if volumes or data is None:

@@ -19,7 +19,8 @@ PARAMS = {"folder": "nnunet", "model": "nnunet", "case_files": "images", "refere
 
 def explain_nnunet(folder: Path | None, images: Sequence[Path] | None, out: Path | None, *, folds: str | None,
                    checkpoint: str | None, label: str | None, trust_checkpoint: bool, method: str | None,
-                   layer: str | None, device: str = "auto", others: Sequence[str] = ()) -> list[str]:
+                   layer: str | None, mirror: bool = False, one_pass: bool = False, device: str = "auto",
+                   others: Sequence[str] = ()) -> list[str]:
     """Explain one case with the nnU-Net model in `folder`; return the lines the command prints.
     `others`: flags given that the nnU-Net mode does not take (refused)."""
     from tumorcam.device import resolve_device
@@ -28,8 +29,8 @@ def explain_nnunet(folder: Path | None, images: Sequence[Path] | None, out: Path
     from tumorcam.nnunet.model import DEFAULT_CHECKPOINT
 
     if folder is None:
-        raise TumorcamError("nnunet: folds, checkpoint, label and trust_checkpoint need an nnU-Net "
-                            "model folder", param="nnunet")
+        raise TumorcamError("nnunet: folds, checkpoint, label, trust_checkpoint, mirror and one_pass need an "
+                            "nnU-Net model folder", param="nnunet")
     if others:
         raise TumorcamError(f"nnunet: not with {', '.join(others)}", param="nnunet")
     if not images:
@@ -41,7 +42,7 @@ def explain_nnunet(folder: Path | None, images: Sequence[Path] | None, out: Path
     method = method or "gradcam"
     try:
         model = load(folder, folds=fold_names, checkpoint=checkpoint or DEFAULT_CHECKPOINT,
-                     trust_checkpoint=trust_checkpoint).to(resolve_device(device))
+                     trust_checkpoint=trust_checkpoint, mirror=mirror, one_pass=one_pass).to(resolve_device(device))
         label = label or _only_label(model.dataset_json["labels"])
         volume, properties = model.preprocess(images)
         result = model.explain(volume, label, method=method, layer=layer)
@@ -55,8 +56,9 @@ def explain_nnunet(folder: Path | None, images: Sequence[Path] | None, out: Path
         message = PARAMS[exc.param] + message[len(exc.param):] if message.startswith(exc.param) else message
         raise TumorcamError(message, param=PARAMS[exc.param]) from None
     folds_text = ",".join(map(str, model.folds))
+    how = ", ".join(["mirrored"] * mirror + ["one pass"] * one_pass + ["tile by tile"] * (not one_pass))
     return [f"{method} of {label} (channel {result.channel}), fold(s) {folds_text}, at layer {result.layer} of "
-            f"{model.trainer_name} {model.configuration}", f"wrote {path}"]
+            f"{model.trainer_name} {model.configuration}, {how}", f"wrote {path}"]
 
 
 def _only_label(labels: dict) -> str:

@@ -8,7 +8,7 @@ reads its outputs. The raw tile maps and the tile logits are stitched with the s
 weights (`sliding.stitch`; with the model's `mirror`, each tile's logits and map are the mean over
 its flips, flipped back); each fold's stitched map is then min-max normalised once for the whole
 volume (normalising per tile would put seams at the tile borders) and the folds' maps and logits
-are averaged.
+are averaged. With the model's `one_pass`, the whole volume is the one tile (`NnunetModel.window`).
 
 `explain_tiles` is the same for any tumorcam target callable and ground-truth masks (the masks
 travel with the volume as one more channel, so each tile, mirrored or not, carries its part):
@@ -34,7 +34,6 @@ from tumorcam.explain.maps import normalize, rectify, upsample
 from tumorcam.explain.methods import Method, Options, ScalarOutput
 from tumorcam.explain.targets import TargetFn
 from tumorcam.logits import explaining
-from tumorcam.nnunet.sliding import stitch
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ def stitched_explanation(model: nn.Module, volume: torch.Tensor, chosen: Method,
         run = model.per_tile(partial(tile_explanation, network, chosen, target, module, channel=channel,
                                      options=options, with_masks=masks is not None, head=head))
         with explaining(network), torch.enable_grad():
-            stitched = stitch(stacked, model.patch_size, run, model.tile_step)
+            stitched = model.window(stacked, run)
         fold_logits.append(stitched[:-1])
         fold_maps.append(normalize(stitched[-1:])[0])
     return torch.stack(fold_maps).cpu(), torch.stack(fold_logits).mean(0).cpu(), layer if chosen.uses_layer else "input"

@@ -24,7 +24,7 @@ from torch import nn
 from tumorcam.errors import TumorcamError, unknown_name
 from tumorcam.io import read_json_object
 from tumorcam.nnunet.checkpoint import read_checkpoint
-from tumorcam.nnunet.sliding import TILE_STEP, mirrored, stitch
+from tumorcam.nnunet.sliding import TILE_STEP, mirrored, stitch, whole
 
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
 SLICE_BATCH = 8  # tiles per network call in `forward` for a 2-D patch (small tiles: the per-call cost dominates)
@@ -49,11 +49,14 @@ class NnunetModel(nn.Module):
         configuration, trainer_name, dataset_json: as in the checkpoint and the folder.
         mirror_axes: the checkpoint's `inference_allowed_mirroring_axes`.
         mirror: whether tiles are mirrored (test-time augmentation) along `mirror_axes`.
+        one_pass: whether the network runs on the whole volume at once (`sliding.whole`, padded to
+            its stride) instead of nnU-Net's tiles: no tiling, one map, when the volume fits in memory.
     """
 
     def __init__(self, networks: Sequence[nn.Module], folds: Sequence[int | str], plans: dict[str, Any],
                  dataset_json: dict[str, Any], configuration: str, trainer_name: str,
-                 mirror_axes: Sequence[int] | None, tile_step: float = TILE_STEP, mirror: bool = False) -> None:
+                 mirror_axes: Sequence[int] | None, tile_step: float = TILE_STEP, mirror: bool = False,
+                 one_pass: bool = False) -> None:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         super().__init__()
@@ -68,6 +71,7 @@ class NnunetModel(nn.Module):
         self.mirror_axes = None if mirror_axes is None else tuple(mirror_axes)
         self.tile_step = tile_step
         self.mirror = mirror
+        self.one_pass = one_pass
 
     @property
     def patch_size(self) -> tuple[int, ...]:
@@ -79,10 +83,23 @@ class NnunetModel(nn.Module):
         return torch.stack([torch.stack([self.stitched(volume, network) for volume in x])
                             for network in self.networks]).mean(0)
 
+    @property
+    def stride(self) -> tuple[int, ...]:
+        """The network's total downsampling per axis (the product of the plans' pooling kernels)."""
+        kernels = np.asarray(self.configuration_manager.pool_op_kernel_sizes)
+        return tuple(int(k) for k in kernels.prod(axis=0))
+
     def stitched(self, volume: torch.Tensor, network: nn.Module) -> torch.Tensor:
         """One network's sliding-window logits (K, *spatial) of one volume (C, *spatial)."""
         batch = SLICE_BATCH if len(self.patch_size) == 2 else 1
-        return stitch(volume, self.patch_size, self.per_tile(network), self.tile_step, batch)
+        return self.window(volume, self.per_tile(network), batch)
+
+    def window(self, volume: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor], batch: int = 1) -> torch.Tensor:
+        """`run` over `volume` (C, *spatial) as this model runs its network: nnU-Net's Gaussian-weighted
+        tiles (`sliding.stitch`, `batch` tiles per call), or the whole volume at once with `one_pass`."""
+        if self.one_pass:
+            return whole(volume, self.stride, run)
+        return stitch(volume, self.patch_size, run, self.tile_step, batch)
 
     def per_tile(self, run: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
         """`run` on tiles (B, C, *patch), mirrored along `mirror_axes` when `mirror` is set."""
@@ -174,10 +191,11 @@ class NnunetModel(nn.Module):
 
 
 def load(folder: str | os.PathLike, folds: Sequence[int | str] = (0,), checkpoint: str = DEFAULT_CHECKPOINT,
-         trust_checkpoint: bool = False, mirror: bool = False) -> NnunetModel:
+         trust_checkpoint: bool = False, mirror: bool = False, one_pass: bool = False) -> NnunetModel:
     """The nnU-Net model in `folder` (Trainer__Plans__configuration) with the networks of `folds`
     (ints, or "all"), each from fold_k/`checkpoint`, read weights-only unless `trust_checkpoint`;
-    `mirror`: nnU-Net's test-time mirroring of every tile."""
+    `mirror`: nnU-Net's test-time mirroring of every tile; `one_pass`: the whole volume at once
+    instead of tiles (see `NnunetModel`)."""
     _require_nnunetv2()
     folder = Path(folder)
     for name in ("plans.json", "dataset.json"):
@@ -210,7 +228,7 @@ def load(folder: str | os.PathLike, folds: Sequence[int | str] = (0,), checkpoin
                                 f"({' '.join(str(exc).split())[:300]})", param="checkpoint") from None
         networks.append(network)
     return NnunetModel(networks, folds, plans, dataset_json, configuration, first["trainer_name"],
-                       first.get("inference_allowed_mirroring_axes"), mirror=mirror)
+                       first.get("inference_allowed_mirroring_axes"), mirror=mirror, one_pass=one_pass)
 
 
 def _require_nnunetv2() -> None:

@@ -85,7 +85,8 @@ class LabelOutput(nn.Module):
 def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os.PathLike, *,
                folds: Sequence[int | str] = (0,), checkpoint: str | None = None, label: str | None = None,
                cases: int | None = None, settings: Settings | None = None, trust_checkpoint: bool = False,
-               device: str = "auto", log: Callable[[str], None] = print) -> Path:
+               mirror: bool = False, one_pass: bool = False, device: str = "auto",
+               log: Callable[[str], None] = print) -> Path:
     """Explain and evaluate the nnU-Net model in `folder` on the cases of the raw dataset `data`; write
     the run folder `out` (see the module docstring; an earlier run's outputs there are replaced).
 
@@ -99,6 +100,8 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
         cases: at most this many cases (None: every case of imagesTr/).
         settings: methods, baselines, steps, ... (None: the `own-model` preset).
         trust_checkpoint: unpickle the checkpoints fully (only for files you trust).
+        mirror: nnU-Net's test-time mirroring of every tile (its logits and maps).
+        one_pass: the network on each whole volume at once instead of nnU-Net's tiles.
         device: auto, cpu, cuda or cuda:N.
         log: receives the progress lines.
 
@@ -138,7 +141,8 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
         raise TumorcamError(f"data: no case in {Path(data) / 'imagesTr'}", param="data")
     dev = resolve_device(device)
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
-    model = load(folder, folds=folds, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint).to(dev)
+    model = load(folder, folds=folds, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint, mirror=mirror,
+                 one_pass=one_pass).to(dev)
     label = label or first_label(model)
     scored = LabelOutput(model, label).eval()
     settings.explain.channel, settings.explain.output = scored.channel, None
@@ -168,7 +172,7 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
             f"Dice {result.dice:.3f}")
 
     header = {"data": str(data), "model": str(folder), "folds": [str(f) for f in folds], "checkpoint": checkpoint,
-              "label": label, "split": "imagesTr", "n_cases": len(names), "case_ids": list(names),
+              "label": label, "mirror": mirror, "one_pass": one_pass, "split": "imagesTr", "n_cases": len(names), "case_ids": list(names),
               "channels": list(dataset.channels)}
     faithfulness = faithfulness_file(results, settings, header)
     write_json(out / "localization.json", localization_file(results, settings, header))

@@ -86,3 +86,18 @@ def mirrored(run: Callable[[torch.Tensor], torch.Tensor], axes: Sequence[int], t
     for flip in flips:
         out = out + torch.flip(run(torch.flip(tile, flip)), flip)
     return out / (len(flips) + 1)
+
+
+def whole(volume: torch.Tensor, divisors: Sequence[int], run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """`run` on the whole `volume` (C, *spatial) at once, zero-padded at the end of each axis to a
+    multiple of `divisors` (the network's total stride per axis) and cropped back: (K, *spatial). A
+    2-D network (fewer `divisors` than spatial axes) gets the volume's slices as one batch."""
+    spatial = tuple(volume.shape[1:])
+    leading = len(spatial) - len(divisors)
+    padding: list[int] = []
+    for size, divisor in zip(reversed(spatial[leading:]), reversed(list(divisors))):
+        padding += [0, (-size) % int(divisor)]
+    data = torch.nn.functional.pad(volume, padding)
+    out = run(data.movedim(1, 0) if leading else data[None]).float()
+    out = out.movedim(0, 1) if leading else out[0]
+    return out[(slice(None), *(slice(0, size) for size in spatial))]
