@@ -678,7 +678,7 @@ def sanity(model: nn.Module, images: torch.Tensor, *, method: str = "gradcam",
     channel = guards.check_model(model, images, output=output, channel=channel,
                                  required=isinstance(target, str) or chosen.reads_channel)
     if layer is None and chosen.uses_layer:
-        layer = model.tile_layer(images[0]) if is_tiled(model) else default_layer(model, images[:1])
+        layer = model.tile_layer() if is_tiled(model) else default_layer(model, images[:1])
     result = randomization_in_chunks(model, images, masks, method=method, target=target, layer=layer, stages=stages,
                                      seed=seed, map_seed=seed, ig_steps=ig_steps, amp=amp, channel=channel,
                                      output=output, batch_size=int(batch_size))

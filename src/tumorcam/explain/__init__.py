@@ -143,14 +143,14 @@ def explain_at(
     if isinstance(target, str) and get_target(target).needs_masks and masks is None:
         raise TumorcamError(f"masks: target {target!r} needs ground-truth masks (B, 1, *spatial); none were given")
     guards.check_positive_int("batch_size", batch_size)
-    tiled = chosen.uses_layer and is_tiled(model)
+    tiled = is_tiled(model) and not chosen.control  # a control reads the whole model's output
     if chosen.uses_layer and layer is not None and not tiled:
         resolve_layer(model, layer)
     # a callable target picks its own class: `channel` then matters only to a method that reads it
     channel = guards.check_model(model, images, output=output, channel=channel,
                                  required=isinstance(target, str) or chosen.reads_channel)
     weights = target_function(target, channel)
-    if tiled:  # its layers run once per tile: the model explains them (`layers.is_tiled`)
+    if tiled:  # it runs once per tile: the model explains its tiles (`layers.is_tiled`)
         if output is not None:
             raise TumorcamError("output: a tiled model returns its logits as one tensor", param="output")
         maps, name = model.explain_tiles(images, method=method, target=weights, layer=layer, channel=channel,

@@ -23,8 +23,9 @@ with the layer `input`.
 A sliding-window model (an nnU-Net model) runs each layer once per tile, so a hook on its whole
 forward would see one tile only. Such a model is *tiled* (`is_tiled`): it explains itself through
 `explain_tiles(images, method=, target=, layer=, channel=, masks=, ig_steps=, seed=)` -> (maps,
-layer path), names its default layer with `tile_layer(volume)` and may give its sanity cascade
-with `cascade_stages()`; `tumorcam.explain` and `tumorcam.sanity` use these for a layer method.
+layer path), names its default layer with `tile_layer()` and may give its sanity cascade with
+`cascade_stages()`; `tumorcam.explain` and `tumorcam.sanity` use these for every method but the
+controls (which read the whole model's output), so that memory stays that of one tile.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ def stitched_explanation(model: nn.Module, volume: torch.Tensor, chosen: Method,
     travels with the volume as one more channel, so that each tile (mirrored too) carries its part."""
     stacked = volume if masks is None else torch.cat([volume, masks.to(volume.dtype).reshape(1, *volume.shape[1:])])
     if chosen.uses_layer and layer is None:
-        layer = model.tile_layer(volume)
+        layer = model.tile_layer()
     fold_maps, fold_logits = [], []
     for network in model.networks:
         module = resolve_layer(network, layer) if chosen.uses_layer else None

@@ -153,13 +153,14 @@ class NnunetModel(nn.Module):
 
         return explain_tiles(self, images, **options)
 
-    def tile_layer(self, volume: torch.Tensor) -> str:
-        """tumorcam's default layer (module path in each fold's network) for tiles of `volume` (C, *spatial)."""
+    def tile_layer(self) -> str:
+        """tumorcam's default layer (module path in each fold's network), found on one empty tile."""
         from tumorcam.explain.layers import default_layer
         from tumorcam.logits import explaining
 
         network = self.networks[0]
-        example = torch.zeros((1, volume.shape[0], *self.patch_size), device=volume.device)
+        channels = len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})))
+        example = torch.zeros((1, channels, *self.patch_size), device=next(network.parameters()).device)
         with explaining(network):
             return default_layer(network, example)
 

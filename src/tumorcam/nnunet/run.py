@@ -3,9 +3,10 @@
     tumorcam run --data NNUNET_RAW_DATASET --nnunet MODEL_FOLDER --label NAME --out RUN
 
 Each case (imagesTr/ with its labelsTr/ file, the first `cases`) is preprocessed by nnU-Net (image
-and label to the same grid, `run_case` of the configuration's preprocessor). The methods' maps come
-from `NnunetModel.explain` (tile-wise, stitched with nnU-Net's Gaussian), the controls' (random,
-predicted-mask) from tumorcam's methods on the whole volume; every map is then measured by
+and label to the same grid, `run_case` of the configuration's preprocessor). The maps are those of a
+run on volumes (`tumorcam.runs.cases.explain_case`, the settings' methods and target): `tumorcam.explain`
+has the model explain its tiles (`NnunetModel.explain_tiles`, stitched with nnU-Net's Gaussian), the
+controls (random, predicted-mask) read the whole volume's output; every map is then measured by
 `tumorcam.runs.cases.evaluate_case` through `LabelOutput`, the model's output for the label: its
 one region channel (sigmoid) for a region-based model, all class channels with the label's
 (softmax) for a class-based one, as nnU-Net's label manager reads them. The case is the unit:
@@ -73,9 +74,9 @@ class LabelOutput(nn.Module):
         """The model's `explain_tiles` for this output (what `tumorcam.explain` runs for a layer method)."""
         return self.model.explain_tiles(images, head=self.pick, **options)
 
-    def tile_layer(self, volume: torch.Tensor) -> str:
+    def tile_layer(self) -> str:
         """The model's default layer (`NnunetModel.tile_layer`)."""
-        return self.model.tile_layer(volume)
+        return self.model.tile_layer()
 
     def cascade_stages(self) -> list[str]:
         """The model's sanity cascade (`NnunetModel.cascade_stages`), under `model.`."""
@@ -110,7 +111,7 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
 
     Raises:
         TumorcamError: for a `data` that is not nnU-Net's raw layout or has no case, a `label` the model
-            does not predict, a target other than predicted-region, a model folder that cannot be read, or
+            does not predict, settings a run on volumes refuses, a model folder that cannot be read, or
             an `out` that holds a run of another kind.
     """
     from tumorcam.data.nnunet import read_case, read_dataset
@@ -122,7 +123,7 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
     from tumorcam.nnunet.views import ViewCases, model_record, write_views
     from tumorcam.report.volume_page import VIEWED_CASES, build_volume_report
     from tumorcam.runfolder.folder import refuse_other_run
-    from tumorcam.runs.cases import evaluate_case
+    from tumorcam.runs.cases import evaluate_case, explain_case
     from tumorcam.runs.volume_settings import check_volumes
     from tumorcam.evaluate.sanity import SanityResult
     from tumorcam.runs.volume_settings import volume_layer
@@ -132,9 +133,6 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
     refuse_other_run(out, "nnunet")
     settings = copy.deepcopy(settings or preset("own-model"))
     check_volumes(settings)
-    if settings.explain.targets[0] != "predicted-region":
-        raise TumorcamError(f"targets: an nnU-Net model is explained on its predicted region of the label, not "
-                            f"{settings.explain.targets[0]!r}", param="targets")
     dataset = read_dataset(data)
     names = dataset.cases[:cases] if cases is not None else dataset.cases
     if not names:
@@ -146,6 +144,8 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
     label = label or first_label(model)
     scored = LabelOutput(model, label).eval()
     settings.explain.channel, settings.explain.output = scored.channel, None
+    if volume_layer(settings) is None and any(METHODS[m].uses_layer for m in settings.explain.methods):
+        settings.explain.layers = [scored.tile_layer()]  # structural: the same on every rank and case
     out = Path(out)
     remove_outputs(out, OUTPUTS)
     nifti = out / "explanations" / "nifti"
@@ -158,7 +158,7 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
         files = [str(dataset.image_path(case, c)) for c in range(len(dataset.channels))]
         volume, mask, properties = preprocess_case(model, files, str(dataset.label_path(case)), label)
         image = torch.from_numpy(volume)[None].to(dev)
-        maps = case_maps(model, scored, image, label, index, settings)
+        maps = explain_case(scored, image, index, settings)
         result = evaluate_case(scored, image, torch.from_numpy(mask)[None, None].float().to(dev), index, settings,
                                maps)
         for method in settings.explain.methods:
@@ -223,26 +223,3 @@ def preprocess_case(model: nn.Module, files: Sequence[str], label_file: str,
     value = model.dataset_json["labels"][label]
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     return np.asarray(data, dtype=np.float32), np.isin(np.asarray(seg)[0], values), properties
-
-
-def case_maps(model: nn.Module, scored: LabelOutput, image: torch.Tensor, label: str, index: int,
-              settings: Settings) -> dict[str, np.ndarray]:
-    """The maps (*spatial) float32 of one case (1, C, *spatial) by every method and control: a method's
-    from `model.explain` (its layer recorded in `settings.explain.layers`), a control's from tumorcam's
-    method on `scored`, seeded `settings.explain.seed + index` as a run on volumes seeds them."""
-    from tumorcam.explain import explain
-    from tumorcam.runs.volume_settings import all_methods, volume_layer
-
-    maps = {}
-    for method in all_methods(settings):
-        if METHODS[method].control:
-            maps[method] = explain(scored, image, method=method, target=settings.explain.targets[0],
-                                   channel=scored.channel, ig_steps=settings.explain.ig_steps,
-                                   seed=settings.explain.seed + index, batch_size=1)[0].float().cpu().numpy()
-            continue
-        result = model.explain(image[0], label, method=method, layer=volume_layer(settings),
-                               ig_steps=settings.explain.ig_steps, seed=settings.explain.seed + index)
-        if METHODS[method].uses_layer and volume_layer(settings) is None:
-            settings.explain.layers = [result.layer]
-        maps[method] = np.asarray(result.heatmap, dtype=np.float32)
-    return maps
