@@ -266,12 +266,14 @@ def test_cli_writes_the_map_on_the_raw_grid(nnunet_model, tmp_path, capsys):
     raw = nib.load(files[0])
     assert written.shape == raw.shape and np.allclose(written.affine, raw.affine)
     tiled = np.asarray(written.dataobj)
-    code, out, err = run_cli([*args, "--mirror", "--one-pass", *(item for f in files for item in ("--image", f))],
-                             capsys)
+    code, out, err = run_cli([*args, "--mirror", "--one-pass", "--per-fold",
+                              *(item for f in files for item in ("--image", f))], capsys)
     assert code in (0, None), err
-    assert "tile by tile" not in out and "mirrored, one pass" in out
+    assert "tile by tile" not in out and "mirrored, one pass" in out and "_fold0.nii.gz" in out
     other = np.asarray(nib.load(tmp_path / "TCAM_000_gradcam_enhancing.nii.gz").dataobj)
     assert other.shape == raw.shape and not np.allclose(other, tiled)  # another computation, same grid
+    fold = np.asarray(nib.load(tmp_path / "TCAM_000_gradcam_enhancing_fold0.nii.gz").dataobj)
+    np.testing.assert_allclose(fold, other, atol=1e-6)  # one fold: its map is the mean
     code, _, err = run_cli(["explain", "--mirror", "--out", str(tmp_path)], capsys)
     assert code == 2 and "--nnunet:" in err and "mirror" in err
 
@@ -366,3 +368,23 @@ def test_one_pass_pads_to_the_stride_and_runs_a_2d_network_on_the_slices():
         expected = torch.stack([conv(padded[:, z][None])[0] for z in range(5)], dim=1)[:, :, :10, :7]
     assert calls == [(5, 2, 12, 8)] and out.shape == (3, 5, 10, 7)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_cascade_stage_is_refused_naming_it(nnunet_model, tmp_path):
+    import json
+
+    import tumorcam.nnunet
+    from tumorcam.errors import TumorcamError
+
+    other = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_cascade_fullres"
+    shutil.copytree(nnunet_model[0], other)
+    plans = json.loads((other / "plans.json").read_text())
+    plans["configurations"]["3d_lowres"] = {"inherits_from": "3d_fullres", "next_stage": "3d_cascade_fullres"}
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    (other / "plans.json").write_text(json.dumps(plans))
+    checkpoint = torch.load(other / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    checkpoint["init_args"]["configuration"] = "3d_cascade_fullres"
+    torch.save(checkpoint, other / "fold_0" / "checkpoint_final.pth")
+    with pytest.raises(TumorcamError, match="3d_cascade_fullres is a cascade stage .* 3d_lowres") as error:
+        tumorcam.nnunet.load(other)
+    assert error.value.param == "folder"

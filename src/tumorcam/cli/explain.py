@@ -117,6 +117,8 @@ def explain_command(
                                                         "tile (logits and maps)."),
     one_pass: bool = typer.Option(False, "--one-pass", help="With --nnunet: the network on the whole "
                                                             "preprocessed volume at once, not tile by tile."),
+    per_fold: bool = typer.Option(False, "--per-fold", help="With --nnunet: each fold's map too "
+                                                            "(CASE_METHOD_LABEL_foldK.nii.gz)."),
 ) -> None:
     """Heatmaps for the chosen methods, targets and layers, plus Grad-CAM x GT, in RUN/explanations/;
     or, with --model, heatmaps of your own network for each --image, in --out."""
@@ -125,12 +127,13 @@ def explain_command(
 
     use_threads(threads)
 
-    if nnunet is not None or folds or checkpoint or label or trust_checkpoint or mirror or one_pass:
+    if nnunet is not None or folds or checkpoint or label or trust_checkpoint or mirror or one_pass or per_fold:
         from tumorcam.nnunet.cli import explain_nnunet
 
         given = {"RUN": run, "--model": model, "--weights": weights, "--channel": channel}
         for line in explain_nnunet(nnunet, image, out, folds=folds, checkpoint=checkpoint, label=label,
                                    trust_checkpoint=trust_checkpoint, mirror=mirror, one_pass=one_pass,
+                                   per_fold=per_fold,
                                    method=_one("--method", methods, None),
                                    layer=_one("--layer", layers, None), device=device,
                                    others=[flag for flag, value in given.items() if value is not None]):

@@ -19,18 +19,19 @@ PARAMS = {"folder": "nnunet", "model": "nnunet", "case_files": "images", "refere
 
 def explain_nnunet(folder: Path | None, images: Sequence[Path] | None, out: Path | None, *, folds: str | None,
                    checkpoint: str | None, label: str | None, trust_checkpoint: bool, method: str | None,
-                   layer: str | None, mirror: bool = False, one_pass: bool = False, device: str = "auto",
-                   others: Sequence[str] = ()) -> list[str]:
+                   layer: str | None, mirror: bool = False, one_pass: bool = False, per_fold: bool = False,
+                   device: str = "auto", others: Sequence[str] = ()) -> list[str]:
     """Explain one case with the nnU-Net model in `folder`; return the lines the command prints.
-    `others`: flags given that the nnU-Net mode does not take (refused)."""
+    `others`: flags given that the nnU-Net mode does not take (refused); `per_fold`: each fold's map
+    too, as DIR/CASE_METHOD_LABEL_foldK.nii.gz."""
     from tumorcam.device import resolve_device
     from tumorcam.runs.volume_files import case_name
     from tumorcam.nnunet import load, write_map
     from tumorcam.nnunet.model import DEFAULT_CHECKPOINT
 
     if folder is None:
-        raise TumorcamError("nnunet: folds, checkpoint, label, trust_checkpoint, mirror and one_pass need an "
-                            "nnU-Net model folder", param="nnunet")
+        raise TumorcamError("nnunet: folds, checkpoint, label, trust_checkpoint, mirror, one_pass and per_fold "
+                            "need an nnU-Net model folder", param="nnunet")
     if others:
         raise TumorcamError(f"nnunet: not with {', '.join(others)}", param="nnunet")
     if not images:
@@ -49,6 +50,9 @@ def explain_nnunet(folder: Path | None, images: Sequence[Path] | None, out: Path
         Path(out).mkdir(parents=True, exist_ok=True)
         path = Path(out) / f"{case_name(images[0])}_{method}_{label}.nii.gz"
         write_map(model, result.heatmap, properties, images[0], path)
+        fold_paths = [path.with_name(path.name.replace(".nii.gz", f"_fold{fold}.nii.gz")) for fold in model.folds]
+        for fold_map, fold_path in zip(result.fold_maps if per_fold else [], fold_paths):
+            write_map(model, fold_map, properties, images[0], fold_path)
     except TumorcamError as exc:
         if exc.param not in PARAMS:
             raise
@@ -58,7 +62,8 @@ def explain_nnunet(folder: Path | None, images: Sequence[Path] | None, out: Path
     folds_text = ",".join(map(str, model.folds))
     how = ", ".join(["mirrored"] * mirror + ["one pass"] * one_pass + ["tile by tile"] * (not one_pass))
     return [f"{method} of {label} (channel {result.channel}), fold(s) {folds_text}, at layer {result.layer} of "
-            f"{model.trainer_name} {model.configuration}, {how}", f"wrote {path}"]
+            f"{model.trainer_name} {model.configuration}, {how}",
+            *(f"wrote {p}" for p in [path, *(fold_paths if per_fold else [])])]
 
 
 def _only_label(labels: dict) -> str:

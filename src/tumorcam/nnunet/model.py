@@ -252,6 +252,10 @@ def build_network(plans: dict[str, Any], dataset_json: dict[str, Any], configura
         raise TumorcamError(f"folder: plans.json has no configuration {configuration!r} (the checkpoint's)",
                             param="folder")
     configuration_manager = plans_manager.get_configuration(configuration)
+    if configuration_manager.previous_stage_name is not None:
+        raise TumorcamError(f"folder: {configuration} is a cascade stage (its input holds the segmentation of "
+                            f"{configuration_manager.previous_stage_name}); tumorcam explains 2d, 3d_lowres and "
+                            "3d_fullres models", param="folder")
     inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
     outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     trainer = trainer_class(trainer_name)
