@@ -109,7 +109,8 @@ def test_report_has_the_views_of_each_case_from_the_preprocessed_maps(nnunet_run
     from tumorcam.data.volumes import load_volumes
 
     views = load_volumes(out / "explanations" / "preprocessed")
-    assert views.case_ids.tolist() == list(shapes) and views.images.shape[:2] == (CASES, 4)
+    assert views.case_ids.tolist() == list(shapes) and views.images.shape[:2] == (CASES, 1)  # the drawn sequence
+    assert index["channels"] == ["FLAIR"]
     assert views.masks[0].any() and 0.0 <= float(views.images.min()) and float(views.images.max()) <= 1.0
     page = report.read_text()
     for case in shapes:

@@ -11,9 +11,10 @@ draws it again):
                                   (the ones the report shows) on nnU-Net's grid, zero-padded at the end
                                   of each axis to the cube S (the largest axis of those cases)
     explanations/preprocessed/    those K cases as a prepared volume folder (`data.volumes`):
-                                  volumes.npy (K, C, S, S, S) float16, each channel of nnU-Net's
-                                  preprocessed volume scaled to [0, 1] as `prepare_volumes` scales a
-                                  case (`normalize_case`), masks.npy the label's ground truth on that
+                                  volumes.npy (K, 1, S, S, S) float16, the one sequence the views draw
+                                  (FLAIR, else the first: `view_channel`) of nnU-Net's preprocessed
+                                  volume scaled to [0, 1] as `prepare_volumes` scales a case
+                                  (`normalize_case`), masks.npy the label's ground truth on that
                                   grid, affines.npy and shapes.npy the raw case's affine and shape
 
 Only the shown cases are kept (every map of every case is on the raw grid in explanations/nifti/);
@@ -84,6 +85,7 @@ def write_views(out: Path, kept: ViewCases, header: dict[str, Any], settings: Se
     run (module docstring) into `out`: `header` is the run files' header, `settings` the run's,
     `model` the nnU-Net model's record."""
     from tumorcam.io import atomic_dir, save_npy, write_json
+    from tumorcam.report.volume_page import view_channel
     from tumorcam.runfolder.folder import SETTINGS_FILE
     from tumorcam.runs.volume_settings import all_methods
     from tumorcam.runs.volumes import EXPLANATIONS_DIR, write_map_index
@@ -91,8 +93,9 @@ def write_views(out: Path, kept: ViewCases, header: dict[str, Any], settings: Se
     folder = out / EXPLANATIONS_DIR
     cases = kept.cases
     size = max(max(c.volume.shape[1:]) for c in cases)
+    shown = view_channel(header["channels"])  # the one sequence the views draw is the one kept
     with atomic_dir(folder / VIEWS_DIR) as tmp:
-        for name, array in (("volumes.npy", _padded([c.volume for c in cases], size, np.float16)),
+        for name, array in (("volumes.npy", _padded([c.volume[shown:shown + 1] for c in cases], size, np.float16)),
                             ("masks.npy", _padded([c.mask for c in cases], size, bool)),
                             ("case_ids.npy", np.array([c.case for c in cases])),
                             ("affines.npy", np.stack([c.affine for c in cases])),
@@ -100,7 +103,7 @@ def write_views(out: Path, kept: ViewCases, header: dict[str, Any], settings: Se
             save_npy(Path(tmp) / name, array)
         write_json(Path(tmp) / "manifest.json", {
             "kind": "volumes", "format": "nnunet-preprocessed", "source": header["data"],
-            "channels": header["channels"], "region": model["label"], "size": size, "count": len(cases),
+            "channels": [header["channels"][shown]], "region": model["label"], "size": size, "count": len(cases),
             "cases": [c.case for c in cases], "shapes": [list(c.volume.shape[1:]) for c in cases],
             "normalization": f"nnU-Net's preprocessing ({model['configuration']}), then per channel scaled to "
                              "[0, 1] by the 0.5th..99.5th percentile of the foreground, as prepare_volumes",
@@ -108,7 +111,7 @@ def write_views(out: Path, kept: ViewCases, header: dict[str, Any], settings: Se
         write_json(Path(tmp) / "splits.json", {"train": [], "val": [], "test": []})
     for method in all_methods(settings):
         save_npy(folder / f"{method}.npy", _padded([c.maps[method] for c in cases], size, np.float16))
-    index = {**header, "prepared": f"{EXPLANATIONS_DIR}/{VIEWS_DIR}", "size": size,
+    index = {**header, "channels": [header["channels"][shown]], "prepared": f"{EXPLANATIONS_DIR}/{VIEWS_DIR}", "size": size,
              "shapes": [list(c.volume.shape[1:]) for c in cases], "map_cases": [c.case for c in cases]}
     write_map_index(folder, settings, index, None)
     write_json(out / SETTINGS_FILE, {**settings.to_dict(), "data": header["data"], "nnunet": model})

@@ -192,7 +192,7 @@ def _view_figures(run: Path, index: dict[str, Any], folder: Path) -> list[Figure
                      if "predicted-mask" in maps else None)
         shown = {method_name(m): np.asarray(v[i][crop], dtype=np.float32) for m, v in maps.items()
                  if m != "predicted-mask"}
-        shown_channel = _view_channel(index)
+        shown_channel = view_channel(index.get("channels", []))
         names = index.get("channels") or []
         fig = draw_orthogonal_views(volume, shown, mask, predicted, channel_index=shown_channel,
                                     channel_name=names[shown_channel] if names else None, title=f"case {case}")
@@ -204,9 +204,9 @@ def _view_figures(run: Path, index: dict[str, Any], folder: Path) -> list[Figure
     return figures
 
 
-def _view_channel(index: dict[str, Any]) -> int:
-    """The sequence shown under the maps: FLAIR when the dataset has one, else the first."""
-    names = [str(c).upper() for c in index.get("channels", [])]
+def view_channel(channels: list[str]) -> int:
+    """The sequence shown under the maps, of the dataset's `channels`: FLAIR when there is one, else the first."""
+    names = [str(c).upper() for c in channels]
     return names.index("FLAIR") if "FLAIR" in names else 0
 
 
