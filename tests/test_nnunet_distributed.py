@@ -1,7 +1,8 @@
 """`tumorcam run --nnunet` under torchrun: 2 ranks (gloo on CPU, 1 thread each) on the session's tiny
-nnU-Net model (`nnunet_model`) write the files of one process: the JSON files' key paths and numbers
-(to 1e-6), the NIfTI maps on the raw grid (each rank wrote its own case's) and the shown cases' views;
-rank 0 alone writes the report."""
+nnU-Net model (`nnunet_model`), started from the command line, write the files of `run_nnunet` in one
+process (run here meanwhile, on 1 thread): the JSON files' key paths and numbers (to 1e-6), the NIfTI
+maps on the raw grid (each rank wrote its own case's) and the shown cases' views; rank 0 alone writes
+the report and prints its path."""
 
 from __future__ import annotations
 
@@ -42,36 +43,45 @@ def _unlike(a: object, b: object, where: str) -> list[str]:
     return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
-def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}  # CPU reductions depend on the thread count
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
 def test_two_ranks_write_the_files_of_one_process(nnunet_model, tmp_path: Path) -> None:
+    import torch
+
     from tumorcam.config import preset
+    from tumorcam.nnunet.run import run_nnunet
+    from tumorcam.runs.volume_settings import load_run_settings
 
     folder, _, _ = nnunet_model
     raw = folder.parents[2] / "raw" / DATASET
-    settings = preset("own-model").replace({"explain.methods": ["gradcam"], "explain.ig_steps": 2,
-                                            "evaluate.steps": 4, "evaluate.baselines": ["zero"],
-                                            "evaluate.bootstrap": 50, "evaluate.batch_size": 4,
-                                            "evaluate.sanity": 2})
+    settings = preset("own-model").replace({
+        "explain.methods": ["gradcam"], "explain.patients": CASES, "evaluate.steps": 2, "evaluate.baselines": ["zero"],
+        "evaluate.bootstrap": 50, "evaluate.batch_size": 8, "evaluate.sanity": CASES,  # a sanity part on each rank
+        "evaluate.channel_method": "saliency", "train.device": "cpu", "train.num_threads": 1})
     config = tmp_path / "settings.json"
     config.write_text(json.dumps(settings.to_dict()))
-    arguments = ["run", "--data", str(raw), "--nnunet", str(folder), "--label", "edema", "--patients", str(CASES),
-                 "--config", str(config), "--device", "cpu", "--threads", "1"]
     one, two = tmp_path / "one", tmp_path / "two"
-    single = _run([sys.executable, "-m", "tumorcam.cli", *arguments, "--out", str(one)], tmp_path)
-    ranks = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                  "-m", "tumorcam.cli", *arguments, "--out", str(two)], tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}  # CPU reductions depend on the thread count: 1 everywhere
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        ranks = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                  "-m", "tumorcam.cli", "run", "--data", str(raw), "--nnunet", str(folder), "--label",
+                                  "edema", "--patients", str(CASES), "--config", str(config), "--device", "cpu",
+                                  "--threads", "1", "--out", str(two)],
+                                 cwd=tmp_path, env=env, stdout=stdout, stderr=stderr)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:  # one process, here, while the ranks run
+            report = run_nnunet(one, raw, folder, label="edema", cases=CASES, settings=load_run_settings(config),
+                                device="cpu", log=lambda line: None)
+        finally:
+            torch.set_num_threads(threads)
+            code = ranks.wait(timeout=600)
+    err = (tmp_path / "stderr").read_text()
+    assert code == 0, err[-3000:]
 
-    assert single.stdout.strip().splitlines()[-1] == str(one / "report.html")
-    assert [line for line in ranks.stdout.splitlines() if line.endswith("report.html")] == [str(two / "report.html")]
-    assert "(rank 0)" in ranks.stderr and "(rank 1)" in ranks.stderr  # case 0 on rank 0, case 1 on rank 1
-    assert (two / "report.html").is_file()
+    assert report == one / "report.html"
+    out = (tmp_path / "stdout").read_text().splitlines()
+    assert [line for line in out if line.endswith("report.html")] == [str(two / "report.html")]  # rank 0's
+    assert "TCAM_000 (1/2)" in err and "(rank 0)" in err and "TCAM_001 (2/2)" in err and "(rank 1)" in err
     for name in FILES:
         a, b = json.loads((one / name).read_text()), json.loads((two / name).read_text())
         assert key_paths(a) == key_paths(b), name
@@ -86,7 +96,7 @@ def test_two_ranks_write_the_files_of_one_process(nnunet_model, tmp_path: Path) 
     assert nifti == [f"explanations/nifti/TCAM_{i:03d}_gradcam.nii.gz" for i in range(CASES)]
     import nibabel as nib
 
-    for name in nifti:
+    for name in nifti:  # each rank wrote its own case's map
         a, b = nib.load(one / name), nib.load(two / name)
         np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj), err_msg=name)
         np.testing.assert_array_equal(a.affine, b.affine)
