@@ -27,6 +27,16 @@ one region channel (sigmoid) for a region-based model, all class channels with t
 
 An `out` that holds a run of another kind (on slices, on volumes) is refused before anything is
 written; `tumorcam report RUN` draws the report again, `tumorcam evaluate RUN` refuses the folder.
+
+    torchrun --standalone --nproc_per_node=N --no-python tumorcam run --data NNUNET_RAW_DATASET --nnunet MODEL_FOLDER
+
+Under `torchrun` (one machine; `tumorcam.training.distributed.start`: gloo on CPU, NCCL on CUDA with
+rank i on cuda:LOCAL_RANK) the cases are dealt to the ranks as a run on volumes deals them (case i
+to rank i mod N): each rank preprocesses, explains and measures its cases, writes their NIfTI maps
+and runs the sanity check of those among the first `evaluate.sanity`; rank 0 alone removes the
+earlier outputs (the others wait), gathers the per-case results, the sanity parts and the shown
+cases (`gather_to_main`), puts them in case order and writes every other file. Every draw is seeded
+by the case's index, never the rank, so the files are those of one process.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +98,7 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
                folds: Sequence[int | str] = (0,), checkpoint: str | None = None, label: str | None = None,
                cases: int | None = None, settings: Settings | None = None, trust_checkpoint: bool = False,
                mirror: bool = False, one_pass: bool = False, device: str = "auto",
-               log: Callable[[str], None] = print) -> Path:
+               log: Callable[[str], None] = print) -> Path | None:
     """Explain and evaluate the nnU-Net model in `folder` on the cases of the raw dataset `data`; write
     the run folder `out` (see the module docstring; an earlier run's outputs there are replaced).
 
@@ -107,28 +118,26 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
         log: receives the progress lines.
 
     Returns:
-        The path of report.html.
+        The path of report.html (rank 0; under torchrun the other ranks return None once their cases
+        are gathered and rank 0 has written the run folder).
 
     Raises:
         TumorcamError: for a `data` that is not nnU-Net's raw layout or has no case, a `label` the model
-            does not predict, settings a run on volumes refuses, a model folder that cannot be read, or
-            an `out` that holds a run of another kind.
+            does not predict, settings a run on volumes refuses, a model folder that cannot be read,
+            an `out` that holds a run of another kind, or a torchrun that spans several machines.
     """
-    from tumorcam.data.nnunet import read_case, read_dataset
-    from tumorcam.device import resolve_device
+    from tumorcam.data.nnunet import read_dataset
     from tumorcam.evaluate.headline import run_headline
+    from tumorcam.evaluate.sanity import SanityResult
     from tumorcam.io import remove_outputs, write_json
-    from tumorcam.nnunet.export import write_map
     from tumorcam.nnunet.model import DEFAULT_CHECKPOINT, load
     from tumorcam.nnunet.views import ViewCases, model_record, write_views
     from tumorcam.report.volume_page import VIEWED_CASES, build_volume_report
     from tumorcam.runfolder.folder import refuse_other_run
-    from tumorcam.runs.cases import evaluate_case, explain_case
-    from tumorcam.runs.volume_settings import check_volumes
-    from tumorcam.evaluate.sanity import SanityResult
-    from tumorcam.runs.volume_settings import volume_layer
-    from tumorcam.runs.volumes import (channels_file, faithfulness_file, localization_file, sanity_document,
-                                       segmentation_file)
+    from tumorcam.runs.volume_settings import check_volumes, volume_layer
+    from tumorcam.runs.volumes import (RANK_TIMEOUT, channels_file, faithfulness_file, localization_file,
+                                       sanity_document, segmentation_file)
+    from tumorcam.training.distributed import barrier, gather_to_main, refuse_several_machines, start, stop
 
     refuse_other_run(out, "nnunet")
     settings = copy.deepcopy(settings or preset("own-model"))
@@ -137,58 +146,124 @@ def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os
     names = dataset.cases[:cases] if cases is not None else dataset.cases
     if not names:
         raise TumorcamError(f"data: no case in {Path(data) / 'imagesTr'}", param="data")
-    dev = resolve_device(device)
-    checkpoint = checkpoint or DEFAULT_CHECKPOINT
-    model = load(folder, folds=folds, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint, mirror=mirror,
-                 one_pass=one_pass).to(dev)
-    label = label or first_label(model)
-    scored = LabelOutput(model, label).eval()
-    settings.explain.channel, settings.explain.output = scored.channel, None
-    if volume_layer(settings) is None and any(METHODS[m].uses_layer for m in settings.explain.methods):
-        settings.explain.layers = [scored.tile_layer()]  # structural: the same on every rank and case
-    out = Path(out)
-    remove_outputs(out, OUTPUTS)
-    nifti = out / "explanations" / "nifti"
-    nifti.mkdir(parents=True)
+    refuse_several_machines("run")
+    info, dev = start(device, timeout=RANK_TIMEOUT)
+    try:
+        checkpoint = checkpoint or DEFAULT_CHECKPOINT
+        model = load(folder, folds=folds, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint, mirror=mirror,
+                     one_pass=one_pass).to(dev)
+        label = label or first_label(model)
+        scored = LabelOutput(model, label).eval()
+        settings.explain.channel, settings.explain.output = scored.channel, None
+        if volume_layer(settings) is None and any(METHODS[m].uses_layer for m in settings.explain.methods):
+            settings.explain.layers = [scored.tile_layer()]  # structural: the same on every rank and case
+        out = Path(out)
+        nifti = out / "explanations" / "nifti"
+        if info.is_main:  # before any rank writes a map; the others wait
+            remove_outputs(out, OUTPUTS)
+            nifti.mkdir(parents=True)
+        barrier(info)
 
-    results, checks, shown = [], [], ViewCases(VIEWED_CASES)
+        mine = list(range(info.rank, len(names), info.world_size))
+        part = run_cases(model, scored, data, dataset, names, mine, label, settings, nifti, dev, VIEWED_CASES,
+                         log=log, rank=info.rank if info.enabled else None)
+        parts = gather_to_main([part], info)
+        if not info.is_main:
+            barrier(info)  # until rank 0 has written the run folder
+            return None
+        assert parts is not None
+        results = sorted((r for p in parts for r in p.results), key=lambda r: r.index)
+        checks = [c for _, c in sorted((c for p in parts for c in p.checks), key=lambda c: c[0])]
+        shown = ViewCases(VIEWED_CASES, cases=[v for _, v in sorted((v for p in parts for v in p.views),
+                                                                    key=lambda v: v[0])])
+        sanity_count = len(checks)
+
+        header = {"data": str(data), "model": str(folder), "folds": [str(f) for f in folds], "checkpoint": checkpoint,
+                  "label": label, "mirror": mirror, "one_pass": one_pass, "split": "imagesTr", "n_cases": len(names), "case_ids": list(names),
+                  "channels": list(dataset.channels)}
+        faithfulness = faithfulness_file(results, settings, header)
+        write_json(out / "localization.json", localization_file(results, settings, header))
+        write_json(out / "channels.json", channels_file(np.stack([r.shares for r in results]),
+                                                        np.stack([r.dice_drop for r in results]), settings, header))
+        write_json(out / "segmentation.json", segmentation_file(results, settings, header))
+        sanity = (sanity_document(SanityResult.concat(checks), settings, header, list(names[:sanity_count]),
+                                  volume_layer(settings)) if checks else {**header, "skipped": "evaluate.sanity is 0"})
+        write_json(out / "sanity.json", sanity)
+        faithfulness["headline"] = run_headline(faithfulness, sanity, unit="case")
+        write_json(out / "faithfulness.json", faithfulness)
+        write_json(out / RUN_FILE, {**header, "channel": scored.label_channel,
+                                    "regions": scored.regions, "settings": settings.to_dict()})
+        write_views(out, shown, header, settings, model_record(model, folder, folds, checkpoint, label,
+                                                                scored.label_channel, scored.regions))
+        report = build_volume_report(out)
+        barrier(info)
+        return report
+    finally:
+        stop(info)
+
+
+@dataclass
+class RankCases:
+    """What one rank computed of its cases, gathered on rank 0: the per-case results (without maps),
+    the sanity check parts and the shown cases, each with its case index."""
+
+    results: list[Any] = field(default_factory=list)
+    checks: list[tuple[int, Any]] = field(default_factory=list)
+    views: list[tuple[int, Any]] = field(default_factory=list)
+
+
+def run_cases(model: nn.Module, scored: LabelOutput, data: str | os.PathLike, dataset: Any, names: Sequence[str],
+              indices: Sequence[int], label: str, settings: Settings, nifti: Path, device: torch.device,
+              shown: int, log: Callable[[str], None] = print, rank: int | None = None) -> RankCases:
+    """Preprocess, explain and measure the cases of `names` at `indices` (one rank's share), writing
+    each method's map on the raw grid into `nifti`.
+
+    Args:
+        model: the `NnunetModel`.
+        scored: its output for `label` (`LabelOutput`).
+        data: the raw dataset's folder.
+        dataset: its `read_dataset` record.
+        names: every case of the run, in order (a case's index is its place here).
+        indices: the indices of the cases computed here, ascending.
+        label: the explained label.
+        settings: the run's settings (its layer set).
+        nifti: the folder of the maps on the raw grid.
+        device: the device computed on.
+        shown: how many first cases the report shows (kept in `RankCases.views`).
+        log: receives one progress line per case.
+        rank: this process's rank, named in the progress lines (None: one process).
+
+    Returns:
+        The `RankCases` of these cases: results, sanity parts of the first `evaluate.sanity` cases
+        (None: all) and shown cases, each with its index.
+    """
+    from tumorcam.data.nnunet import read_case
+    from tumorcam.nnunet.export import write_map
+    from tumorcam.nnunet.views import view_case
+    from tumorcam.runs.cases import evaluate_case, explain_case
+
     sanity_count = len(names) if settings.evaluate.sanity is None else min(settings.evaluate.sanity, len(names))
-    for index, case in enumerate(names):
+    part = RankCases()
+    for index in indices:
+        case = names[index]
         read_case(data, case, dataset)  # the case's files checked against dataset.json
         files = [str(dataset.image_path(case, c)) for c in range(len(dataset.channels))]
         volume, mask, properties = preprocess_case(model, files, str(dataset.label_path(case)), label)
-        image = torch.from_numpy(volume)[None].to(dev)
+        image = torch.from_numpy(volume)[None].to(device)
         maps = explain_case(scored, image, index, settings)
-        result = evaluate_case(scored, image, torch.from_numpy(mask)[None, None].float().to(dev), index, settings,
-                               maps)
+        result = evaluate_case(scored, image, torch.from_numpy(mask)[None, None].float().to(device), index,
+                               settings, maps)
         for method in settings.explain.methods:
             if not METHODS[method].control:
                 write_map(model, maps[method], properties, files[0], nifti / f"{case}_{method}.nii.gz")
-        results.append(result.without_maps())
+        part.results.append(result.without_maps())
         if index < sanity_count:
-            checks.append(sanity_case(scored, image, case, settings))
-        shown.add(case, volume, mask, maps, files)
+            part.checks.append((index, sanity_case(scored, image, case, settings)))
+        if index < shown:
+            part.views.append((index, view_case(case, volume, mask, maps, files)))
         log(f"case {case} ({index + 1}/{len(names)}): {tuple(volume.shape[1:])} preprocessed, "
-            f"Dice {result.dice:.3f}")
-
-    header = {"data": str(data), "model": str(folder), "folds": [str(f) for f in folds], "checkpoint": checkpoint,
-              "label": label, "mirror": mirror, "one_pass": one_pass, "split": "imagesTr", "n_cases": len(names), "case_ids": list(names),
-              "channels": list(dataset.channels)}
-    faithfulness = faithfulness_file(results, settings, header)
-    write_json(out / "localization.json", localization_file(results, settings, header))
-    write_json(out / "channels.json", channels_file(np.stack([r.shares for r in results]),
-                                                    np.stack([r.dice_drop for r in results]), settings, header))
-    write_json(out / "segmentation.json", segmentation_file(results, settings, header))
-    sanity = (sanity_document(SanityResult.concat(checks), settings, header, list(names[:sanity_count]),
-                              volume_layer(settings)) if checks else {**header, "skipped": "evaluate.sanity is 0"})
-    write_json(out / "sanity.json", sanity)
-    faithfulness["headline"] = run_headline(faithfulness, sanity, unit="case")
-    write_json(out / "faithfulness.json", faithfulness)
-    write_json(out / RUN_FILE, {**header, "channel": scored.label_channel,
-                                "regions": scored.regions, "settings": settings.to_dict()})
-    write_views(out, shown, header, settings, model_record(model, folder, folds, checkpoint, label,
-                                                            scored.label_channel, scored.regions))
-    return build_volume_report(out)
+            f"Dice {result.dice:.3f}" + ("" if rank is None else f" (rank {rank})"))
+    return part
 
 
 def sanity_case(scored: LabelOutput, image: torch.Tensor, case: str, settings: Settings) -> Any:

@@ -58,16 +58,33 @@ class ViewCases:
             files: Sequence[str]) -> None:
         """Keep `case` (its preprocessed `volume` (C, *spatial), ground truth `mask` and `maps` on that
         grid; `files` its raw channel files) while fewer than `limit` are kept."""
-        from tumorcam.data.nnunet import read_nifti
-        from tumorcam.data.volumes import normalize_case
+        if len(self.cases) < self.limit:
+            self.cases.append(view_case(case, volume, mask, maps, files))
 
-        if len(self.cases) >= self.limit:
-            return
-        scaled, _, _ = normalize_case(np.asarray(volume, dtype=np.float32), [Path(f) for f in files])
-        raw, affine, _ = read_nifti(files[0])
-        self.cases.append(ViewCase(case, scaled.astype(np.float16), np.asarray(mask, dtype=bool),
-                                   {m: np.asarray(v, dtype=np.float16) for m, v in maps.items()},
-                                   np.asarray(affine, dtype=np.float64), tuple(int(n) for n in raw.shape)))
+
+def view_case(case: str, volume: np.ndarray, mask: np.ndarray, maps: dict[str, np.ndarray],
+              files: Sequence[str]) -> ViewCase:
+    """The `ViewCase` of `case` (what `ViewCases.add` keeps; under torchrun a rank makes it of its own
+    case and rank 0 gathers it).
+
+    Args:
+        case: the case's name.
+        volume: its preprocessed volume (C, *spatial).
+        mask: its ground truth on that grid.
+        maps: every method's map on that grid.
+        files: its raw channel files (the first gives the raw grid and affine).
+
+    Returns:
+        The case with its volume scaled to [0, 1] per channel, volume and maps as float16.
+    """
+    from tumorcam.data.nnunet import read_nifti
+    from tumorcam.data.volumes import normalize_case
+
+    scaled, _, _ = normalize_case(np.asarray(volume, dtype=np.float32), [Path(f) for f in files])
+    raw, affine, _ = read_nifti(files[0])
+    return ViewCase(case, scaled.astype(np.float16), np.asarray(mask, dtype=bool),
+                    {m: np.asarray(v, dtype=np.float16) for m, v in maps.items()},
+                    np.asarray(affine, dtype=np.float64), tuple(int(n) for n in raw.shape))
 
 
 def _padded(arrays: Sequence[np.ndarray], size: int, dtype: Any) -> np.ndarray:
