@@ -42,7 +42,7 @@ from gpu_proof.timebox import ROOT, Recorder, clean, say
 
 LABEL = "edema"
 GPU_SIZES: dict[str, Any] = {"train_steps": 300, "train_crop": None, "explain_cases": 3, "case_size": 96,
-                             "run_cases": 3, "run_size": 64, "steps": 16, "bootstrap": 200}
+                             "run_cases": 3, "run_size": 48, "steps": 16, "bootstrap": 200}
 SMOKE_SIZES: dict[str, Any] = {"train_steps": 4, "train_crop": (16, 16, 16), "explain_cases": 1, "case_size": 40,
                                "run_cases": 1, "run_size": 32, "steps": 4, "bootstrap": 20}
 STAND_IN = '''"""gpu_proof's stand-in for SimpleITK, which this machine lacks: every attribute is missing."""
@@ -53,9 +53,17 @@ def __getattr__(name):
 '''
 
 
+def installed(name: str) -> bool:
+    """Whether the module `name` can be found here."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
 def available() -> str | None:
     """None when nnunetv2 can be imported here, else why the section is skipped."""
-    if importlib.util.find_spec("nnunetv2") is None:
+    if not installed("nnunetv2"):
         return "nnunetv2 is not installed (its wheels were not carried; see docs/performance.md)"
     return None
 
@@ -130,7 +138,7 @@ def measure(record: Recorder, sizes: dict[str, Any], device: str, work: Path) ->
     record.set("agreement", _agreement(model, folder, volumes, dev, sync))
     say(f"nnunet: agreement {record.data['agreement']['summary']}")
 
-    record.set("run", _run(work, folder, sizes, dev))
+    record.set("run", _run(work, folder, sizes, dev, record))
     say(f"nnunet: run_nnunet {record.data['run'].get('seconds')} s, level {record.data['run'].get('headline_level')}")
 
     record.set("nnunetv2_cam", _nnunetv2_cam(work, folder, volumes[0], model, stand_in, dev))
@@ -139,11 +147,8 @@ def measure(record: Recorder, sizes: dict[str, Any], device: str, work: Path) ->
 def _simpleitk_stand_in(work: Path) -> str | None:
     """Where SimpleITK is missing: the stand-in module first on sys.path and on PYTHONPATH (nnU-Net's
     plan/preprocess child); returns what was done (None when SimpleITK is installed)."""
-    try:
-        if importlib.util.find_spec("SimpleITK") is not None:
-            return None
-    except ImportError:
-        pass
+    if installed("SimpleITK"):
+        return None
     folder = work / "stand_in"
     (folder / "SimpleITK").mkdir(parents=True, exist_ok=True)
     (folder / "SimpleITK" / "__init__.py").write_text(STAND_IN)
@@ -218,8 +223,9 @@ def _agreement(model: Any, folder: Path, volumes: list[tuple], dev: Any, sync: A
             "tumorcam_precision": "fp32", "cases": rows, "summary": summary}
 
 
-def _run(work: Path, folder: Path, sizes: dict[str, Any], dev: Any) -> dict[str, Any]:
-    """One `run_nnunet` on fresh synthetic raw cases: seconds, headline and AUC means."""
+def _run(work: Path, folder: Path, sizes: dict[str, Any], dev: Any, record: Recorder) -> dict[str, Any]:
+    """One `run_nnunet` on fresh synthetic raw cases: seconds, headline and AUC means (its progress lines
+    recorded as they come, so a run stopped at the step's timeout shows how far it got)."""
     from nnunet_model import DATASET
 
     from tumorcam.config import preset
@@ -233,8 +239,12 @@ def _run(work: Path, folder: Path, sizes: dict[str, Any], dev: Any) -> dict[str,
     out = work / "run"
     lines: list[str] = []
     started = time.perf_counter()
-    run_nnunet(out, raw, folder, label=LABEL, cases=sizes["run_cases"], settings=settings, device=str(dev),
-               log=lines.append)
+
+    def log(line: str) -> None:
+        lines.append(f"{time.perf_counter() - started:.1f} s: {line}")
+        record.set("run", {"progress": lines})
+
+    run_nnunet(out, raw, folder, label=LABEL, cases=sizes["run_cases"], settings=settings, device=str(dev), log=log)
     seconds = time.perf_counter() - started
     faith = json.loads((out / "faithfulness.json").read_text())
     aucs = {}
@@ -248,12 +258,12 @@ def _run(work: Path, folder: Path, sizes: dict[str, Any], dev: Any) -> dict[str,
     headline = faith.get("headline") or {}
     return {"cases": sizes["run_cases"], "case_size": sizes["run_size"], "steps": sizes["steps"], "seconds": round(seconds, 1),
             "seconds_per_case": round(seconds / sizes["run_cases"], 2), "headline_level": headline.get("level"),
-            "headline": clean(headline), "auc_means": aucs, "log": lines[-5:]}
+            "headline_reason": headline.get("reason"), "auc_means": aucs, "progress": lines}
 
 
 def _nnunetv2_cam(work: Path, folder: Path, case: tuple, model: Any, stand_in: str | None, dev: Any) -> dict[str, Any]:
     """nnunetv2-cam's Grad-CAM on the first case (bench_nnunet's call), or why it is skipped."""
-    missing = [name for name in ("nnunetv2_cam", "pytorch_grad_cam") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("nnunetv2_cam", "pytorch_grad_cam") if not installed(name)]
     if stand_in is not None:
         missing.append("SimpleITK (a 53 MB wheel: more than the 64 MiB carry leaves)")
     if missing:
