@@ -21,10 +21,11 @@ tumorcam's nnU-Net Grad-CAM per case, the stitched forward against nnU-Net's own
   on the same device) on the first case: seconds per case against tumorcam's, Spearman of the two maps;
   skipped with the reason when nnunetv2-cam, pytorch-grad-cam or SimpleITK is not installed.
 
-SimpleITK (a 53 MB wheel, more than the carry leaves) is not carried to the GPU machine: where it is
-missing, a stand-in module whose every attribute is missing lets nnU-Net import (it imports SimpleITK
-at module level); nnU-Net's planner then finds that SimpleITKIO cannot read the .nii.gz cases and picks
-NibabelIO, recorded under `build.reader_writer`.
+SimpleITK (a 53 MB wheel) and connected-components-3d (cc3d, 5 MB) are not carried to the GPU machine:
+nnU-Net and acvl-utils import them at module level, but the section's paths never call them (cc3d:
+nnU-Net's post-processing and cascade transforms). Where one is missing, a stand-in module whose every
+attribute is missing lets them import (`build.stand_ins`); nnU-Net's planner then finds that SimpleITKIO
+cannot read the .nii.gz cases and picks NibabelIO, recorded under `build.reader_writer`.
 """
 
 from __future__ import annotations
@@ -45,11 +46,12 @@ GPU_SIZES: dict[str, Any] = {"train_steps": 300, "train_crop": None, "explain_ca
                              "run_cases": 3, "run_size": 48, "steps": 16, "bootstrap": 200}
 SMOKE_SIZES: dict[str, Any] = {"train_steps": 4, "train_crop": (16, 16, 16), "explain_cases": 1, "case_size": 40,
                                "run_cases": 1, "run_size": 32, "steps": 4, "bootstrap": 20}
-STAND_IN = '''"""gpu_proof's stand-in for SimpleITK, which this machine lacks: every attribute is missing."""
+STAND_INS = ("SimpleITK", "cc3d")  # imported at module level by nnU-Net / acvl-utils, never called here
+STAND_IN = '''"""gpu_proof's stand-in for {name}, which this machine lacks: every attribute is missing."""
 
 
 def __getattr__(name):
-    raise AttributeError(f"SimpleITK is not installed here (gpu_proof stand-in): SimpleITK.{name}")
+    raise AttributeError(f"{name} is not installed here (gpu_proof stand-in): {name}.{{name}}")
 '''
 
 
@@ -83,7 +85,7 @@ def measure(record: Recorder, sizes: dict[str, Any], device: str, work: Path) ->
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    stand_in = _simpleitk_stand_in(work)
+    stand_ins = _stand_ins(work)
     sys.path.insert(0, str(ROOT / "tests"))
     from nnunet_model import DATASET, prepare_root, train_model
 
@@ -103,7 +105,7 @@ def measure(record: Recorder, sizes: dict[str, Any], device: str, work: Path) ->
     folder, trained = train_model(root, "3d_fullres", steps=sizes["train_steps"], crop=crop, device=dev.type)
     build = {"plan_and_preprocess_s": round(planned, 1), "train_s": round(trained, 1), "train_steps": sizes["train_steps"],
              "train_crop": list(crop), "patch_size": list(patch), "train_device": dev.type,
-             "reader_writer": plans.get("image_reader_writer"), "simpleitk": stand_in or "installed"}
+             "reader_writer": plans.get("image_reader_writer"), "stand_ins": stand_ins}
     record.set("build", build)
     say(f"nnunet: model built ({build})")
 
@@ -141,20 +143,22 @@ def measure(record: Recorder, sizes: dict[str, Any], device: str, work: Path) ->
     record.set("run", _run(work, folder, sizes, dev, record))
     say(f"nnunet: run_nnunet {record.data['run'].get('seconds')} s, level {record.data['run'].get('headline_level')}")
 
-    record.set("nnunetv2_cam", _nnunetv2_cam(work, folder, volumes[0], model, stand_in, dev))
+    record.set("nnunetv2_cam", _nnunetv2_cam(work, folder, volumes[0], model, stand_ins, dev))
 
 
-def _simpleitk_stand_in(work: Path) -> str | None:
-    """Where SimpleITK is missing: the stand-in module first on sys.path and on PYTHONPATH (nnU-Net's
-    plan/preprocess child); returns what was done (None when SimpleITK is installed)."""
-    if installed("SimpleITK"):
-        return None
+def _stand_ins(work: Path) -> list[str]:
+    """The modules of STAND_INS that are missing here, each given a stand-in first on sys.path and on
+    PYTHONPATH (nnU-Net's plan/preprocess child); returns their names."""
+    missing = [name for name in STAND_INS if not installed(name)]
+    if not missing:
+        return []
     folder = work / "stand_in"
-    (folder / "SimpleITK").mkdir(parents=True, exist_ok=True)
-    (folder / "SimpleITK" / "__init__.py").write_text(STAND_IN)
+    for name in missing:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text(STAND_IN.format(name=name))
     sys.path.insert(0, str(folder))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
-    return "not installed: a stand-in module (every attribute missing) lets nnU-Net import"
+    return missing
 
 
 def _versions() -> dict[str, str]:
@@ -162,7 +166,8 @@ def _versions() -> dict[str, str]:
 
     versions = {}
     for name in ("nnunetv2", "dynamic-network-architectures", "acvl-utils", "batchgenerators", "batchgeneratorsv2",
-                 "blosc2", "ndindex", "nibabel", "simpleitk", "nnunetv2-cam", "grad-cam"):
+                 "blosc2", "ndindex", "nibabel", "simpleitk", "connected-components-3d", "nnunetv2-cam",
+                 "grad-cam"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -261,10 +266,10 @@ def _run(work: Path, folder: Path, sizes: dict[str, Any], dev: Any, record: Reco
             "headline_reason": headline.get("reason"), "auc_means": aucs, "progress": lines}
 
 
-def _nnunetv2_cam(work: Path, folder: Path, case: tuple, model: Any, stand_in: str | None, dev: Any) -> dict[str, Any]:
+def _nnunetv2_cam(work: Path, folder: Path, case: tuple, model: Any, stand_ins: list[str], dev: Any) -> dict[str, Any]:
     """nnunetv2-cam's Grad-CAM on the first case (bench_nnunet's call), or why it is skipped."""
     missing = [name for name in ("nnunetv2_cam", "pytorch_grad_cam") if not installed(name)]
-    if stand_in is not None:
+    if "SimpleITK" in stand_ins:
         missing.append("SimpleITK (a 53 MB wheel: more than the 64 MiB carry leaves)")
     if missing:
         return {"skipped": f"not installed: {', '.join(missing)}"}
