@@ -135,11 +135,12 @@ def _default_layer(model: Any) -> str:
 class _Theirs:
     """nnunetv2-cam's run_cam_for_prediction on nnU-Net's own predictor, as released and with the fix."""
 
-    def __init__(self, folder: Path, out: Path, layer: str) -> None:
+    def __init__(self, folder: Path, out: Path, layer: str, device: str = "cpu") -> None:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+        self.device = torch.device(device)
         self.predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                         device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+                                         device=self.device, verbose=False, allow_tqdm=False)
         self.predictor.initialize_from_trained_model_folder(str(folder), (0,), "checkpoint_final.pth")
         self.out, self.layer = out, layer
 
@@ -148,7 +149,7 @@ class _Theirs:
 
         return run_cam_for_prediction(self.predictor, input_file, str(self.out), target_layer=self.layer,
                                       target_class=1, method="gradcam", cam_type="3d",
-                                      device=torch.device("cpu"), save_slices=False)
+                                      device=self.device, save_slices=False)
 
     def as_released(self, files: list[str]) -> dict[str, Any]:
         try:
@@ -164,11 +165,13 @@ class _Theirs:
         original_compute, original_preprocess = api.compute_cam_with_sliding_window, api._preprocess_file
 
         def compute(**kwargs: Any) -> torch.Tensor:
-            seen["volume"] = kwargs["data"].numpy().copy()
+            seen["volume"] = kwargs["data"].cpu().numpy().copy()
             started = time.perf_counter()
             cam = original_compute(**kwargs)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             seen["explain_s"] = time.perf_counter() - started
-            seen["map"] = cam[0].float().numpy()
+            seen["map"] = cam[0].float().cpu().numpy()
             return cam
 
         api.compute_cam_with_sliding_window, api._preprocess_file = compute, _preprocess_case(files)

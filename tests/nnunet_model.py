@@ -72,10 +72,10 @@ def _plan_and_preprocess(dataset_id: int, configurations: tuple[str, ...] = CONF
 
 
 def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int, configuration: str = "3d_fullres",
-           crop: tuple[int, ...] = TRAIN_CROP, batch: int = 2) -> tuple[torch.nn.Module, dict]:
+           crop: tuple[int, ...] = TRAIN_CROP, batch: int = 2, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """nnU-Net's network of `configuration`, trained `steps` Adam steps on `batch` random `crop` crops (a
-    leading 1 for 2d: one slice, squeezed); and the checkpoint's optimizer state and training log (numpy
-    float64 values, as nnU-Net logs them)."""
+    leading 1 for 2d: one slice, squeezed) on `device`, returned on the CPU; and the checkpoint's optimizer
+    state and training log (numpy float64 values, as nnU-Net logs them)."""
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.training.logging.nnunet_logger import LocalLogger
@@ -83,7 +83,7 @@ def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int, confi
     from tumorcam.nnunet.model import build_network
 
     torch.manual_seed(0)
-    network = build_network(plans, dataset_json, configuration, "nnUNetTrainer").train()
+    network = build_network(plans, dataset_json, configuration, "nnUNetTrainer").to(device).train()
     patch = list(crop)
     squeeze = len(plans["configurations"][configuration]["patch_size"]) < len(patch)
     dataset = infer_dataset_class(preprocessed)(preprocessed)
@@ -93,7 +93,7 @@ def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int, confi
         cases.append((pad_nd_image(np.asarray(data), patch), pad_nd_image(np.clip(np.asarray(seg), 0, None), patch)))
     rng = np.random.default_rng(0)
     optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
-    weight = torch.tensor([0.2, 1.0, 1.0])
+    weight = torch.tensor([0.2, 1.0, 1.0], device=device)
     logger = LocalLogger()
     for step in range(steps):
         images, labels = [], []
@@ -104,25 +104,30 @@ def _train(plans: dict, dataset_json: dict, preprocessed: str, steps: int, confi
             image, label = data[(slice(None), *window)], seg[(0, *window)]
             images.append(image[:, 0] if squeeze else image)
             labels.append(label[0] if squeeze else label)
-        logits = network(torch.from_numpy(np.stack(images)).float())
-        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(np.stack(labels)).long(), weight=weight)
+        logits = network(torch.from_numpy(np.stack(images)).float().to(device))
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(np.stack(labels)).long().to(device),
+                                                 weight=weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         logger.log("train_losses", np.float64(loss.item()), step)
         logger.log("ema_fg_dice", np.mean(np.array([0.5, 0.5])), step)
-    return network.eval(), {"logging": logger.get_checkpoint(), "optimizer_state": optimizer.state_dict(),
-                            "_best_ema": logger.get_value("ema_fg_dice", step=-1)}
+    optimizer_state = optimizer.state_dict()
+    optimizer_state["state"] = {key: {name: value.cpu() if torch.is_tensor(value) else value
+                                      for name, value in moments.items()}
+                                for key, moments in optimizer_state["state"].items()}
+    return network.cpu().eval(), {"logging": logger.get_checkpoint(), "optimizer_state": optimizer_state,
+                                  "_best_ema": logger.get_value("ema_fg_dice", step=-1)}
 
 
-def _write_big_case(folder, name: str = "BIG", seed: int = 1) -> list[str]:
-    """One raw case `name` of size BIG_SIZE with spacing BIG_SPACING: its channel files."""
+def _write_big_case(folder, name: str = "BIG", seed: int = 1, size: int = BIG_SIZE) -> list[str]:
+    """One raw case `name` of size `size` (default BIG_SIZE) with spacing BIG_SPACING: its channel files."""
     import nibabel as nib
 
     from tumorcam.data.synth_volumes import synthetic_case
 
     rng = np.random.default_rng([seed, 0])
-    images, _ = synthetic_case(BIG_SIZE, rng)
+    images, _ = synthetic_case(size, rng)
     affine = np.diag([*BIG_SPACING, 1.0])
     affine[:3, 3] = (-80.0, -100.0, -60.0)
     files = []
@@ -164,16 +169,20 @@ TRAINING = {"3d_fullres": (TRAIN_STEPS, TRAIN_CROP, 2, (0, 1, 2)),
             "2d": (TRAIN_STEPS_2D, TRAIN_CROP_2D, TRAIN_BATCH_2D, (0, 1))}
 
 
-def train_model(root: Path, configuration: str) -> tuple[Path, float]:
+def train_model(root: Path, configuration: str, steps: int | None = None, crop: tuple[int, ...] | None = None,
+                device: str = "cpu") -> tuple[Path, float]:
     """(model folder, training seconds) of `configuration`'s network trained on the root that
-    `prepare_root(root)` planned and preprocessed, saved as nnU-Net's trainer saves it."""
+    `prepare_root(root)` planned and preprocessed, saved as nnU-Net's trainer saves it (`steps`, `crop`:
+    instead of TRAINING's; `device`: where it trains)."""
     started = time.perf_counter()
-    folder = _train_and_save(Path(root), configuration, *TRAINING[configuration])
+    default_steps, default_crop, batch, axes = TRAINING[configuration]
+    folder = _train_and_save(Path(root), configuration, steps or default_steps, crop or default_crop, batch, axes,
+                             device)
     return folder, time.perf_counter() - started
 
 
 def _train_and_save(root: Path, configuration: str, steps: int, crop: tuple[int, ...], batch: int,
-                    mirroring_axes: tuple[int, ...]) -> Path:
+                    mirroring_axes: tuple[int, ...], device: str = "cpu") -> Path:
     """Train `configuration`'s network (one CPU thread) and save it as nnU-Net's trainer does under
     results/DATASET/nnUNetTrainer__nnUNetPlans__CONFIGURATION/fold_0/; return that model folder."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -184,7 +193,7 @@ def _train_and_save(root: Path, configuration: str, steps: int, crop: tuple[int,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        network, state = _train(plans, dataset_json, data, steps, configuration, crop, batch)
+        network, state = _train(plans, dataset_json, data, steps, configuration, crop, batch, device)
     finally:
         torch.set_num_threads(threads)
     folder = root / "results" / DATASET / f"nnUNetTrainer__nnUNetPlans__{configuration}"

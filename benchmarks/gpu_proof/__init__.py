@@ -13,8 +13,10 @@ the order they run (the most valuable first), one module each:
 3. `bf16_agreement`: on that trained model, per method, target and layer: Spearman and max |diff| of
    the bf16 and fp32 maps of each slice, and the difference of the deletion/insertion AUCs.
 4. `training`, 5. `explain`, 6. `faithfulness`: the seed's way against tumorcam's
-   (benchmarks/bench_*.py), then 7. torch.compile'd training (`training` again), last because its
-   compile time is the least predictable.
+   (benchmarks/bench_*.py), 7. `nnunet`: a small nnU-Net v2 model planned and trained on the spot,
+   its Grad-CAM per case, its stitched forward against nnUNetPredictor and one `run_nnunet` (skipped
+   where nnunetv2 is not installed, and in smoke runs), then 8. torch.compile'd training (`training`
+   again), last because its compile time is the least predictable.
 
 Time-boxing (`driver`, with the helpers of `timebox`): one deadline for the whole run (the shell
 script's start + --budget-s, install included). Each step runs in a forked child (the parent imports

@@ -14,18 +14,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gpu_proof import bf16_agreement, environment, explain, faithfulness, paper_run, training
+from gpu_proof import bf16_agreement, environment, explain, faithfulness, nnunet, paper_run, training
 from gpu_proof.summary import summary_lines
 from gpu_proof.timebox import JSON_NAME, ROOT, Clock, Context, Step, say
 
 STEPS = ("environment", "paper_run/data", "paper_run/prepare", "paper_run/train", "paper_run/explain",
-         "paper_run/evaluate", "bf16_agreement", "training", "explain", "faithfulness", "training_compiled")
+         "paper_run/evaluate", "bf16_agreement", "training", "explain", "faithfulness", "nnunet", "training_compiled")
 GPU_STEPS = {
     "environment": Step(60, 15, 5), "paper_run/data": Step(90, 15, 5), "paper_run/prepare": Step(120, 30, 10),
     "paper_run/train": Step(0, 60, 30),  # cap: the training budget
     "paper_run/explain": Step(180, 60, 20), "paper_run/evaluate": Step(300, 120, 30),
     "bf16_agreement": Step(150, 60, 20), "training": Step(120, 45, 20), "explain": Step(90, 30, 15),
-    "faithfulness": Step(90, 30, 15), "training_compiled": Step(240, 0, 60),
+    "faithfulness": Step(90, 30, 15), "nnunet": Step(180, 30, 45), "training_compiled": Step(240, 0, 60),
 }
 SMOKE_STEPS = {name: Step(0 if name == "paper_run/train" else 240, 5, 1) for name in STEPS}
 PREIMPORT = ("torch", "numpy", "scipy.stats", "PIL.Image", "segmentation_models_pytorch", "captum.attr",
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         "train_budget_s": args.train_budget_s, "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "order": list(STEPS), "stages": {}, "skipped": [],
         "environment": {}, "paper_run": {}, "bf16_agreement": {}, "training": {}, "explain": {}, "faithfulness": {},
+        "nnunet": {},
     }
     report["environment"]["install"] = {"report": install, "seconds_before_python": round(time.time() - started, 1)}
     data = None if args.smoke else (args.data or _default_data())
@@ -121,6 +122,14 @@ def _later_steps(ctx: Context) -> Iterator[tuple[str, Callable[..., None], dict[
     yield "training", training.measure, {"shape": shape, "device": device, "compiled": False}
     yield "explain", explain.measure, {"shape": explain.SMOKE_SHAPE if ctx.smoke else explain.GPU_SHAPE, "device": device}
     yield "faithfulness", faithfulness.measure, {"quick": ctx.smoke, "device": device}
+    missing = nnunet.available()
+    if ctx.smoke:
+        ctx.skip("nnunet", "smoke mode: the nnU-Net section is timed on the GPU only (minutes on a CPU: planning, "
+                           "training and run_nnunet; `nnunet.measure` with SMOKE_SIZES runs it on a CPU)")
+    elif missing:
+        ctx.skip("nnunet", missing)
+    else:
+        yield "nnunet", nnunet.measure, {"sizes": nnunet.GPU_SIZES, "device": device, "work": ctx.work / "nnunet"}
     if ctx.smoke:
         ctx.skip("training_compiled", "smoke mode: torch.compile is timed on the GPU only")
         return

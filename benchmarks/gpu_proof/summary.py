@@ -40,5 +40,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         (f"Deletion/Insertion: {get('faithfulness', 'tumorcam', 'slices_per_s')} slices/s, "
          f"{get('faithfulness', 'fraction_of_inference_bound')} of the bf16 bound, "
          f"{get('faithfulness', 'seconds_per_664_slices')} s per 664 slices"),
+        (f"nnU-Net: Grad-CAM {get('nnunet', 'explain', 'seconds_per_case')} s/case, segmentation agrees with "
+         f"nnUNetPredictor on {get('nnunet', 'agreement', 'summary', 'min_raw_agreement')} of voxels (min), run_nnunet "
+         f"{get('nnunet', 'run', 'seconds')} s ({get('nnunet', 'run', 'headline_level')}; deletion/insertion gradcam "
+         f"{get('nnunet', 'run', 'auc_means', 'gradcam', 'deletion')}/{get('nnunet', 'run', 'auc_means', 'gradcam', 'insertion')}"
+         f", random {get('nnunet', 'run', 'auc_means', 'random', 'deletion')}/"
+         f"{get('nnunet', 'run', 'auc_means', 'random', 'insertion')}), nnunetv2-cam "
+         f"{get('nnunet', 'nnunetv2_cam', 'explain_s')} s/case"),
         f"skipped: {skipped}",
     ]
