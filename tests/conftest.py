@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
+import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -72,6 +77,74 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         code = exc.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def tiny_config_file(path: Path) -> Path:
+    """The demo preset shrunk to seconds: ResNet18, 64 px, one epoch, 3 slices explained, K = 4."""
+    from tumorcam.config import preset
+
+    cfg = preset("demo")
+    cfg.model.encoder = "resnet18"
+    cfg.train = dataclasses.replace(cfg.train, size=64, epochs=1, batch_size=8, device="cpu")
+    cfg.explain = dataclasses.replace(cfg.explain, limit=3, batch_size=3,
+                                      methods=["gradcam", "saliency", "random", "predicted-mask"])
+    cfg.evaluate = dataclasses.replace(cfg.evaluate, steps=4, baselines=["zero"], bootstrap=20, sanity=1)
+    cfg.save(path)
+    return path
+
+
+def tiny_run_args(config: Path, run: Path) -> list[str]:
+    """`tumorcam run` of `config` (`tiny_config_file`) on 15 synthetic patients x 2 slices at 64 px into `run`."""
+    return ["run", "--config", str(config), "--out", str(run), "--synthetic-patients", "15", "--synthetic-slices", "2",
+            "--prepare-size", "64"]
+
+
+class TinyRun(NamedTuple):
+    """One finished `tumorcam run` of `tiny_config_file`: ROOT/tiny.json, ROOT/run, its stdout and stderr."""
+    root: Path
+    out: str
+    err: str
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    def copy_to(self, root: Path) -> Path:
+        """ROOT copied to `root` (file times kept, so a rerun there sees every stage done); returns root/run."""
+        shutil.copytree(self.root, root, symlinks=True)
+        return root / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_slice_run(tmp_path_factory) -> TinyRun:
+    """`tumorcam run` of the tiny configuration (`tiny_run_args`), once per session: the run folder is
+    read, never changed; a test that reruns or changes it works on a copy (`TinyRun.copy_to`)."""
+    from tumorcam.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_slice_run")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(tiny_run_args(tiny_config_file(root / "tiny.json"), root / "run"))
+        except SystemExit as exc:
+            raise AssertionError(f"tumorcam run exited {exc.code}:\n{err.getvalue()[-3000:]}") from exc
+    return TinyRun(root, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def volume_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(dataset, run): 6 synthetic cases (16^3, seed 3) in DATASET/raw, the FLAIR-only network in
+    DATASET/flair_only.py, and `tumorcam run` of it into DATASET/run (test_volumes_run's `_run`), once per
+    session for test_volumes_run and test_run_keys; the run folder is read, never changed."""
+    from test_volumes_run import FLAIR_ONLY, _run
+
+    from tumorcam.data.synth_volumes import write_synthetic_volumes
+
+    root = tmp_path_factory.mktemp("volumes")
+    write_synthetic_volumes(root / "raw", cases=6, size=16, seed=3)
+    (root / "flair_only.py").write_text(FLAIR_ONLY)
+    _run(root, root / "run")
+    return root, root / "run"
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,8 @@ HELPER_MODULES = {"__main__", "driver", "summary", "timebox", "wheels"}
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, float, str]:
     """One smoke run of the Python entry (CPU, tiny sizes): its JSON, output folder, wall seconds and stdout."""
     out = tmp_path_factory.mktemp("gpu_proof")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+    # the threads this session's torch uses (conftest: at most 2); the smoke run is the only work while it runs
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "src"), str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_proof"), "run", "--smoke", "--out", str(out),

@@ -4,7 +4,6 @@ the demo's size (every test patient of the synthetic default)."""
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import inspect
 import json
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TinyRun, tiny_config_file, tiny_run_args
 from tumorcam.cli import main
 from tumorcam.config import Config, preset
 from tumorcam.data.synth import patient_folds, write_synthetic
@@ -26,34 +26,18 @@ ALL_STAGES = ["synth", "prepare", "train", "segmentation", "explain", "explain-u
               "localization", "sanity", "report"]
 
 
-def tiny_config_file(path: Path) -> Path:
-    """The demo preset shrunk to seconds: ResNet18, 64 px, one epoch, 3 slices explained, K = 4."""
-    cfg = preset("demo")
-    cfg.model.encoder = "resnet18"
-    cfg.train = dataclasses.replace(cfg.train, size=64, epochs=1, batch_size=8, device="cpu")
-    cfg.explain = dataclasses.replace(cfg.explain, limit=3, batch_size=3,
-                                      methods=["gradcam", "saliency", "random", "predicted-mask"])
-    cfg.evaluate = dataclasses.replace(cfg.evaluate, steps=4, baselines=["zero"], bootstrap=20, sanity=1)
-    cfg.save(path)
-    return path
-
-
 def outputs_mtimes(run: Path) -> dict[str, int]:
     return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
 
 
-def test_tumorcam_run_end_to_end_then_a_rerun_skips_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    run = tmp_path / "run"
-    args = ["run", "--config", str(tiny_config_file(tmp_path / "tiny.json")), "--out", str(run),
-            "--synthetic-patients", "15", "--synthetic-slices", "2", "--prepare-size", "64"]
-
-    main(args)
-
-    captured = capsys.readouterr()
+def test_tumorcam_run_end_to_end_then_a_rerun_skips_every_stage(tiny_slice_run: TinyRun, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    # the first run (`tiny_slice_run`, shared with test_run_keys), then reruns in a copy of it
+    run = tiny_slice_run.run
     headline = json.loads((run / "faithfulness.json").read_text())["headline"]
     assert headline["level"] in ("supported", "no-more-than-mask", "unsupported", "undetermined")
     # the last lines: the headline (level, then its sentence), then the report's path
-    assert [click.unstyle(line) for line in captured.out.strip().splitlines()[-3:]] == [
+    assert [click.unstyle(line) for line in tiny_slice_run.out.strip().splitlines()[-3:]] == [
         f"headline: {headline['level']}", headline["sentence"], str(run / "report.html")]
     stages = json.loads((run / STAGES_FILE).read_text())["stages"]
     assert list(stages) == ALL_STAGES and all(s["status"] == "done" for s in stages.values())
@@ -76,7 +60,10 @@ def test_tumorcam_run_end_to_end_then_a_rerun_skips_every_stage(tmp_path: Path, 
                      r"[a-z ]+ random on deletion \(difference ", page)
     assert "Controls: maps that explain nothing by design" in page
 
+    run = tiny_slice_run.copy_to(tmp_path / "copy")  # the reruns change the run: they work on a copy
+    args = tiny_run_args(tmp_path / "copy" / "tiny.json", run)
     before = outputs_mtimes(run)
+    assert before == outputs_mtimes(tiny_slice_run.run)  # file times kept: the copy is the finished run
     main(args)
 
     log = capsys.readouterr().err
@@ -84,9 +71,9 @@ def test_tumorcam_run_end_to_end_then_a_rerun_skips_every_stage(tmp_path: Path, 
     after = outputs_mtimes(run)
     assert {k: v for k, v in after.items() if k != STAGES_FILE} == {k: v for k, v in before.items() if k != STAGES_FILE}
 
-    config = json.loads((tmp_path / "tiny.json").read_text())
+    config = json.loads((tmp_path / "copy" / "tiny.json").read_text())
     config["explain"]["methods"] = ["gradcam", "random"]  # a new setting redoes explain and what follows, not training
-    (tmp_path / "tiny.json").write_text(json.dumps(config))
+    (tmp_path / "copy" / "tiny.json").write_text(json.dumps(config))
     main(args)
 
     log = capsys.readouterr().err

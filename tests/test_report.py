@@ -9,12 +9,14 @@ import base64
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import write_blob_prepared
 from report_run import (BASELINES, METHODS, PATIENTS, faithfulness_doc, localization_doc, log_fractions, make_run,
                         sanity_doc)
 from tumorcam.cli import main
@@ -29,9 +31,31 @@ FIGURES = {"fig1_classes", "fig2_untrained_gradcam", "fig3_gradcam_times_gt", "f
            "fig5_predicted_mask", "training_curves", "sanity_check"}
 
 
+@pytest.fixture(scope="module")
+def unbuilt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make_run` over the blob data, made once per module; the tests read copies of it."""
+    root = tmp_path_factory.mktemp("report_runs")
+    return make_run(root / "unbuilt", write_blob_prepared(root / "prepared"))
+
+
+@pytest.fixture(scope="module")
+def built_page(unbuilt_run: Path) -> Path:
+    """The report of a copy of `unbuilt_run`, built once per module for the tests that only read it."""
+    run = unbuilt_run.parent / "built"
+    shutil.copytree(unbuilt_run, run)
+    return build_report(run)
+
+
 @pytest.fixture
-def full_run(tmp_path: Path, blob_prepared: Path) -> Path:
-    return make_run(tmp_path / "run", blob_prepared)
+def full_run(tmp_path: Path, unbuilt_run: Path) -> Path:
+    """A run folder of `make_run`, no report built yet, the test's own to change."""
+    return Path(shutil.copytree(unbuilt_run, tmp_path / "run"))
+
+
+@pytest.fixture
+def built_run(tmp_path: Path, built_page: Path) -> Path:
+    """A run folder whose report is built (figures and page), the test's own to change."""
+    return Path(shutil.copytree(built_page.parent, tmp_path / "run"))
 
 
 def gray(png: bytes | Path) -> np.ndarray:
@@ -39,10 +63,11 @@ def gray(png: bytes | Path) -> np.ndarray:
     return np.asarray(Image.open(source).convert("L"), dtype=np.float32)
 
 
-def test_every_figure_is_a_valid_non_blank_png_and_is_embedded(full_run: Path) -> None:
-    page = build_report(full_run)
+def test_every_figure_is_a_valid_non_blank_png_and_is_embedded(built_page: Path) -> None:
+    page = built_page
 
-    files = {p.stem: p for p in (full_run / "figures").glob("*.png")}
+    assert page == page.parent / "report.html"
+    files = {p.stem: p for p in (page.parent / "figures").glob("*.png")}
     assert set(files) == FIGURES
     html = page.read_text()
     embedded = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
@@ -53,8 +78,8 @@ def test_every_figure_is_a_valid_non_blank_png_and_is_embedded(full_run: Path) -
         assert base64.b64encode(path.read_bytes()).decode() in embedded
 
 
-def test_page_is_self_contained_and_has_its_parts(full_run: Path) -> None:
-    html = build_report(full_run).read_text()
+def test_page_is_self_contained_and_has_its_parts(built_page: Path) -> None:
+    html = built_page.read_text()
 
     assert not re.search(r"<(script|link|iframe|object|embed)\b", html, re.I)
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//|file:)""", html, re.I)
@@ -65,8 +90,8 @@ def test_page_is_self_contained_and_has_its_parts(full_run: Path) -> None:
     assert "segmentation-models-pytorch" in html  # software versions
 
 
-def test_every_text_is_escaped(tmp_path: Path, blob_prepared: Path) -> None:
-    run = make_run(tmp_path / "run", blob_prepared)
+def test_every_text_is_escaped(full_run: Path) -> None:
+    run = full_run
     config = Config.load(run / "config.json")
     config.preset = '<script>alert("x")</script>'
     config.save(run / "config.json")
@@ -89,9 +114,9 @@ def test_every_text_is_escaped(tmp_path: Path, blob_prepared: Path) -> None:
     assert "&lt;em&gt;fails&lt;/em&gt; &amp; more" in html
 
 
-def test_missing_sections_are_named_and_their_old_figures_removed(tmp_path: Path, blob_prepared: Path) -> None:
-    run = make_run(tmp_path / "run", blob_prepared)
-    build_report(run)
+def test_missing_sections_are_named_and_their_old_figures_removed(built_run: Path) -> None:
+    run = built_run  # its report built: every figure is there
+    assert len(list((run / "figures").glob("*.png"))) == len(FIGURES)
     for name in ("faithfulness.json", "sanity.json", "localization.json", "metrics.json"):
         (run / name).unlink()
     (run / "explanations" / "index.json").unlink()
@@ -167,8 +192,8 @@ PRIMARY_SENTENCE = ("Primary family: Grad-CAM (predicted-region, decoder.blocks.
                     "reference's (Hodges-Lehmann estimate over patients, 95% bootstrap CI).")
 
 
-def test_at_a_glance_leads_with_the_headline_coloured_by_its_level(full_run: Path) -> None:
-    html = build_report(full_run).read_text().replace("&#x27;", "'")
+def test_at_a_glance_leads_with_the_headline_coloured_by_its_level(built_page: Path) -> None:
+    html = built_page.read_text().replace("&#x27;", "'")
 
     glance = html[html.index('<h2 id="summary">At a glance</h2>'):html.index('id="how-to-read"')]
     first = re.search(r"<(p|li|table)\b([^>]*)>(.*?)</\1>", glance, re.S)
@@ -261,8 +286,8 @@ def test_glance_table_has_the_columns_raw_and_adjusted_p_and_controls_apart() ->
     assert mask_row[7] == "better, -0.100 [-0.150, -0.05]"
 
 
-def test_the_page_never_says_no_better_and_shows_the_glance_tables(full_run: Path) -> None:
-    html = build_report(full_run).read_text()
+def test_the_page_never_says_no_better_and_shows_the_glance_tables(built_page: Path) -> None:
+    html = built_page.read_text()
 
     text = re.sub(r"<[^>]+>", " ", html).lower()
     assert "no better" not in text and "no difference" not in text and "not shown to differ" in text
@@ -336,12 +361,12 @@ def test_fmt_ci_reads_both_ci_shapes() -> None:
     assert fmt_ci({"mean": None}) == "n/a" and fmt_ci(None) == "n/a"
 
 
-def test_figure_5_reads_the_saved_predictions_and_names_the_command_when_they_are_missing(full_run: Path) -> None:
+def test_figure_5_reads_the_saved_predictions_and_names_the_command_when_they_are_missing(built_run: Path) -> None:
     from tumorcam.runfolder.examples import EXAMPLES_FILE, load_examples
 
+    full_run = built_run  # its report built from the saved predictions
     examples = load_examples(full_run)
     assert len(examples.file_ids) == 3 and examples.predicted.shape == (3, 64, 64) and examples.size == 64
-    build_report(full_run)
     assert (full_run / "figures" / "fig5_predicted_mask.png").is_file()
 
     (full_run / EXAMPLES_FILE).unlink()

@@ -7,13 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from conftest import run_cli
+from conftest import TinyRun
 from run_keys import SKIPPED, key_paths
-from test_volumes_run import FLAIR_ONLY
-from tumorcam.config import preset
-from tumorcam.data.synth_volumes import write_synthetic_volumes
 
 EXPECTED = json.loads((Path(__file__).parent / "data" / "run_keys.json").read_text())
 # A run on volumes counts cases, not slices (n_cases, per_case), and names the prepared folder beside
@@ -35,26 +30,17 @@ def run_keys(run: Path) -> dict[str, list[str]]:
             if p.name not in SKIPPED and not {"prepared", "synthetic"} & set(p.relative_to(run).parts)}
 
 
-def test_a_slice_run_keeps_every_field(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    settings = preset("demo").replace({
-        "model.encoder": "resnet18", "train.size": 64, "train.epochs": 1, "train.device": "cpu", "explain.limit": 3,
-        "explain.batch_size": 3, "explain.methods": ["gradcam", "saliency", "random", "predicted-mask"],
-        "evaluate.steps": 4, "evaluate.baselines": ["zero"], "evaluate.bootstrap": 20, "evaluate.sanity": 1})
-    settings.save(tmp_path / "tiny.json")
-    code, _, err = run_cli(["run", "--config", str(tmp_path / "tiny.json"), "--out", str(tmp_path / "run"),
-                            "--synthetic-patients", "15", "--synthetic-slices", "2", "--prepare-size", "64"], capsys)
-    assert code in (0, None), err
-    assert run_keys(tmp_path / "run") == EXPECTED["slices"]
+def test_a_slice_run_keeps_every_field(tiny_slice_run: TinyRun) -> None:
+    # the tiny `tumorcam run` on synthetic slices (ResNet18, 64 px, one epoch, 3 slices explained by gradcam,
+    # saliency, random and predicted-mask, K = 4, zero baseline, 20 bootstrap resamples, one sanity stage),
+    # shared with test_pipeline's end-to-end test
+    assert run_keys(tiny_slice_run.run) == EXPECTED["slices"]
 
 
-def test_a_volume_run_keeps_every_field(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
-    write_synthetic_volumes(tmp_path / "raw", cases=6, size=16, seed=3)
-    (tmp_path / "flair_only.py").write_text(FLAIR_ONLY)
-    monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(["run", "--data", str(tmp_path / "raw"), "--model", "flair_only:make", "--out",
-                            str(tmp_path / "run"), "--prepare-size", "16", "--device", "cpu", "--methods",
-                            "gradcam,saliency", "--baselines", "zero,blur", "--split", "all"], capsys)
-    assert code in (0, None), err
-    assert run_keys(tmp_path / "run") == {name: volume_fields(paths) for name, paths in EXPECTED["volumes"].items()}
-    settings = json.loads((tmp_path / "run" / "volume_config.json").read_text())
+def test_a_volume_run_keeps_every_field(volume_run: tuple[Path, Path]) -> None:
+    # `tumorcam run` of the FLAIR-only network on 6 synthetic cases (16^3, seed 3) at 16 px, gradcam and
+    # saliency, baselines zero and blur, split all: test_volumes_run's run, shared through conftest
+    run = volume_run[1]
+    assert run_keys(run) == {name: volume_fields(paths) for name, paths in EXPECTED["volumes"].items()}
+    settings = json.loads((run / "volume_config.json").read_text())
     assert settings["model"]["network"] == "flair_only:make" and settings["explain"]["layers"] == ["features"]

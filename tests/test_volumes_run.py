@@ -55,12 +55,10 @@ FILES = ("faithfulness.json", "localization.json", "channels.json", "segmentatio
          "volume_config.json", "explanations/index.json")
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("volumes")
-    write_synthetic_volumes(root / "raw", cases=6, size=16, seed=3)
-    (root / "flair_only.py").write_text(FLAIR_ONLY)
-    return root
+@pytest.fixture
+def dataset(volume_run: tuple[Path, Path]) -> Path:
+    """6 synthetic cases in DATASET/raw and the FLAIR-only network (conftest's `volume_run`)."""
+    return volume_run[0]
 
 
 def _run(dataset: Path, out: Path, *extra: str) -> None:
@@ -74,11 +72,10 @@ def _run(dataset: Path, out: Path, *extra: str) -> None:
         os.chdir(cwd)
 
 
-@pytest.fixture(scope="module")
-def run(dataset: Path) -> Path:
-    out = dataset / "run"
-    _run(dataset, out)
-    return out
+@pytest.fixture
+def run(volume_run: tuple[Path, Path]) -> Path:
+    """`_run` of the dataset into DATASET/run, once per session (conftest's `volume_run`)."""
+    return volume_run[1]
 
 
 def test_the_split_defaults_to_test_and_every_file_records_it(run: Path) -> None:
