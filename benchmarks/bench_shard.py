@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -127,6 +126,8 @@ def ranks(run: Path, times: Path, n: int) -> dict:
 def differences(one: Path, two: Path) -> list[str]:
     """Where the files of two runs differ: explanations/index.json exactly, each map file's maps and
     file ids exactly, the JSON files' values with numbers to 1e-6 (`seconds` left out)."""
+    from json_compare import json_differences  # tests/, on the path (main)
+
     found = []
     index = json.loads((one / "explanations" / "index.json").read_text())
     if json.loads((two / "explanations" / "index.json").read_text()) != index:
@@ -136,24 +137,9 @@ def differences(one: Path, two: Path) -> list[str]:
             if not (np.array_equal(a["file_ids"], b["file_ids"]) and np.array_equal(a["maps"], b["maps"])):
                 found.append(f"explanations/{entry['file']}")
     for name in FILES:
-        found += _unlike(json.loads((one / name).read_text()), json.loads((two / name).read_text()), name)
+        found += json_differences(json.loads((one / name).read_text()), json.loads((two / name).read_text()), name,
+                                  skip={"seconds"})
     return found
-
-
-def _unlike(a: object, b: object, where: str) -> list[str]:
-    """The places where two JSON values differ, numbers compared to 1e-6, `seconds` left out."""
-    if isinstance(a, dict):
-        if not isinstance(b, dict) or a.keys() != b.keys():
-            return [where]
-        return [w for key in a if key != "seconds" for w in _unlike(a[key], b[key], f"{where}.{key}")]
-    if isinstance(a, list):
-        if not isinstance(b, list) or len(a) != len(b):
-            return [where]
-        return [w for i, (x, y) in enumerate(zip(a, b)) for w in _unlike(x, y, f"{where}[{i}]")]
-    if isinstance(a, float) and isinstance(b, (int, float)):
-        same = math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) or (math.isnan(a) and math.isnan(b))
-        return [] if same else [f"{where}: {a} != {b}"]
-    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
 def _cpu_model() -> str:

@@ -7,7 +7,6 @@ the report and prints its path."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -19,28 +18,13 @@ import pytest
 pytest.importorskip("nnunetv2")
 
 from nnunet_model import DATASET  # noqa: E402
+from json_compare import json_differences  # noqa: E402
 from run_keys import key_paths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("faithfulness.json", "localization.json", "segmentation.json", "channels.json", "sanity.json",
          "nnunet_run.json", "volume_config.json", "explanations/index.json")
 CASES = 2
-
-
-def _unlike(a: object, b: object, where: str) -> list[str]:
-    """Where two JSON values differ, numbers compared to 1e-6."""
-    if isinstance(a, dict):
-        if not isinstance(b, dict) or a.keys() != b.keys():
-            return [where]
-        return [w for key in a for w in _unlike(a[key], b[key], f"{where}.{key}")]
-    if isinstance(a, list):
-        if not isinstance(b, list) or len(a) != len(b):
-            return [where]
-        return [w for i, (x, y) in enumerate(zip(a, b)) for w in _unlike(x, y, f"{where}[{i}]")]
-    if isinstance(a, float) and isinstance(b, (int, float)):
-        same = math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) or (math.isnan(a) and math.isnan(b))
-        return [] if same else [f"{where}: {a} != {b}"]
-    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
 def test_two_ranks_write_the_files_of_one_process(nnunet_model, tmp_path: Path) -> None:
@@ -85,7 +69,7 @@ def test_two_ranks_write_the_files_of_one_process(nnunet_model, tmp_path: Path) 
     for name in FILES:
         a, b = json.loads((one / name).read_text()), json.loads((two / name).read_text())
         assert key_paths(a) == key_paths(b), name
-        assert _unlike(a, b, name) == [], name
+        assert json_differences(a, b, name) == [], name
     sanity = json.loads((two / "sanity.json").read_text())
     assert sanity["case_ids"] == ["TCAM_000", "TCAM_001"] and sanity["n_cases"] == CASES
     assert json.loads((two / "nnunet_run.json").read_text())["settings"]["explain"]["layers"][0].startswith("decoder")
