@@ -316,7 +316,7 @@ def test_docs_options_are_the_commands(capsys):
 def test_tumorcam_explain_runs_an_nnunet_model_tile_by_tile(loaded):
     import tumorcam
     from tumorcam.errors import TumorcamError
-    from tumorcam.nnunet.run import LabelOutput
+    from tumorcam.nnunet import LabelOutput
 
     model, volume, _ = loaded
     small = np.ascontiguousarray(volume[:, :20, :44, :28])  # two tiles along the second axis

@@ -55,43 +55,12 @@ from torch import nn
 from tumorcam.config import Settings, preset
 from tumorcam.errors import TumorcamError
 from tumorcam.explain import METHODS
+from tumorcam.nnunet.label import LabelOutput, first_label
 from tumorcam.runfolder.folder import NNUNET_RUN_FILE, SETTINGS_FILE
 
 RUN_FILE = NNUNET_RUN_FILE
 OUTPUTS = ("faithfulness.json", "localization.json", "channels.json", "segmentation.json", "sanity.json", RUN_FILE,
            SETTINGS_FILE, "report.html", "figures", "explanations")
-
-
-class LabelOutput(nn.Module):
-    """An `NnunetModel`'s logits for one label: the region's channel alone (sigmoid) for a region-based
-    model, every class (softmax, the label at `channel`) for a class-based one."""
-
-    def __init__(self, model: nn.Module, label: str) -> None:
-        super().__init__()
-        self.model = model
-        self.regions = bool(model.label_manager.has_regions)
-        self.label_channel = model.channel(label)
-        self.channel = 0 if self.regions else self.label_channel
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 1 or K, *spatial) of preprocessed volumes (B, C, *spatial)."""
-        return self.pick(self.model(x))
-
-    def pick(self, logits: torch.Tensor) -> torch.Tensor:
-        """The label's part of the model's logits (B, K, *spatial)."""
-        return logits[:, self.label_channel:self.label_channel + 1] if self.regions else logits
-
-    def explain_tiles(self, images: torch.Tensor, **options: Any) -> tuple[torch.Tensor, str]:
-        """The model's `explain_tiles` for this output (what `tumorcam.explain` runs for a layer method)."""
-        return self.model.explain_tiles(images, head=self.pick, **options)
-
-    def tile_layer(self) -> str:
-        """The model's default layer (`NnunetModel.tile_layer`)."""
-        return self.model.tile_layer()
-
-    def cascade_stages(self) -> list[str]:
-        """The model's sanity cascade (`NnunetModel.cascade_stages`), under `model.`."""
-        return [f"model.{stage}" for stage in self.model.cascade_stages()]
 
 
 def run_nnunet(out: str | os.PathLike, data: str | os.PathLike, folder: str | os.PathLike, *,
@@ -278,14 +247,6 @@ def sanity_case(scored: LabelOutput, image: torch.Tensor, case: str, settings: S
                   layer=volume_layer(settings) if METHODS[primary].uses_layer else None, channel=scored.channel,
                   ig_steps=settings.explain.ig_steps, seed=settings.evaluate.seed, patient_ids=[case],
                   min_patients=MIN_PATIENTS, bootstrap=settings.evaluate.bootstrap, batch_size=1)
-
-
-def first_label(model: nn.Module) -> str:
-    """The first label of dataset.json that the model predicts (background and ignore left out)."""
-    for name in model.dataset_json["labels"]:
-        if name not in ("background", "ignore"):
-            return name
-    raise TumorcamError("label: dataset.json of the model has no foreground label", param="label")
 
 
 def preprocess_case(model: nn.Module, files: Sequence[str], label_file: str,
