@@ -208,5 +208,15 @@ def _train_and_save(root: Path, configuration: str, steps: int, crop: tuple[int,
     return folder
 
 
+def load_with_big_case(made: tuple) -> tuple:
+    """(tumorcam's model of a made model folder, weights-only; its big case preprocessed; the properties)."""
+    import tumorcam.nnunet
+
+    folder, files, _ = made
+    model = tumorcam.nnunet.load(folder)
+    volume, properties = model.preprocess(files)
+    return model, volume, properties
+
+
 if __name__ == "__main__":  # make_model_folder's child process, with nnU-Net's folders in its environment
     _plan_and_preprocess(int(sys.argv[1]))

@@ -21,18 +21,13 @@ import torch
 
 pytest.importorskip("nnunetv2")
 
-from nnunet_model import CHANNELS, DATASET, TRAIN_STEPS, TRAINER_FOLDER  # noqa: E402
+from nnunet_model import CHANNELS, DATASET, TRAIN_STEPS, TRAINER_FOLDER, load_with_big_case  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def loaded(nnunet_model):
     """tumorcam's model (weights-only loading), the big case preprocessed, and its properties."""
-    import tumorcam.nnunet
-
-    folder, files, _ = nnunet_model
-    model = tumorcam.nnunet.load(folder)
-    volume, properties = model.preprocess(files)
-    return model, volume, properties
+    return load_with_big_case(nnunet_model)
 
 
 @pytest.mark.parametrize("image_size,patch_size", [((40, 70, 33), (20, 32, 28)), ((5, 50, 61), (32, 28)),

@@ -17,7 +17,7 @@ import torch
 
 pytest.importorskip("nnunetv2")
 
-from nnunet_model import CHANNELS, DATASET, TRAIN_STEPS_2D, TRAINER_FOLDER_2D  # noqa: E402
+from nnunet_model import CHANNELS, DATASET, TRAIN_STEPS_2D, TRAINER_FOLDER_2D, load_with_big_case  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -32,12 +32,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def loaded_2d(nnunet_model_2d):
     """tumorcam's 2d model, the big case preprocessed (several slices, several tiles per slice), its properties."""
-    import tumorcam.nnunet
-
-    folder, files, _ = nnunet_model_2d
-    model = tumorcam.nnunet.load(folder)
-    volume, properties = model.preprocess(files)
-    return model, volume, properties
+    return load_with_big_case(nnunet_model_2d)
 
 
 @pytest.fixture(scope="module")

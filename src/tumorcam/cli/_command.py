@@ -43,6 +43,8 @@ class Command(TyperCommand):
         return params
 
 
+MIRROR_HELP = "With --nnunet: nnU-Net's test-time mirroring of every tile (logits and maps; 2^axes times the work)."
+ONE_PASS_HELP = "With --nnunet: the network on each whole preprocessed volume at once, not tile by tile."
 THREADS_HELP = ("CPU threads for torch (0: automatic, torch's default lowered to the cores the load leaves idle; "
                 "1 is often fastest on a busy machine).")
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from tumorcam.cli._command import Command, THREADS_HELP, use_threads
+from tumorcam.cli._command import MIRROR_HELP, ONE_PASS_HELP, THREADS_HELP, Command, use_threads
 
 
 def _names(value: Optional[str]) -> Optional[list[str]]:
@@ -113,10 +113,8 @@ def explain_command(
                                         "dataset.json."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="With --nnunet: unpickle a checkpoint "
                                           "that a weights-only load refuses (only one from a trusted source)."),
-    mirror: bool = typer.Option(False, "--mirror", help="With --nnunet: nnU-Net's test-time mirroring of every "
-                                                        "tile (logits and maps)."),
-    one_pass: bool = typer.Option(False, "--one-pass", help="With --nnunet: the network on the whole "
-                                                            "preprocessed volume at once, not tile by tile."),
+    mirror: bool = typer.Option(False, "--mirror", help=MIRROR_HELP),
+    one_pass: bool = typer.Option(False, "--one-pass", help=ONE_PASS_HELP),
     per_fold: bool = typer.Option(False, "--per-fold", help="With --nnunet: each fold's map too "
                                                             "(CASE_METHOD_LABEL_foldK.nii.gz)."),
 ) -> None:

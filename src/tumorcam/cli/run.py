@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from tumorcam.cli._command import Command, THREADS_HELP, echo_headline, use_threads
+from tumorcam.cli._command import MIRROR_HELP, ONE_PASS_HELP, THREADS_HELP, Command, echo_headline, use_threads
 from tumorcam.errors import TumorcamError
 
 # The options that set a setting (`tumorcam.config.Settings`): option name -> the setting paths it sets.
@@ -77,10 +77,8 @@ def run_command(
                                                               "dataset.json (default: its first)."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Unpickle the --nnunet checkpoints "
                                                                             "fully (only files you trust)."),
-    mirror: bool = typer.Option(False, "--mirror", help="With --nnunet: nnU-Net's test-time mirroring of every "
-                                                        "tile (logits and maps; 2^axes times the work)."),
-    one_pass: bool = typer.Option(False, "--one-pass", help="With --nnunet: the network on each whole "
-                                                            "preprocessed volume at once, not tile by tile."),
+    mirror: bool = typer.Option(False, "--mirror", help=MIRROR_HELP),
+    one_pass: bool = typer.Option(False, "--one-pass", help=ONE_PASS_HELP),
 ) -> None:
     """Run the whole pipeline into one run folder, skipping the stages already done; print the report's path.
     With volumes (nnU-Net's raw layout or prepared volumes) and --model, or with --volumes: the checks on
@@ -105,8 +103,8 @@ def run_command(
     if nnunet is not None:
         from tumorcam.nnunet.run import run_nnunet
 
-        fold_names = [int(f) if f.strip().isdigit() else f.strip() for f in (folds or "0").split(",")]
-        report = run_nnunet(out or Path("runs") / "nnunet", data, nnunet, folds=fold_names,
+        from tumorcam.nnunet.cli import fold_names
+        report = run_nnunet(out or Path("runs") / "nnunet", data, nnunet, folds=fold_names(folds),
                             checkpoint=checkpoint, label=label, cases=patients, settings=settings,
                             trust_checkpoint=trust_checkpoint, mirror=mirror, one_pass=one_pass,
                             device=settings.train.device, log=log)

@@ -39,10 +39,9 @@ def explain_nnunet(folder: Path | None, images: Sequence[Path] | None, out: Path
                             param="images")
     if out is None:
         raise TumorcamError("out: give a folder for the map", param="out")
-    fold_names = [0] if folds is None else [int(f) if f.strip().isdigit() else f.strip() for f in folds.split(",")]
     method = method or "gradcam"
     try:
-        model = load(folder, folds=fold_names, checkpoint=checkpoint or DEFAULT_CHECKPOINT,
+        model = load(folder, folds=fold_names(folds), checkpoint=checkpoint or DEFAULT_CHECKPOINT,
                      trust_checkpoint=trust_checkpoint, mirror=mirror, one_pass=one_pass).to(resolve_device(device))
         label = label or _only_label(model.dataset_json["labels"])
         volume, properties = model.preprocess(images)
@@ -64,6 +63,11 @@ def explain_nnunet(folder: Path | None, images: Sequence[Path] | None, out: Path
     return [f"{method} of {label} (channel {result.channel}), fold(s) {folds_text}, at layer {result.layer} of "
             f"{model.trainer_name} {model.configuration}, {how}",
             *(f"wrote {p}" for p in [path, *(fold_paths if per_fold else [])])]
+
+
+def fold_names(folds: str | None) -> list[int | str]:
+    """The folds of a comma-separated `folds` text ("0,1", "all"), numbers as ints; None: fold 0."""
+    return [int(f) if f.strip().isdigit() else f.strip() for f in (folds or "0").split(",")]
 
 
 def _only_label(labels: dict) -> str:

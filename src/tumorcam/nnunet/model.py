@@ -84,6 +84,11 @@ class NnunetModel(nn.Module):
                             for network in self.networks]).mean(0)
 
     @property
+    def input_channels(self) -> int:
+        """The channel files a case has (dataset.json's channel_names; "modality" in older files)."""
+        return len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})))
+
+    @property
     def stride(self) -> tuple[int, ...]:
         """The network's total downsampling per axis (the product of the plans' pooling kernels)."""
         kernels = np.asarray(self.configuration_manager.pool_op_kernel_sizes)
@@ -134,7 +139,7 @@ class NnunetModel(nn.Module):
         """nnU-Net's preprocessing of one case (its channel files, in channel order): the volume
         (C, *spatial) float32 on the configuration's grid and the properties that undo it."""
         files = [str(f) for f in case_files]
-        expected = len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})))
+        expected = self.input_channels
         if len(files) != expected:
             raise TumorcamError(f"case_files: the model reads {expected} channel file(s) per case, got {len(files)}",
                                 param="case_files")
@@ -159,8 +164,7 @@ class NnunetModel(nn.Module):
         from tumorcam.logits import explaining
 
         network = self.networks[0]
-        channels = len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})))
-        example = torch.zeros((1, channels, *self.patch_size), device=next(network.parameters()).device)
+        example = torch.zeros((1, self.input_channels, *self.patch_size), device=next(network.parameters()).device)
         with explaining(network):
             return default_layer(network, example)
 
